@@ -1,0 +1,61 @@
+//! The one clock of the program. Tests pin it through the environment so that ledgers and
+//! reports built by them are reproducible.
+//!
+//! `CODEFORMER_LEDGER_NOW=2026-03-31T10:00:00Z` fixes the wall-clock time every record carries.
+//! Durations (timeouts, poll schedules) use [`std::time::Instant`] and are never pinned.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+/// Environment variable that pins the clock (RFC 3339).
+pub const PIN_ENV: &str = "CODEFORMER_LEDGER_NOW";
+
+/// The current time, or the pinned one.
+pub fn now() -> DateTime<Utc> {
+    pinned().unwrap_or_else(Utc::now)
+}
+
+fn pinned() -> Option<DateTime<Utc>> {
+    let text = std::env::var(PIN_ENV).ok()?;
+    DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The format every timestamp in the ledger uses: RFC 3339, UTC, milliseconds.
+pub fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// [`now`] as a ledger timestamp.
+pub fn now_stamp() -> String {
+    stamp(now())
+}
+
+/// Parses a timestamp as the gateway writes it: RFC 3339 (`2026-05-22T13:17:32.110Z`) or
+/// the plain form (`2026-05-22 13:19:23`, taken as UTC).
+pub fn parse_remote(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(text, format) {
+            return Some(t.and_utc());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_remote_formats_parse() {
+        let a = parse_remote("2026-05-22T13:17:32.110Z").unwrap();
+        let b = parse_remote("2026-05-22 13:19:23").unwrap();
+        assert_eq!(stamp(a), "2026-05-22T13:17:32.110Z");
+        assert_eq!(stamp(b), "2026-05-22T13:19:23.000Z");
+        assert!(parse_remote("yesterday").is_none());
+    }
+}

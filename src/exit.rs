@@ -1,0 +1,14 @@
+//! The process exit codes the design promises. The binary maps every outcome to one of these.
+
+/// Everything finished.
+pub const DONE: u8 = 0;
+/// An error stopped the command.
+pub const ERROR: u8 = 1;
+/// Bad usage or bad input; nothing was changed.
+pub const USAGE: u8 = 2;
+/// Finished, but some jobs failed, errored or were rejected.
+pub const SOME_FAILED: u8 = 3;
+/// Stopped by a budget cap or an insufficient balance (402).
+pub const BUDGET: u8 = 4;
+/// The ledger is held by another running engine.
+pub const LEDGER_BUSY: u8 = 5;

@@ -1,0 +1,313 @@
+//! The parameters of one restoration job, validated once, in one place.
+//!
+//! Everything that reaches the gateway or the ledger as job parameters goes through
+//! [`JobParams::validate`]: command-line flags, manifest rows and `on_submit` hook changes are
+//! checked by the same rules, so an error message names the same field whichever door the value
+//! came in by. The normalised form ([`JobParams::normalised`]) feeds the idempotency key.
+
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use std::str::FromStr;
+
+/// Largest upscale factor accepted. The API documents 2 and 4; larger factors are refused here
+/// because their cost grows with the square of the factor.
+pub const MAX_UPSCALE: u32 = 8;
+
+/// How the gateway calls back (`X-Webhook-Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookMode {
+    /// One POST at the final status.
+    Terminal,
+    /// A POST on every status poll plus the final one.
+    Sync,
+}
+
+impl WebhookMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookMode::Terminal => "terminal",
+            WebhookMode::Sync => "sync",
+        }
+    }
+}
+
+impl FromStr for WebhookMode {
+    type Err = ParamError;
+    fn from_str(s: &str) -> Result<Self, ParamError> {
+        match s {
+            "terminal" => Ok(WebhookMode::Terminal),
+            "sync" => Ok(WebhookMode::Sync),
+            other => Err(ParamError::new(
+                "webhook_mode",
+                format!("`{other}` is not a webhook mode (expected terminal or sync)"),
+            )),
+        }
+    }
+}
+
+/// A parameter that failed validation: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ParamError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl ParamError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        ParamError {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// The API parameters of one job, as sent in the submit body and headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobParams {
+    pub image: String,
+    /// CodeFormer's `w`, 0..=1, kept as an exact decimal so that `0.5` and `0.50` are one job.
+    pub fidelity: Decimal,
+    pub upscale: u32,
+    pub background_enhance: bool,
+    pub face_upsample: bool,
+    /// Body field `webhook`.
+    pub webhook: Option<String>,
+    /// Body field `webhook_events_filter`.
+    pub webhook_events_filter: Option<Vec<String>>,
+    /// Header `X-Webhook-URL`.
+    pub webhook_url: Option<String>,
+    /// Header `X-Webhook-Mode`.
+    pub webhook_mode: Option<WebhookMode>,
+}
+
+impl JobParams {
+    /// The API's defaults for an image.
+    pub fn new(image: impl Into<String>) -> Self {
+        JobParams {
+            image: image.into(),
+            fidelity: Decimal::new(5, 1),
+            upscale: 2,
+            background_enhance: true,
+            face_upsample: true,
+            webhook: None,
+            webhook_events_filter: None,
+            webhook_url: None,
+            webhook_mode: None,
+        }
+    }
+
+    /// Checks every field; the first problem found is returned.
+    pub fn validate(&self) -> Result<(), ParamError> {
+        validate_image_url(&self.image)?;
+        if self.fidelity < Decimal::ZERO || self.fidelity > Decimal::ONE {
+            return Err(ParamError::new(
+                "fidelity",
+                format!("{} is outside 0..1", self.fidelity),
+            ));
+        }
+        validate_upscale(self.upscale)?;
+        if let Some(url) = &self.webhook {
+            validate_http_url("webhook", url)?;
+        }
+        if let Some(url) = &self.webhook_url {
+            validate_http_url("webhook_url", url)?;
+            if !url.starts_with("https://") {
+                return Err(ParamError::new(
+                    "webhook_url",
+                    format!("`{url}` is not https: the gateway rejects plain http:// webhook URLs"),
+                ));
+            }
+        }
+        if self.webhook_mode.is_some() && self.webhook_url.is_none() {
+            return Err(ParamError::new(
+                "webhook_mode",
+                "needs a webhook URL (--webhook-url) to apply to",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the gateway will call back for this job.
+    pub fn expects_callbacks(&self) -> bool {
+        self.webhook_url.is_some() || self.webhook.is_some()
+    }
+
+    /// A canonical text of the parameters that decide the result and its price, used in the
+    /// idempotency key: equal jobs give equal text whatever spelling they came in.
+    pub fn normalised(&self) -> String {
+        format!(
+            "image={}\nfidelity={}\nupscale={}\nbackground_enhance={}\nface_upsample={}",
+            self.image.trim(),
+            self.fidelity.normalize(),
+            self.upscale,
+            self.background_enhance,
+            self.face_upsample
+        )
+    }
+
+    /// The idempotency key of a job that was given none: a hash of the URL and parameters.
+    pub fn derived_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.normalised().as_bytes());
+        let hex: String = digest.iter().take(12).map(|b| format!("{b:02x}")).collect();
+        format!("h-{hex}")
+    }
+}
+
+/// Parses a fidelity written as text (flag, CSV cell, hook value).
+pub fn parse_fidelity(text: &str) -> Result<Decimal, ParamError> {
+    let value = Decimal::from_str(text.trim()).map_err(|_| {
+        ParamError::new(
+            "fidelity",
+            format!("`{text}` is not a number (expected 0..1)"),
+        )
+    })?;
+    if value < Decimal::ZERO || value > Decimal::ONE {
+        return Err(ParamError::new(
+            "fidelity",
+            format!("{text} is outside 0..1"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Parses a fidelity given as a JSON or Lua number.
+pub fn fidelity_from_f64(value: f64) -> Result<Decimal, ParamError> {
+    if !value.is_finite() {
+        return Err(ParamError::new("fidelity", format!("{value} is not a number")));
+    }
+    let decimal = Decimal::from_f64_retain(value)
+        .map(|d| d.round_dp(6).normalize())
+        .ok_or_else(|| ParamError::new("fidelity", format!("{value} is not a number")))?;
+    if decimal < Decimal::ZERO || decimal > Decimal::ONE {
+        return Err(ParamError::new(
+            "fidelity",
+            format!("{value} is outside 0..1"),
+        ));
+    }
+    Ok(decimal)
+}
+
+/// Parses an upscale factor written as text.
+pub fn parse_upscale(text: &str) -> Result<u32, ParamError> {
+    let value: u32 = text.trim().parse().map_err(|_| {
+        ParamError::new(
+            "upscale",
+            format!("`{text}` is not a positive whole number"),
+        )
+    })?;
+    validate_upscale(value)?;
+    Ok(value)
+}
+
+pub fn validate_upscale(value: u32) -> Result<(), ParamError> {
+    if value == 0 || value > MAX_UPSCALE {
+        return Err(ParamError::new(
+            "upscale",
+            format!("{value} is outside 1..{MAX_UPSCALE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a boolean written as text: true/false, yes/no, 1/0.
+pub fn parse_bool(field: &'static str, text: &str) -> Result<bool, ParamError> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => Ok(true),
+        "false" | "no" | "0" => Ok(false),
+        _ => Err(ParamError::new(
+            field,
+            format!("`{text}` is not a boolean (expected true or false)"),
+        )),
+    }
+}
+
+/// An input image must be an absolute http(s) URL the gateway can fetch.
+pub fn validate_image_url(url: &str) -> Result<(), ParamError> {
+    validate_http_url("image", url)
+}
+
+fn validate_http_url(field: &'static str, url: &str) -> Result<(), ParamError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| {
+            ParamError::new(
+                field,
+                format!("`{url}` is not an http(s) URL"),
+            )
+        })?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ParamError::new(
+            field,
+            format!("`{url}` is not a valid http(s) URL"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `WxH` (for `--size` and manifests): both sides positive.
+pub fn parse_size(text: &str) -> Result<(u32, u32), ParamError> {
+    let bad = || {
+        ParamError::new(
+            "size",
+            format!("`{text}` is not a size WIDTHxHEIGHT with both sides positive, e.g. 1024x768"),
+        )
+    };
+    let (w, h) = text.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+    let w: u32 = w.trim().parse().map_err(|_| bad())?;
+    let h: u32 = h.trim().parse().map_err(|_| bad())?;
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
+/// Parses a `key=value` tag.
+pub fn parse_tag(text: &str) -> Result<(String, String), ParamError> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(ParamError::new(
+            "tag",
+            format!("`{text}` is not KEY=VALUE"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fidelity_spellings_give_one_key() {
+        let mut a = JobParams::new("https://x.test/a.png");
+        let mut b = a.clone();
+        a.fidelity = parse_fidelity("0.5").unwrap();
+        b.fidelity = parse_fidelity("0.50").unwrap();
+        assert_eq!(a.derived_key(), b.derived_key());
+        b.upscale = 4;
+        assert_ne!(a.derived_key(), b.derived_key());
+    }
+
+    #[test]
+    fn bad_values_name_their_field() {
+        assert_eq!(parse_fidelity("7").unwrap_err().field, "fidelity");
+        assert_eq!(parse_upscale("0").unwrap_err().field, "upscale");
+        assert_eq!(parse_size("0x10").unwrap_err().field, "size");
+        assert_eq!(validate_image_url("/tmp/a.png").unwrap_err().field, "image");
+        assert_eq!(validate_image_url("ftp://a/b.png").unwrap_err().field, "image");
+        assert!(validate_image_url("http://127.0.0.1:8080/a.png").is_ok());
+    }
+
+    #[test]
+    fn webhook_url_must_be_https() {
+        let mut p = JobParams::new("https://x.test/a.png");
+        p.webhook_url = Some("http://hooks.test/cb".into());
+        assert_eq!(p.validate().unwrap_err().field, "webhook_url");
+        p.webhook_url = Some("https://hooks.test/cb".into());
+        assert!(p.validate().is_ok());
+    }
+}
