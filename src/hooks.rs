@@ -1,1 +1,4 @@
 //! placeholder
+pub fn worker_main() -> std::process::ExitCode {
+    std::process::ExitCode::SUCCESS
+}

@@ -176,7 +176,10 @@ pub fn parse_fidelity(text: &str) -> Result<Decimal, ParamError> {
 /// Parses a fidelity given as a JSON or Lua number.
 pub fn fidelity_from_f64(value: f64) -> Result<Decimal, ParamError> {
     if !value.is_finite() {
-        return Err(ParamError::new("fidelity", format!("{value} is not a number")));
+        return Err(ParamError::new(
+            "fidelity",
+            format!("{value} is not a number"),
+        ));
     }
     let decimal = Decimal::from_f64_retain(value)
         .map(|d| d.round_dp(6).normalize())
@@ -233,12 +236,7 @@ fn validate_http_url(field: &'static str, url: &str) -> Result<(), ParamError> {
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| {
-            ParamError::new(
-                field,
-                format!("`{url}` is not an http(s) URL"),
-            )
-        })?;
+        .ok_or_else(|| ParamError::new(field, format!("`{url}` is not an http(s) URL")))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ParamError::new(
@@ -270,10 +268,7 @@ pub fn parse_size(text: &str) -> Result<(u32, u32), ParamError> {
 pub fn parse_tag(text: &str) -> Result<(String, String), ParamError> {
     match text.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(ParamError::new(
-            "tag",
-            format!("`{text}` is not KEY=VALUE"),
-        )),
+        _ => Err(ParamError::new("tag", format!("`{text}` is not KEY=VALUE"))),
     }
 }
 
@@ -298,7 +293,10 @@ mod tests {
         assert_eq!(parse_upscale("0").unwrap_err().field, "upscale");
         assert_eq!(parse_size("0x10").unwrap_err().field, "size");
         assert_eq!(validate_image_url("/tmp/a.png").unwrap_err().field, "image");
-        assert_eq!(validate_image_url("ftp://a/b.png").unwrap_err().field, "image");
+        assert_eq!(
+            validate_image_url("ftp://a/b.png").unwrap_err().field,
+            "image"
+        );
         assert!(validate_image_url("http://127.0.0.1:8080/a.png").is_ok());
     }
 

@@ -1,7 +1,74 @@
-//! The command line: one file per command, each with its clap `Args` and a `run`.
+//! The command line: one file per command, each with its clap `Args` and a `run`. Arguments
+//! are parsed in two stages: clap structs that do no I/O, then a resolved [`Global`] (ledger
+//! path, gateway, key) that the commands use.
 
+pub mod demo;
+pub mod estimate;
+pub mod jobs;
+pub mod prices;
+pub mod report;
+pub mod run;
+pub mod sandbox;
+pub mod submit;
+
+use clap::{Parser, Subcommand};
 use codeformer_ledger::exit;
+use codeformer_ledger::gateway::{ApiKey, Gateway, GatewayConfig, DEFAULT_BASE_URL};
+use codeformer_ledger::ledger::{Ledger, LedgerError};
+use codeformer_ledger::KEY_ENV;
 use std::fmt;
+use std::path::PathBuf;
+
+/// An offline-first job ledger for the hosted CodeFormer face-restoration API.
+///
+/// Every submission, poll, answer and cost estimate goes into a SQLite ledger first, so a
+/// batch survives crashes, lost networks, rate limits and empty wallets, and `report` can
+/// audit exactly what was spent.
+///
+/// Start with `codeformer-ledger demo`, which runs the whole pipeline against a local
+/// sandbox gateway.
+#[derive(Parser, Debug)]
+#[command(name = "codeformer-ledger", version, max_term_width = 100)]
+pub struct Cli {
+    /// The ledger file [default: the user's data directory, codeformer-ledger/ledger.db].
+    #[arg(long, global = true, env = "CODEFORMER_LEDGER", value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
+
+    /// The gateway's base URL.
+    #[arg(long, global = true, env = "PIXAZO_BASE_URL", value_name = "URL", default_value = DEFAULT_BASE_URL)]
+    pub base_url: String,
+
+    /// Read the API key from this file instead of the PIXAZO_API_KEY environment variable.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Record, estimate and send one job.
+    Submit(submit::SubmitArgs),
+    /// Enqueue a manifest (text, CSV or JSON Lines), then run it to the end.
+    Batch(run::BatchArgs),
+    /// Resume: send planned jobs, poll, download, run hooks, until nothing is unfinished.
+    Run(run::RunArgs),
+    /// Cost of a job without sending it.
+    Estimate(estimate::EstimateArgs),
+    /// List jobs.
+    Jobs(jobs::JobsArgs),
+    /// One job and every event of it.
+    Show(jobs::ShowArgs),
+    /// Cost audit: spend grouped by day, month, batch, state or tag.
+    Report(report::ReportArgs),
+    /// The price table.
+    Prices(prices::PricesArgs),
+    /// A local gateway speaking the same protocol, for tests and trials.
+    Sandbox(sandbox::SandboxArgs),
+    /// The whole pipeline on bundled images against an in-process sandbox.
+    Demo(demo::DemoArgs),
+}
 
 /// What a command that did not finish cleanly tells the user, with the exit code to leave with.
 #[derive(Debug)]
@@ -34,5 +101,165 @@ impl fmt::Display for CliError {
     }
 }
 
+impl From<LedgerError> for CliError {
+    fn from(e: LedgerError) -> Self {
+        let code = match e {
+            LedgerError::Busy { .. } => exit::LEDGER_BUSY,
+            LedgerError::NoSuchJob(_) => exit::USAGE,
+            _ => exit::ERROR,
+        };
+        CliError {
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            // The reader went away (`| head`): a clean exit.
+            return CliError {
+                code: exit::DONE,
+                message: String::new(),
+            };
+        }
+        CliError::error(e.to_string())
+    }
+}
+
+impl From<codeformer_ledger::engine::EngineError> for CliError {
+    fn from(e: codeformer_ledger::engine::EngineError) -> Self {
+        match e {
+            codeformer_ledger::engine::EngineError::Ledger(l) => l.into(),
+            other => CliError::error(other.to_string()),
+        }
+    }
+}
+
 /// A command's outcome: the exit code on success, or an error to print.
 pub type CmdResult = Result<u8, CliError>;
+
+/// The resolved global options.
+pub struct Global {
+    pub ledger: PathBuf,
+    pub base_url: String,
+    api_key_file: Option<PathBuf>,
+}
+
+impl Global {
+    pub fn resolve(cli: &Cli) -> Result<Global, CliError> {
+        let ledger = match &cli.ledger {
+            Some(path) => path.clone(),
+            None => dirs::data_dir()
+                .ok_or_else(|| {
+                    CliError::usage("no data directory is known for this user; pass --ledger PATH")
+                })?
+                .join("codeformer-ledger")
+                .join("ledger.db"),
+        };
+        let base_url = cli.base_url.trim_end_matches('/').to_string();
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+            return Err(CliError::usage(format!(
+                "--base-url `{}` is not an http(s) URL",
+                cli.base_url
+            )));
+        }
+        Ok(Global {
+            ledger,
+            base_url,
+            api_key_file: cli.api_key_file.clone(),
+        })
+    }
+
+    /// The API key, from --api-key-file or the environment; `None` when neither gives one.
+    pub fn api_key(&self) -> Result<Option<ApiKey>, CliError> {
+        if let Some(file) = &self.api_key_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| CliError::usage(format!("--api-key-file {}: {e}", file.display())))?;
+            return ApiKey::new(&text).map(Some).ok_or_else(|| {
+                CliError::usage(format!(
+                    "--api-key-file {}: the file is empty",
+                    file.display()
+                ))
+            });
+        }
+        Ok(std::env::var(KEY_ENV).ok().and_then(|k| ApiKey::new(&k)))
+    }
+
+    pub fn gateway(&self) -> Result<Gateway, CliError> {
+        Ok(Gateway::new(GatewayConfig::new(
+            &self.base_url,
+            self.api_key()?,
+        )))
+    }
+
+    pub fn open_ledger(&self) -> Result<Ledger, CliError> {
+        Ok(Ledger::open(&self.ledger)?)
+    }
+
+    pub fn open_ledger_read_only(&self) -> Result<Ledger, CliError> {
+        Ok(Ledger::open_read_only(&self.ledger)?)
+    }
+}
+
+/// Runs the parsed command line.
+pub fn dispatch(cli: Cli) -> CmdResult {
+    if let Command::Sandbox(args) = cli.command {
+        return sandbox::run(args);
+    }
+    let global = Global::resolve(&cli)?;
+    match cli.command {
+        Command::Submit(args) => submit::run(&global, args),
+        Command::Batch(args) => run::batch(&global, args),
+        Command::Run(args) => run::run(&global, args),
+        Command::Estimate(args) => estimate::run(&global, args),
+        Command::Jobs(args) => jobs::list(&global, args),
+        Command::Show(args) => jobs::show(&global, args),
+        Command::Report(args) => report::run(&global, args),
+        Command::Prices(args) => prices::run(&global, args),
+        Command::Demo(args) => demo::run(&global, args),
+        Command::Sandbox(_) => unreachable!("handled above"),
+    }
+}
+
+/// Output formats shared by the listing commands.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Parses a duration such as `90s`, `15m`, `2h`, `1d` or `500ms`.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (e.g. 90s, 15m, 2h)"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86400.0,
+        _ => {
+            return Err(format!(
+                "`{text}` has an unknown unit `{unit}` (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 365.0 * 86400.0 {
+        return Err(format!("`{text}` is not a positive duration"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// Parses a USD amount for clap.
+pub fn parse_budget(text: &str) -> Result<rust_decimal::Decimal, String> {
+    codeformer_ledger::money::parse_usd("budget", text).map_err(|e| e.to_string())
+}

@@ -1,0 +1,211 @@
+//! `submit`: record, estimate and send one job.
+
+use super::{CliError, CmdResult, Global};
+use codeformer_ledger::engine::{self, StopReason};
+use codeformer_ledger::ledger::{JobState, LedgerError, NewJob};
+use codeformer_ledger::params::{self, JobParams, WebhookMode};
+use rust_decimal::Decimal;
+
+/// The API parameters shared by `submit` and `batch` (defaults for every manifest row).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ParamArgs {
+    /// CodeFormer fidelity, 0..1: lower gives better-looking faces, higher stays closer to the input.
+    #[arg(long, value_name = "F", value_parser = fidelity, default_value = "0.5")]
+    pub fidelity: Decimal,
+    /// Enlargement factor: 2 doubles width and height (cost grows with its square).
+    #[arg(long, value_name = "N", value_parser = upscale, default_value = "2")]
+    pub upscale: u32,
+    /// Do not enhance the background (Real-ESRGAN).
+    #[arg(long)]
+    pub no_background_enhance: bool,
+    /// Do not upsample restored faces.
+    #[arg(long)]
+    pub no_face_upsample: bool,
+    /// Body field `webhook`: a URL the gateway notifies when the job completes.
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Header X-Webhook-URL: an https endpoint that receives callbacks.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+    /// Header X-Webhook-Mode: one callback at the end (terminal) or one per status poll (sync).
+    #[arg(long, value_name = "MODE", value_parser = webhook_mode)]
+    pub webhook_mode: Option<WebhookMode>,
+    /// Tag the job(s) KEY=VALUE, for reports by client or project (repeatable).
+    #[arg(long = "tag", value_name = "K=V", value_parser = tag)]
+    pub tags: Vec<(String, String)>,
+}
+
+impl ParamArgs {
+    pub fn params(&self, image: &str) -> Result<JobParams, CliError> {
+        let params = JobParams {
+            image: image.to_string(),
+            fidelity: self.fidelity,
+            upscale: self.upscale,
+            background_enhance: !self.no_background_enhance,
+            face_upsample: !self.no_face_upsample,
+            webhook: self.webhook.clone(),
+            webhook_events_filter: None,
+            webhook_url: self.webhook_url.clone(),
+            webhook_mode: self.webhook_mode,
+        };
+        params
+            .validate()
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        Ok(params)
+    }
+}
+
+/// Record, estimate and send one job.
+///
+/// The job is validated, written to the ledger, its cost estimated (from the image's header
+/// bytes, or --size), and sent. If the gateway cannot be reached the job stays planned and
+/// the next `run` sends it. Examples:
+///
+///   codeformer-ledger submit https://example.com/face.jpg --upscale 2 --tag client=acme
+///   codeformer-ledger submit https://example.com/face.jpg --size 1024x768 --fidelity 0.7
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct SubmitArgs {
+    /// The input image: a publicly fetchable http(s) URL.
+    #[arg(value_name = "IMAGE_URL")]
+    pub image_url: String,
+    #[command(flatten)]
+    pub params: ParamArgs,
+    /// The input's size, when known, for an estimate without the network.
+    #[arg(long, value_name = "WxH", value_parser = size)]
+    pub size: Option<(u32, u32)>,
+    /// Idempotency key: a job with this key is recorded once [default: a hash of URL and parameters].
+    #[arg(long, value_name = "K")]
+    pub key: Option<String>,
+    /// Put the job in this batch.
+    #[arg(long, value_name = "NAME")]
+    pub batch: Option<String>,
+    /// Record only; send nothing (works offline; `run` sends it later).
+    #[arg(long)]
+    pub no_send: bool,
+    /// After sending, run the engine (like `run`, for the job's batch) until it is done.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: where outputs are written.
+    #[arg(long, value_name = "DIR", default_value = "restored")]
+    pub out_dir: std::path::PathBuf,
+    /// With --wait: the longest wait between two polls.
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "5s")]
+    pub poll_interval: std::time::Duration,
+}
+
+pub fn fidelity(text: &str) -> Result<Decimal, String> {
+    params::parse_fidelity(text).map_err(|e| e.message)
+}
+pub fn upscale(text: &str) -> Result<u32, String> {
+    params::parse_upscale(text).map_err(|e| e.message)
+}
+pub fn size(text: &str) -> Result<(u32, u32), String> {
+    params::parse_size(text).map_err(|e| e.message)
+}
+pub fn tag(text: &str) -> Result<(String, String), String> {
+    params::parse_tag(text).map_err(|e| e.message)
+}
+pub fn webhook_mode(text: &str) -> Result<WebhookMode, String> {
+    text.parse::<WebhookMode>().map_err(|e| e.message)
+}
+
+pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
+    let params = args.params.params(&args.image_url)?;
+    let gateway = global.gateway()?;
+    let mut ledger = global.open_ledger()?;
+    let job = NewJob {
+        params,
+        key: args.key.clone(),
+        batch: args.batch.clone(),
+        size: args.size,
+        size_source: args.size.map(|_| "given"),
+        tags: args.params.tags.clone(),
+    };
+    let enqueued = ledger.enqueue(std::slice::from_ref(&job))?[0];
+    let row = ledger.job(enqueued.id)?.expect("job just recorded");
+    if !enqueued.added {
+        println!(
+            "job {} (key {}) is already in the ledger, {}; nothing added",
+            row.id, row.key, row.state
+        );
+        return Ok(codeformer_ledger::exit::DONE);
+    }
+    println!("job {} recorded (key {})", row.id, row.key);
+    if args.no_send {
+        println!("not sent (--no-send); `codeformer-ledger run` will send it");
+        return Ok(codeformer_ledger::exit::DONE);
+    }
+    let lock = match ledger.lock_engine() {
+        Ok(lock) => lock,
+        Err(LedgerError::Busy { pid, .. }) => {
+            println!("an engine (pid {pid}) is running on this ledger and will send it");
+            return Ok(codeformer_ledger::exit::DONE);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let stop = engine::send_now(&mut ledger, &gateway, row.id)?;
+    let row = ledger.job(row.id)?.expect("job just recorded");
+    print_outcome(&row);
+    if let Some(reason) = stop {
+        return Err(stop_error(&reason));
+    }
+    if args.wait && row.state != JobState::Planned {
+        drop(lock);
+        let run_args = super::run::RunArgs::for_wait(args.batch, args.out_dir, args.poll_interval);
+        return super::run::run(global, run_args);
+    }
+    Ok(match row.state {
+        JobState::Rejected | JobState::Uncertain => codeformer_ledger::exit::SOME_FAILED,
+        _ => codeformer_ledger::exit::DONE,
+    })
+}
+
+fn print_outcome(row: &codeformer_ledger::ledger::JobRow) {
+    let estimate = row
+        .estimated_cost
+        .map(|c| format!("estimate {} USD", codeformer_ledger::money::exact(c)))
+        .unwrap_or_else(|| "no estimate (size unknown)".into());
+    match row.state {
+        JobState::Queued | JobState::Processing => println!(
+            "sent: request {} {}; {estimate}; `codeformer-ledger run` polls and downloads it",
+            row.request_id.as_deref().unwrap_or("?"),
+            row.remote_status.as_deref().unwrap_or("QUEUED"),
+        ),
+        JobState::Planned => println!(
+            "not sent: {}; it stays planned and `codeformer-ledger run` will send it",
+            row.reason
+                .as_deref()
+                .unwrap_or("the gateway could not be reached")
+        ),
+        state => println!(
+            "{state}: {}",
+            row.reason.as_deref().or(row.error.as_deref()).unwrap_or("")
+        ),
+    }
+}
+
+/// The message and exit code for a run that stopped early.
+pub fn stop_error(reason: &StopReason) -> CliError {
+    let code = match reason {
+        StopReason::Budget { .. } | StopReason::InsufficientBalance { .. } => {
+            codeformer_ledger::exit::BUDGET
+        }
+        _ => codeformer_ledger::exit::ERROR,
+    };
+    let message = match reason {
+        StopReason::Budget { needed } => format!(
+            "stopped by the budget cap: the held jobs need {} USD more; raise --budget and run again",
+            codeformer_ledger::money::exact(*needed)
+        ),
+        StopReason::InsufficientBalance { message } => format!(
+            "the gateway's wallet is empty (HTTP 402: {message}); the remaining jobs are held. Top up, then run again"
+        ),
+        StopReason::Unauthorized { message } => message.clone(),
+        StopReason::Unreachable { message } => message.clone(),
+        StopReason::Interrupted => {
+            "interrupted; what was in flight is recorded. `codeformer-ledger run` resumes".into()
+        }
+    };
+    CliError { code, message }
+}

@@ -1,0 +1,1170 @@
+//! The engine: a plain loop over an explicit state machine that sends planned jobs, polls the
+//! ones at the gateway, downloads outputs and runs hooks, until nothing is left to do.
+//!
+//! One thread (the caller's) owns the ledger and records every result; `concurrency` worker
+//! threads do the HTTP. Before a submission is sent its intent is committed; its answer is
+//! committed as soon as it arrives, so a process killed at any instant leaves a ledger from
+//! which the next run continues without sending anything twice. Polls are picked from an index
+//! on the next-poll time, so a loop step costs the same however many jobs have finished.
+
+mod schedule;
+mod worker;
+
+pub use schedule::{backoff, PollSchedule};
+pub use worker::{hex, stem_of};
+
+use crate::clock;
+use crate::gateway::{Gateway, PollOutcome, RemoteStatus, SubmitOutcome};
+use crate::ledger::{Change, Event, JobRow, JobState, Ledger, LedgerError, SubmitRecord};
+use crate::money;
+use rust_decimal::Decimal;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use worker::{Done, Task, TaskResult, Workers};
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Only this batch's jobs; all jobs when `None`.
+    pub batch: Option<String>,
+    /// Where outputs are written.
+    pub out_dir: PathBuf,
+    /// HTTP requests in flight at most.
+    pub concurrency: usize,
+    /// The longest wait between two polls of one job.
+    pub poll_interval: Duration,
+    /// Spend cap in USD for the jobs in scope.
+    pub budget: Option<Decimal>,
+    /// Jobs still unfinished this long after they were sent become `stalled`.
+    pub deadline: Option<Duration>,
+    /// States whose jobs get a new attempt before the run.
+    pub retry: Vec<JobState>,
+    /// Send `uncertain` jobs again (they may be charged twice).
+    pub resubmit_uncertain: bool,
+    /// Set from outside (Ctrl-C) to stop sending and return.
+    pub stop: Arc<AtomicBool>,
+    /// Consecutive failures to reach the gateway after which the run gives up.
+    pub max_unreachable: u32,
+}
+
+impl EngineOptions {
+    pub fn new(out_dir: PathBuf) -> Self {
+        EngineOptions {
+            batch: None,
+            out_dir,
+            concurrency: 4,
+            poll_interval: Duration::from_secs(5),
+            budget: None,
+            deadline: None,
+            retry: Vec::new(),
+            resubmit_uncertain: false,
+            stop: Arc::new(AtomicBool::new(false)),
+            max_unreachable: 4,
+        }
+    }
+}
+
+/// Why a run stopped before everything was done.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// Jobs are held by the budget; `needed` more USD would let them all be sent.
+    Budget { needed: Decimal },
+    /// The gateway answered 402; the rest are held.
+    InsufficientBalance { message: String },
+    /// The gateway refused the key (401/403).
+    Unauthorized { message: String },
+    /// The gateway could not be reached; the rest stay planned.
+    Unreachable { message: String },
+    /// Stopped from outside (Ctrl-C).
+    Interrupted,
+}
+
+/// What a run did, and how the jobs in its scope stand.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub counts: Vec<(JobState, i64)>,
+    pub sent: u64,
+    pub polls: u64,
+    pub downloads: u64,
+    pub charged: Decimal,
+    pub stop: Option<StopReason>,
+    /// Jobs found `submitting` at start and made `uncertain`.
+    pub recovered_uncertain: Vec<i64>,
+}
+
+impl RunSummary {
+    pub fn count(&self, state: JobState) -> i64 {
+        self.counts
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    }
+
+    /// The exit code the design gives this outcome.
+    pub fn exit_code(&self) -> u8 {
+        match &self.stop {
+            Some(StopReason::Budget { .. } | StopReason::InsufficientBalance { .. }) => {
+                crate::exit::BUDGET
+            }
+            Some(_) => crate::exit::ERROR,
+            None if [
+                JobState::Failed,
+                JobState::Error,
+                JobState::Rejected,
+                JobState::Stalled,
+                JobState::Uncertain,
+            ]
+            .iter()
+            .any(|s| self.count(*s) > 0) =>
+            {
+                crate::exit::SOME_FAILED
+            }
+            None => crate::exit::DONE,
+        }
+    }
+}
+
+/// A snapshot for progress displays.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub done: u64,
+    pub total: u64,
+    pub in_flight: usize,
+    pub failed: u64,
+    pub spent: Decimal,
+}
+
+/// Called with progress snapshots, at most a few times a second.
+pub trait ProgressSink {
+    fn update(&mut self, progress: &Progress);
+}
+
+impl ProgressSink for () {
+    fn update(&mut self, _: &Progress) {}
+}
+
+/// What the hook step of the engine needs; see [`crate::hooks`].
+pub trait PostProcessor {
+    /// Whether any hook will run after a job ends in `state`.
+    fn wants(&self, state: JobState) -> bool;
+    /// Runs the owed hooks of a job; the ledger records each run.
+    fn run_job_hooks(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<(), LedgerError>;
+    /// Runs `on_batch_done` once a batch has nothing unfinished.
+    fn batch_done(&mut self, ledger: &mut Ledger, batch: &str) -> Result<(), LedgerError>;
+}
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Runs until nothing in scope is left to do, or a stop reason.
+pub fn run<'a>(
+    ledger: &'a mut Ledger,
+    gateway: &'a Gateway,
+    options: &'a EngineOptions,
+    hooks: Option<&'a mut dyn PostProcessor>,
+    progress: &mut dyn ProgressSink,
+) -> Result<RunSummary, EngineError> {
+    let mut engine = Engine::new(ledger, gateway, options, hooks)?;
+    engine.prepare()?;
+    engine.main_loop(progress)?;
+    engine.finish()
+}
+
+/// Sends one job now on the calling thread (the `submit` command), recording intent and answer.
+pub fn send_now(
+    ledger: &mut Ledger,
+    gateway: &Gateway,
+    job_id: i64,
+) -> Result<Option<StopReason>, EngineError> {
+    let options = EngineOptions::new(PathBuf::from("."));
+    let mut engine = Engine::new(ledger, gateway, &options, None)?;
+    let Some(job) = engine.ledger.job(job_id)? else {
+        return Ok(None);
+    };
+    if job.state != JobState::Planned {
+        return Ok(None);
+    }
+    if job.input_size().is_none() {
+        let url = job.image_url.clone();
+        let result = worker::perform(gateway, Task::Probe { url }, job.id, job.attempt);
+        engine.handle(Done {
+            job_id: job.id,
+            attempt: job.attempt,
+            result,
+        })?;
+    }
+    let job = engine.ledger.job(job_id)?.expect("job just read");
+    let record = engine.intent(&job);
+    engine
+        .ledger
+        .mark_submitting(std::slice::from_ref(&record))?;
+    let result = worker::perform(
+        gateway,
+        Task::Submit {
+            params: job.params(),
+        },
+        job.id,
+        job.attempt,
+    );
+    engine.handle(Done {
+        job_id: job.id,
+        attempt: job.attempt,
+        result,
+    })?;
+    Ok(engine.stop.clone())
+}
+
+struct Engine<'a> {
+    ledger: &'a mut Ledger,
+    gateway: &'a Gateway,
+    options: &'a EngineOptions,
+    hooks: Option<&'a mut dyn PostProcessor>,
+    schedule: PollSchedule,
+    in_flight: HashMap<i64, &'static str>,
+    /// Jobs passed over for sending in this run (held, or their size could not be probed).
+    passed: HashSet<i64>,
+    unprobeable: HashSet<i64>,
+    failures: HashMap<i64, u32>,
+    send_cursor: i64,
+    send_paused_until: Option<Instant>,
+    sending: bool,
+    limit: usize,
+    successes_since_429: u32,
+    unreachable: u32,
+    spent: Decimal,
+    held_estimates: HashMap<i64, Option<Decimal>>,
+    stop: Option<StopReason>,
+    summary: RunSummary,
+    last_deadline_check: Instant,
+    last_progress: Instant,
+    total_in_scope: u64,
+}
+
+impl<'a> Engine<'a> {
+    fn new(
+        ledger: &'a mut Ledger,
+        gateway: &'a Gateway,
+        options: &'a EngineOptions,
+        hooks: Option<&'a mut dyn PostProcessor>,
+    ) -> Result<Self, EngineError> {
+        let spent = ledger.committed_spend(options.batch.as_deref())?;
+        Ok(Engine {
+            ledger,
+            gateway,
+            options,
+            hooks,
+            schedule: PollSchedule::new(options.poll_interval),
+            in_flight: HashMap::new(),
+            passed: HashSet::new(),
+            unprobeable: HashSet::new(),
+            failures: HashMap::new(),
+            send_cursor: 0,
+            send_paused_until: None,
+            sending: true,
+            limit: options.concurrency.max(1),
+            successes_since_429: 0,
+            unreachable: 0,
+            spent,
+            held_estimates: HashMap::new(),
+            stop: None,
+            summary: RunSummary::default(),
+            last_deadline_check: Instant::now() - Duration::from_secs(60),
+            last_progress: Instant::now() - Duration::from_secs(60),
+            total_in_scope: 0,
+        })
+    }
+
+    fn scope(&self) -> Option<&'a str> {
+        self.options.batch.as_deref()
+    }
+
+    /// Start-up: interrupted submissions become uncertain; retries become new attempts.
+    fn prepare(&mut self) -> Result<(), EngineError> {
+        self.summary.recovered_uncertain = self.ledger.recover_interrupted()?;
+        if !self.options.retry.is_empty() {
+            self.ledger
+                .new_attempts(&self.options.retry, self.scope(), "run --retry")?;
+        }
+        if self.options.resubmit_uncertain {
+            self.ledger.new_attempts(
+                &[JobState::Uncertain],
+                self.scope(),
+                "run --resubmit-uncertain (the earlier attempt may have been charged)",
+            )?;
+        }
+        self.spent = self.ledger.committed_spend(self.scope())?;
+        self.total_in_scope = self
+            .ledger
+            .count_by_state(self.scope())?
+            .iter()
+            .map(|(_, n)| *n as u64)
+            .sum();
+        self.ledger
+            .append(vec![Event::new(None, None, "engine_start").detail(
+                format!(
+                    "pid {}, batch {}, concurrency {}, budget {}",
+                    std::process::id(),
+                    self.scope().unwrap_or("(all)"),
+                    self.limit,
+                    self.options
+                        .budget
+                        .map(money::exact)
+                        .unwrap_or_else(|| "none".into())
+                ),
+            )])?;
+        Ok(())
+    }
+
+    fn main_loop(&mut self, progress: &mut dyn ProgressSink) -> Result<(), EngineError> {
+        let (done_tx, done_rx) = mpsc::channel();
+        let workers = Workers::start(self.options.concurrency.max(1), self.gateway, done_tx);
+        loop {
+            if self.options.stop.load(Ordering::Relaxed) && self.stop.is_none() {
+                self.stop = Some(StopReason::Interrupted);
+                self.sending = false;
+            }
+            self.drain(&done_rx)?;
+            self.check_deadline()?;
+            self.run_hooks()?;
+            let dispatched = self.dispatch(&workers)?;
+            self.report_progress(progress)?;
+            if self.in_flight.is_empty() && !dispatched {
+                if self.stop.is_some() || self.nothing_left()? {
+                    break;
+                }
+            }
+            let wait = self.wait_time()?;
+            match done_rx.recv_timeout(wait) {
+                Ok(done) => self.handle(done)?,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        drop(workers);
+        Ok(())
+    }
+
+    fn drain(&mut self, rx: &mpsc::Receiver<Done>) -> Result<(), EngineError> {
+        let mut polls = Vec::new();
+        while let Ok(done) = rx.try_recv() {
+            if matches!(done.result, TaskResult::Poll(_)) {
+                polls.push(done);
+            } else {
+                self.handle(done)?;
+            }
+        }
+        if !polls.is_empty() {
+            let mut items = Vec::with_capacity(polls.len());
+            for done in polls {
+                self.in_flight.remove(&done.job_id);
+                if let TaskResult::Poll(exchange) = done.result {
+                    if let Some(item) = self.poll_record(done.job_id, done.attempt, exchange)? {
+                        items.push(item);
+                    }
+                }
+            }
+            self.commit_polls(items)?;
+        }
+        Ok(())
+    }
+
+    fn nothing_left(&mut self) -> Result<bool, EngineError> {
+        if self.ledger.unfinished(self.scope())? == 0 {
+            return Ok(true);
+        }
+        // What is left may be only jobs this run cannot send (held, unprobeable) or owes
+        // nothing to yet (polls in the future).
+        let now = now_ms();
+        let due_soon = self.ledger.next_due()?.is_some();
+        let sendable = self.sending
+            && !self
+                .ledger
+                .sendable(self.scope(), 0, 1_000_000)?
+                .iter()
+                .all(|j| self.passed.contains(&j.id));
+        let hooks_owed =
+            !self.ledger.owing_hooks(self.scope(), 1)?.is_empty() && self.hooks.is_some();
+        let _ = now;
+        Ok(!due_soon && !sendable && !hooks_owed)
+    }
+
+    fn wait_time(&mut self) -> Result<Duration, EngineError> {
+        let cap = Duration::from_millis(250);
+        if self.in_flight.len() >= self.limit {
+            return Ok(cap);
+        }
+        let mut wait = cap;
+        if let Some(due) = self.ledger.next_due()? {
+            let until = Duration::from_millis((due - now_ms()).max(0) as u64);
+            wait = wait.min(until);
+        }
+        if let Some(until) = self.send_paused_until {
+            wait = wait.min(until.saturating_duration_since(Instant::now()));
+        }
+        Ok(wait.max(Duration::from_millis(1)))
+    }
+
+    // ---- dispatch ----
+
+    fn dispatch(&mut self, workers: &Workers) -> Result<bool, EngineError> {
+        let mut dispatched = false;
+        let free = self.limit.saturating_sub(self.in_flight.len());
+        if free > 0 {
+            let due = self.ledger.due(now_ms(), free + self.in_flight.len())?;
+            for job in due {
+                if self.in_flight.len() >= self.limit {
+                    break;
+                }
+                if self.in_flight.contains_key(&job.id) {
+                    continue;
+                }
+                if job.post.as_deref() == Some("download") && job.state == JobState::Completed {
+                    self.in_flight.insert(job.id, "download");
+                    workers.send(
+                        job.id,
+                        job.attempt,
+                        Task::Download {
+                            urls: job.output_urls.clone(),
+                            dir: self.options.out_dir.clone(),
+                            stem: stem_of(&job.image_url),
+                        },
+                    );
+                    dispatched = true;
+                } else if job.state.is_remote_pending() {
+                    if let Some(request_id) = job.request_id.clone() {
+                        self.in_flight.insert(job.id, "poll");
+                        workers.send(job.id, job.attempt, Task::Poll { request_id });
+                        dispatched = true;
+                    }
+                } else {
+                    // Nothing to poll any more (a callback or another process finished it).
+                    self.ledger.record(vec![(
+                        job.id,
+                        job.attempt,
+                        Change {
+                            next_poll_at: Some(None),
+                            ..Change::default()
+                        },
+                        Event::new(Some(job.id), Some(job.attempt), "unscheduled")
+                            .detail(format!("no poll needed in state {}", job.state)),
+                    )])?;
+                }
+            }
+        }
+        if self.can_send() {
+            dispatched |= self.dispatch_sends(workers)?;
+        }
+        Ok(dispatched)
+    }
+
+    fn can_send(&mut self) -> bool {
+        if !self.sending || self.in_flight.len() >= self.limit {
+            return false;
+        }
+        match self.send_paused_until {
+            Some(until) if Instant::now() < until => false,
+            _ => {
+                self.send_paused_until = None;
+                true
+            }
+        }
+    }
+
+    fn dispatch_sends(&mut self, workers: &Workers) -> Result<bool, EngineError> {
+        let free = self.limit.saturating_sub(self.in_flight.len());
+        let candidates = self
+            .ledger
+            .sendable(self.scope(), self.send_cursor, free * 2 + 8)?;
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        let mut intents = Vec::new();
+        let mut to_hold = Vec::new();
+        let mut dispatched = false;
+        for job in candidates {
+            if intents.len() + self.in_flight.len() >= self.limit {
+                break;
+            }
+            self.send_cursor = self.send_cursor.max(job.id);
+            if self.in_flight.contains_key(&job.id) || self.passed.contains(&job.id) {
+                continue;
+            }
+            if job.input_size().is_none() && !self.unprobeable.contains(&job.id) {
+                if let Some(size) = self.ledger.cached_size(&job.image_url)? {
+                    self.ledger.record_probe(
+                        &job.image_url,
+                        size,
+                        "cached",
+                        0,
+                        Some((job.id, job.attempt, job.upscale)),
+                    )?;
+                    self.send_cursor = job.id - 1;
+                    continue;
+                }
+                self.in_flight.insert(job.id, "probe");
+                workers.send(
+                    job.id,
+                    job.attempt,
+                    Task::Probe {
+                        url: job.image_url.clone(),
+                    },
+                );
+                dispatched = true;
+                continue;
+            }
+            let record = self.intent(&job);
+            if let Some(budget) = self.options.budget {
+                match record.estimate {
+                    Some(estimate) if self.spent + estimate <= budget => {}
+                    estimate => {
+                        to_hold.push((job, estimate));
+                        continue;
+                    }
+                }
+            }
+            self.spent += record.estimate.unwrap_or_default();
+            intents.push((record, job));
+        }
+        self.hold(to_hold)?;
+        if !intents.is_empty() {
+            let records: Vec<SubmitRecord> = intents.iter().map(|(r, _)| r.clone()).collect();
+            self.ledger.mark_submitting(&records)?;
+            for (record, job) in intents {
+                self.in_flight.insert(job.id, "submit");
+                self.summary.sent += 1;
+                workers.send(
+                    record.job_id,
+                    record.attempt,
+                    Task::Submit {
+                        params: job.params(),
+                    },
+                );
+            }
+            dispatched = true;
+        }
+        Ok(dispatched)
+    }
+
+    fn intent(&self, job: &JobRow) -> SubmitRecord {
+        let price = self.price_now();
+        let estimate = job.input_size().map(|(w, h)| {
+            let (ow, oh) = money::output_size(w, h, job.upscale);
+            money::Price {
+                per_megapixel: price,
+                ..money::Price::default_rate()
+            }
+            .cost(ow, oh)
+        });
+        SubmitRecord {
+            job_id: job.id,
+            attempt: job.attempt,
+            body: Gateway::submit_body(&job.params()),
+            price,
+            estimate,
+        }
+    }
+
+    fn price_now(&self) -> Decimal {
+        self.ledger
+            .current_price()
+            .map(|p| p.per_megapixel)
+            .unwrap_or_else(|_| money::Price::default_rate().per_megapixel)
+    }
+
+    /// Holds jobs that the budget cannot cover.
+    fn hold(&mut self, jobs: Vec<(JobRow, Option<Decimal>)>) -> Result<(), EngineError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let budget = self.options.budget.unwrap_or_default();
+        let mut items = Vec::new();
+        for (job, estimate) in jobs {
+            self.passed.insert(job.id);
+            self.held_estimates.insert(job.id, estimate);
+            let reason = match estimate {
+                Some(e) => format!(
+                    "budget: {} USD committed + {} USD for this job would exceed the {} USD cap",
+                    money::exact(self.spent),
+                    money::exact(e),
+                    money::exact(budget)
+                ),
+                None => "budget: the cost of this job cannot be estimated (its size is unknown; give --size or manifest width,height)".to_string(),
+            };
+            items.push(self.state_change(&job, JobState::Held, &reason));
+        }
+        self.ledger.record(items)?;
+        Ok(())
+    }
+
+    fn state_change(
+        &self,
+        job: &JobRow,
+        state: JobState,
+        reason: &str,
+    ) -> (i64, i64, Change, Event) {
+        (
+            job.id,
+            job.attempt,
+            Change {
+                state: Some(state),
+                reason: Some(Some(reason.to_string())),
+                ..Change::default()
+            },
+            Event::new(Some(job.id), Some(job.attempt), "state")
+                .detail(format!("{} -> {state}: {reason}", job.state)),
+        )
+    }
+
+    // ---- results ----
+
+    fn handle(&mut self, done: Done) -> Result<(), EngineError> {
+        self.in_flight.remove(&done.job_id);
+        match done.result {
+            TaskResult::Probe(result) => self.on_probe(done.job_id, done.attempt, result),
+            TaskResult::Submit(exchange) => self.on_submit(done.job_id, done.attempt, exchange),
+            TaskResult::Poll(exchange) => {
+                let item = self.poll_record(done.job_id, done.attempt, exchange)?;
+                self.commit_polls(item.into_iter().collect())
+            }
+            TaskResult::Download(result) => self.on_download(done.job_id, done.attempt, result),
+        }
+    }
+
+    fn on_probe(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        result: Result<crate::probe::Probe, String>,
+    ) -> Result<(), EngineError> {
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(());
+        };
+        match result {
+            Ok(probe) => {
+                self.ledger.record_probe(
+                    &job.image_url,
+                    (probe.size.width, probe.size.height),
+                    &probe.size.format,
+                    probe.bytes_read,
+                    Some((job_id, attempt, job.upscale)),
+                )?;
+            }
+            Err(reason) => {
+                self.unprobeable.insert(job_id);
+                self.ledger
+                    .append(vec![Event::new(Some(job_id), Some(attempt), "estimate")
+                        .detail(format!(
+                            "the input size could not be read from {}: {reason}",
+                            job.image_url
+                        ))])?;
+            }
+        }
+        self.send_cursor = self.send_cursor.min(job_id - 1);
+        Ok(())
+    }
+
+    fn on_submit(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        exchange: crate::gateway::Exchange<SubmitOutcome>,
+    ) -> Result<(), EngineError> {
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(());
+        };
+        let estimate = job.estimated_cost.unwrap_or_default();
+        let event = Event::new(Some(job_id), Some(attempt), "submit_answer")
+            .http(exchange.http_status, exchange.latency_ms)
+            .body(exchange.body.clone());
+        let mut change = Change::default();
+        let mut final_state = None;
+        match &exchange.outcome {
+            SubmitOutcome::Accepted {
+                request_id, status, ..
+            } => {
+                self.unreachable = 0;
+                self.note_success();
+                let remote = RemoteStatus::parse(status).unwrap_or(RemoteStatus::Queued);
+                change.state = Some(if remote == RemoteStatus::Processing {
+                    JobState::Processing
+                } else {
+                    JobState::Queued
+                });
+                change.request_id = Some(request_id.clone());
+                change.remote_status = Some(remote.as_str().to_string());
+                let delay = self.schedule.next_delay(Duration::ZERO, 0);
+                change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+            }
+            SubmitOutcome::Rejected { status, message } => {
+                self.unreachable = 0;
+                change.state = Some(JobState::Rejected);
+                change.reason = Some(Some(format!(
+                    "the gateway refused the submission (HTTP {status}): {message}"
+                )));
+                change.error = Some(Some(message.clone()));
+                change.finished = true;
+                self.spent -= estimate;
+                final_state = Some(JobState::Rejected);
+            }
+            SubmitOutcome::Unauthorized { message } | SubmitOutcome::Forbidden { message } => {
+                let code = if matches!(exchange.outcome, SubmitOutcome::Unauthorized { .. }) {
+                    401
+                } else {
+                    403
+                };
+                change.state = Some(JobState::Planned);
+                change.reason = Some(Some(format!("not sent: HTTP {code}")));
+                self.spent -= estimate;
+                self.send_cursor = self.send_cursor.min(job_id - 1);
+                self.stop_with(StopReason::Unauthorized {
+                    message: format!(
+                        "the gateway refused the API key (HTTP {code}: {message}); set {} to a valid key (or pass --api-key-file) and run again",
+                        crate::KEY_ENV
+                    ),
+                });
+            }
+            SubmitOutcome::InsufficientBalance { message } => {
+                self.unreachable = 0;
+                change.state = Some(JobState::Held);
+                change.reason = Some(Some(format!("insufficient balance (HTTP 402): {message}")));
+                self.spent -= estimate;
+                self.passed.insert(job_id);
+                self.stop_with(StopReason::InsufficientBalance {
+                    message: message.clone(),
+                });
+            }
+            SubmitOutcome::RateLimited { retry_after } => {
+                self.unreachable = 0;
+                change.state = Some(JobState::Planned);
+                change.reason = Some(Some("not sent: HTTP 429, will be sent again".into()));
+                self.spent -= estimate;
+                self.send_cursor = self.send_cursor.min(job_id - 1);
+                self.on_rate_limited(*retry_after);
+            }
+            SubmitOutcome::NotSent { reason } => {
+                change.state = Some(JobState::Planned);
+                change.reason = Some(Some(format!("not sent: {reason}")));
+                self.spent -= estimate;
+                self.send_cursor = self.send_cursor.min(job_id - 1);
+                self.on_unreachable(reason);
+            }
+            SubmitOutcome::Unknown { reason } => {
+                change.state = Some(JobState::Uncertain);
+                change.reason = Some(Some(format!(
+                    "the submission's outcome is unknown ({reason}); the job may exist and be billed, so it is not resent on its own (run --resubmit-uncertain)"
+                )));
+                final_state = Some(JobState::Uncertain);
+            }
+        }
+        if let Some(state) = final_state {
+            if state != JobState::Uncertain {
+                change.post = Some(self.post_after(state));
+            }
+        }
+        self.ledger.record(vec![(job_id, attempt, change, event)])?;
+        if final_state == Some(JobState::Rejected) {
+            self.ledger.record_no_charge(
+                job_id,
+                attempt,
+                "rejected submissions are not charged",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn post_after(&self, state: JobState) -> Option<&'static str> {
+        match &self.hooks {
+            Some(h) if h.wants(state) => Some("hooks"),
+            _ => None,
+        }
+    }
+
+    fn poll_record(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        exchange: crate::gateway::Exchange<PollOutcome>,
+    ) -> Result<Option<(i64, i64, Change, Event, Option<JobState>)>, EngineError> {
+        self.summary.polls += 1;
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(None);
+        };
+        if job.attempt != attempt || !job.state.is_remote_pending() {
+            // The job moved on meanwhile (a callback finished it); keep the answer on record.
+            let event = Event::new(Some(job_id), Some(attempt), "poll")
+                .http(exchange.http_status, exchange.latency_ms)
+                .detail("answer after the job had already moved on")
+                .body(exchange.body);
+            return Ok(Some((job_id, attempt, Change::default(), event, None)));
+        }
+        let mut event = Event::new(Some(job_id), Some(attempt), "poll")
+            .http(exchange.http_status, exchange.latency_ms)
+            .body(exchange.body.clone());
+        let mut change = Change {
+            count_poll: true,
+            ..Change::default()
+        };
+        let mut final_state = None;
+        let elapsed = job
+            .submitted_at
+            .as_deref()
+            .and_then(clock::parse_remote)
+            .map(|t| (clock::now() - t).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        match exchange.outcome {
+            PollOutcome::Status(remote) => {
+                self.unreachable = 0;
+                self.failures.remove(&job_id);
+                self.note_success();
+                event.remote_status = Some(remote.status.as_str().to_string());
+                change.remote_status = Some(remote.status.as_str().to_string());
+                match remote.status {
+                    RemoteStatus::Queued | RemoteStatus::Processing => {
+                        change.state = Some(if remote.status == RemoteStatus::Queued {
+                            JobState::Queued
+                        } else {
+                            JobState::Processing
+                        });
+                        let delay = self.schedule.next_delay(elapsed, job.polls as u32 + 1);
+                        change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+                    }
+                    RemoteStatus::Completed => {
+                        self.schedule.observe(elapsed);
+                        change.state = Some(JobState::Completed);
+                        change.output_urls = Some(remote.media_urls.clone());
+                        change.post = Some(Some("download"));
+                        change.next_poll_at = Some(Some(now_ms()));
+                        change.finished = true;
+                        final_state = Some(JobState::Completed);
+                    }
+                    RemoteStatus::Failed | RemoteStatus::Error => {
+                        let state = if remote.status == RemoteStatus::Failed {
+                            JobState::Failed
+                        } else {
+                            JobState::Error
+                        };
+                        change.state = Some(state);
+                        change.error = Some(Some(remote.error.clone().unwrap_or_else(|| {
+                            format!("the gateway reported {}", remote.status.as_str())
+                        })));
+                        change.next_poll_at = Some(None);
+                        change.post = Some(self.post_after(state));
+                        change.finished = true;
+                        if state == JobState::Error {
+                            self.spent -= job.estimated_cost.unwrap_or_default();
+                        }
+                        final_state = Some(state);
+                    }
+                }
+            }
+            PollOutcome::RateLimited { retry_after } => {
+                self.on_rate_limited(retry_after);
+                let delay = retry_after
+                    .unwrap_or(self.options.poll_interval)
+                    .max(self.schedule.min);
+                change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+            }
+            PollOutcome::Unauthorized { status } => {
+                change.next_poll_at = Some(Some(
+                    now_ms() + self.options.poll_interval.as_millis() as i64,
+                ));
+                self.stop_with(StopReason::Unauthorized {
+                    message: format!(
+                        "the gateway refused the API key when polling (HTTP {status}); set {} to a valid key and run again",
+                        crate::KEY_ENV
+                    ),
+                });
+            }
+            PollOutcome::NotFound
+            | PollOutcome::Transient { .. }
+            | PollOutcome::BadAnswer { .. } => {
+                let reason = match &exchange.outcome {
+                    PollOutcome::NotFound => {
+                        "the gateway does not know this request id (HTTP 404)".to_string()
+                    }
+                    PollOutcome::Transient { reason } => reason.clone(),
+                    PollOutcome::BadAnswer { reason } => format!("bad answer: {reason}"),
+                    _ => String::new(),
+                };
+                if exchange.http_status.is_none() {
+                    self.on_unreachable(&reason);
+                } else {
+                    self.unreachable = 0;
+                }
+                event.detail = Some(reason);
+                let failures = self.failures.entry(job_id).or_insert(0);
+                *failures += 1;
+                let delay = backoff(
+                    *failures,
+                    self.schedule.min.max(Duration::from_millis(50)),
+                    self.options.poll_interval.max(Duration::from_secs(30)),
+                );
+                change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+            }
+        }
+        Ok(Some((job_id, attempt, change, event, final_state)))
+    }
+
+    fn commit_polls(
+        &mut self,
+        items: Vec<(i64, i64, Change, Event, Option<JobState>)>,
+    ) -> Result<(), EngineError> {
+        let errors: Vec<(i64, i64)> = items
+            .iter()
+            .filter(|i| i.4 == Some(JobState::Error))
+            .map(|i| (i.0, i.1))
+            .collect();
+        self.ledger.record(
+            items
+                .into_iter()
+                .map(|(j, a, c, e, _)| (j, a, c, e))
+                .collect(),
+        )?;
+        for (job_id, attempt) in errors {
+            self.ledger
+                .record_no_charge(job_id, attempt, "ERROR jobs are not charged")?;
+        }
+        Ok(())
+    }
+
+    fn on_download(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        result: Result<Vec<crate::ledger::OutputRow>, String>,
+    ) -> Result<(), EngineError> {
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(());
+        };
+        match result {
+            Ok(files) => {
+                self.summary.downloads += 1;
+                let post = self.post_after(JobState::Completed);
+                if let Some(charge) = self.ledger.record_download(job_id, attempt, &files, post)? {
+                    self.spent += charge - job.estimated_cost.unwrap_or_default();
+                    self.summary.charged += charge;
+                }
+            }
+            Err(reason) => {
+                let failures = self.failures.entry(job_id).or_insert(0);
+                *failures += 1;
+                let delay = backoff(
+                    *failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(60),
+                );
+                let item = (
+                    job_id,
+                    attempt,
+                    Change {
+                        next_poll_at: Some(Some(now_ms() + delay.as_millis() as i64)),
+                        error: Some(Some(format!("download failed: {reason}"))),
+                        ..Change::default()
+                    },
+                    Event::new(Some(job_id), Some(attempt), "download_failed").detail(reason),
+                );
+                self.ledger.record(vec![item])?;
+                if *self.failures.get(&job_id).unwrap_or(&0) >= 5 {
+                    // Keep the job owing its download for a later run, but stop trying now.
+                    self.ledger.record(vec![(
+                        job_id,
+                        attempt,
+                        Change {
+                            next_poll_at: Some(None),
+                            ..Change::default()
+                        },
+                        Event::new(Some(job_id), Some(attempt), "download_deferred")
+                            .detail("5 downloads failed; `run` tries again"),
+                    )])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- control ----
+
+    fn note_success(&mut self) {
+        self.successes_since_429 += 1;
+        if self.successes_since_429 >= 20 && self.limit < self.options.concurrency.max(1) {
+            self.limit += 1;
+            self.successes_since_429 = 0;
+        }
+    }
+
+    fn on_rate_limited(&mut self, retry_after: Option<Duration>) {
+        self.successes_since_429 = 0;
+        self.limit = (self.limit / 2).max(1);
+        let pause = retry_after
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(300));
+        let until = Instant::now() + pause;
+        self.send_paused_until = Some(self.send_paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    fn on_unreachable(&mut self, reason: &str) {
+        self.unreachable += 1;
+        let pause = backoff(
+            self.unreachable,
+            Duration::from_millis(250),
+            Duration::from_secs(5),
+        );
+        self.send_paused_until = Some(Instant::now() + pause);
+        if self.unreachable >= self.options.max_unreachable {
+            self.stop_with(StopReason::Unreachable {
+                message: format!(
+                    "the gateway at {} cannot be reached ({reason}); unsent jobs stay planned and the next `run` sends them",
+                    self.gateway.config().base_url
+                ),
+            });
+        }
+    }
+
+    fn stop_with(&mut self, reason: StopReason) {
+        self.sending = false;
+        if matches!(
+            reason,
+            StopReason::Unauthorized { .. } | StopReason::Unreachable { .. }
+        ) {
+            // Polls would fail the same way: stop once what is in flight returns.
+            self.options.stop.store(false, Ordering::Relaxed);
+        }
+        if self.stop.is_none() {
+            self.stop = Some(reason);
+        }
+    }
+
+    fn check_deadline(&mut self) -> Result<(), EngineError> {
+        let Some(deadline) = self.options.deadline else {
+            return Ok(());
+        };
+        if self.last_deadline_check.elapsed() < Duration::from_millis(500) {
+            return Ok(());
+        }
+        self.last_deadline_check = Instant::now();
+        let cutoff = clock::now() - chrono::Duration::from_std(deadline).unwrap_or_default();
+        let overdue = self.ledger.overdue(&clock::stamp(cutoff), self.scope())?;
+        let mut items = Vec::new();
+        for job in overdue {
+            if self.in_flight.contains_key(&job.id) {
+                continue;
+            }
+            let reason = format!(
+                "still {} after the {}s deadline; no longer polled (the API has no cancel, so it may still be charged)",
+                job.state,
+                deadline.as_secs_f64()
+            );
+            let (id, attempt, mut change, event) =
+                self.state_change(&job, JobState::Stalled, &reason);
+            change.next_poll_at = Some(None);
+            change.finished = true;
+            change.post = Some(self.post_after(JobState::Stalled));
+            items.push((id, attempt, change, event));
+        }
+        if !items.is_empty() {
+            self.ledger.record(items)?;
+        }
+        Ok(())
+    }
+
+    fn run_hooks(&mut self) -> Result<(), EngineError> {
+        let Some(hooks) = self.hooks.as_mut() else {
+            return Ok(());
+        };
+        let jobs = self.ledger.owing_hooks(self.options.batch.as_deref(), 16)?;
+        for job in jobs {
+            hooks.run_job_hooks(self.ledger, &job)?;
+        }
+        Ok(())
+    }
+
+    fn report_progress(&mut self, sink: &mut dyn ProgressSink) -> Result<(), EngineError> {
+        if self.last_progress.elapsed() < Duration::from_millis(200) {
+            return Ok(());
+        }
+        self.last_progress = Instant::now();
+        let counts = self.ledger.count_by_state(self.scope())?;
+        let get = |s: JobState| {
+            counts
+                .iter()
+                .find(|(x, _)| *x == s)
+                .map(|(_, n)| *n as u64)
+                .unwrap_or(0)
+        };
+        let done = JobState::ALL
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| get(*s))
+            .sum();
+        let failed = [
+            JobState::Failed,
+            JobState::Error,
+            JobState::Rejected,
+            JobState::Stalled,
+        ]
+        .iter()
+        .map(|s| get(*s))
+        .sum();
+        sink.update(&Progress {
+            done,
+            total: counts
+                .iter()
+                .map(|(_, n)| *n as u64)
+                .sum::<u64>()
+                .max(self.total_in_scope),
+            in_flight: self.in_flight.len(),
+            failed,
+            spent: self.spent,
+        });
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<RunSummary, EngineError> {
+        if let (Some(hooks), Some(batch)) = (self.hooks.as_mut(), self.options.batch.as_deref()) {
+            if self.ledger.unfinished(Some(batch))? == 0 && self.stop.is_none() {
+                hooks.batch_done(self.ledger, batch)?;
+            }
+        }
+        if self.stop.is_none() {
+            let held = self.ledger.sendable(self.scope(), 0, usize::MAX >> 1)?;
+            let held: Vec<&JobRow> = held.iter().filter(|j| j.state == JobState::Held).collect();
+            if !held.is_empty() && self.options.budget.is_some() {
+                let budget = self.options.budget.unwrap_or_default();
+                let committed = self.ledger.committed_spend(self.scope())?;
+                let rest: Decimal = held.iter().filter_map(|j| j.estimated_cost).sum();
+                self.stop = Some(StopReason::Budget {
+                    needed: (committed + rest - budget).max(Decimal::ZERO),
+                });
+            }
+        }
+        self.summary.counts = self.ledger.count_by_state(self.scope())?;
+        self.summary.stop = self.stop.clone();
+        self.ledger
+            .append(vec![Event::new(None, None, "engine_stop").detail(format!(
+                "sent {}, polls {}, downloads {}, charged {} USD, stop: {:?}",
+                self.summary.sent,
+                self.summary.polls,
+                self.summary.downloads,
+                money::exact(self.summary.charged),
+                self.summary.stop
+            ))])?;
+        Ok(self.summary)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,296 @@
+//! The HTTP workers: threads that take a task, talk to the network, and send back what
+//! happened. They never touch the ledger; the engine's thread records every result.
+
+use crate::gateway::{DownloadError, Exchange, Gateway, PollOutcome, SubmitOutcome};
+use crate::ledger::OutputRow;
+use crate::params::JobParams;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Work for one job.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Probe {
+        url: String,
+    },
+    Submit {
+        params: JobParams,
+    },
+    Poll {
+        request_id: String,
+    },
+    Download {
+        urls: Vec<String>,
+        dir: PathBuf,
+        stem: String,
+    },
+}
+
+/// What a task found.
+#[derive(Debug)]
+pub enum TaskResult {
+    Probe(Result<crate::probe::Probe, String>),
+    Submit(Exchange<SubmitOutcome>),
+    Poll(Exchange<PollOutcome>),
+    Download(Result<Vec<OutputRow>, String>),
+}
+
+#[derive(Debug)]
+pub struct Done {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub result: TaskResult,
+}
+
+pub struct Workers {
+    tasks: Option<Sender<(i64, i64, Task)>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    pub fn start(count: usize, gateway: &Gateway, done: Sender<Done>) -> Workers {
+        let (tx, rx) = std::sync::mpsc::channel::<(i64, i64, Task)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let threads = (0..count.max(1))
+            .map(|i| {
+                let rx = Arc::clone(&rx);
+                let done = done.clone();
+                let gateway = gateway.clone();
+                std::thread::Builder::new()
+                    .name(format!("http-{i}"))
+                    .spawn(move || work(rx, done, gateway))
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        Workers {
+            tasks: Some(tx),
+            threads,
+        }
+    }
+
+    pub fn send(&self, job_id: i64, attempt: i64, task: Task) {
+        if let Some(tx) = &self.tasks {
+            let _ = tx.send((job_id, attempt, task));
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.tasks.take();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway: Gateway) {
+    loop {
+        let next = rx.lock().map(|r| r.recv());
+        let Ok(Ok((job_id, attempt, task))) = next else {
+            return;
+        };
+        let result = perform(&gateway, task, job_id, attempt);
+        if done
+            .send(Done {
+                job_id,
+                attempt,
+                result,
+            })
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Runs one task on the calling thread.
+pub fn perform(gateway: &Gateway, task: Task, job_id: i64, attempt: i64) -> TaskResult {
+    match task {
+        Task::Probe { url } => TaskResult::Probe(
+            crate::probe::probe_url(gateway.file_agent(), &url).map_err(|e| e.to_string()),
+        ),
+        Task::Submit { params } => TaskResult::Submit(gateway.submit(&params)),
+        Task::Poll { request_id } => TaskResult::Poll(gateway.status(&request_id)),
+        Task::Download { urls, dir, stem } => TaskResult::Download(
+            download_all(gateway, &urls, &dir, &stem, job_id, attempt).map_err(|e| e.to_string()),
+        ),
+    }
+}
+
+fn download_all(
+    gateway: &Gateway,
+    urls: &[String],
+    dir: &Path,
+    stem: &str,
+    job_id: i64,
+    attempt: i64,
+) -> Result<Vec<OutputRow>, DownloadError> {
+    std::fs::create_dir_all(dir)?;
+    let mut rows = Vec::with_capacity(urls.len());
+    for (idx, url) in urls.iter().enumerate() {
+        let mut name = format!("{stem}-{job_id}");
+        if attempt > 1 {
+            name.push_str(&format!("-a{attempt}"));
+        }
+        if idx > 0 {
+            name.push_str(&format!("-{idx}"));
+        }
+        rows.push(download_one(gateway, url, dir, &name, idx as i64, attempt)?);
+    }
+    Ok(rows)
+}
+
+struct HashingWriter<'a> {
+    file: &'a mut std::fs::File,
+    hasher: Sha256,
+}
+
+impl Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Downloads to a temporary file in `dir` and renames it into place, never over a different
+/// file: a crash leaves either nothing or a whole file.
+fn download_one(
+    gateway: &Gateway,
+    url: &str,
+    dir: &Path,
+    name: &str,
+    idx: i64,
+    attempt: i64,
+) -> Result<OutputRow, DownloadError> {
+    let mut temp = tempfile::Builder::new()
+        .prefix(".partial-")
+        .tempfile_in(dir)?;
+    let (bytes, sha) = {
+        let mut writer = HashingWriter {
+            file: temp.as_file_mut(),
+            hasher: Sha256::new(),
+        };
+        let bytes = gateway.download(url, &mut writer)?;
+        writer.flush()?;
+        (bytes, hex(&writer.hasher.finalize()))
+    };
+    let size = imagesize::size(temp.path())
+        .map_err(|e| DownloadError::NotAnImage(format!("its header cannot be read: {e}")))?;
+    let ext = match imagesize::image_type(
+        &std::fs::read(temp.path()).map(|b| b[..b.len().min(64)].to_vec())?,
+    ) {
+        Ok(imagesize::ImageType::Jpeg) => "jpg",
+        Ok(imagesize::ImageType::Webp) => "webp",
+        _ => "png",
+    };
+    let path = place(temp, dir, name, ext, &sha)?;
+    Ok(OutputRow {
+        attempt,
+        idx,
+        url: url.to_string(),
+        path: path.to_string_lossy().into_owned(),
+        bytes: bytes as i64,
+        sha256: sha,
+        width: Some(size.width as u32),
+        height: Some(size.height as u32),
+    })
+}
+
+/// Renames a finished download to `name.ext`, or `name (2).ext` and so on when a different
+/// file holds the name. A file with the same content is taken as this download's own (a run
+/// that stopped between the rename and the ledger record).
+fn place(
+    temp: tempfile::NamedTempFile,
+    dir: &Path,
+    name: &str,
+    ext: &str,
+    sha: &str,
+) -> Result<PathBuf, DownloadError> {
+    let mut temp = temp;
+    for n in 1..1000 {
+        let file = if n == 1 {
+            format!("{name}.{ext}")
+        } else {
+            format!("{name} ({n}).{ext}")
+        };
+        let target = dir.join(file);
+        match temp.persist_noclobber(&target) {
+            Ok(_) => return Ok(target),
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+                temp = e.file;
+                if file_sha(&target).ok().as_deref() == Some(sha) {
+                    return Ok(target);
+                }
+            }
+            Err(e) => return Err(DownloadError::Io(e.error)),
+        }
+    }
+    Err(DownloadError::Io(std::io::Error::other(format!(
+        "no free file name for {name}.{ext} in {}",
+        dir.display()
+    ))))
+}
+
+fn file_sha(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A file-name stem from an image URL: its last path segment without extension, reduced to
+/// safe characters.
+pub fn stem_of(url: &str) -> String {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    let last = path.rsplit('/').next().unwrap_or("");
+    let base = last.rsplit_once('.').map(|(b, _)| b).unwrap_or(last);
+    let safe: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(60)
+        .collect();
+    if safe.trim_matches('_').is_empty() {
+        "output".into()
+    } else {
+        safe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_are_safe() {
+        assert_eq!(stem_of("http://x.test/a/portrait.jpg?x=1"), "portrait");
+        assert_eq!(stem_of("http://x.test/../../etc/passwd"), "passwd");
+        assert_eq!(stem_of("http://x.test/"), "output");
+        assert_eq!(stem_of("http://x.test/a%2F..%2Fb.png"), "a_2F___2Fb");
+    }
+}

@@ -1,0 +1,16 @@
+//! The gateway's protocol: its types, and the blocking ureq client that speaks it. Nothing
+//! else in the program talks HTTP to the gateway.
+//!
+//! Every call returns an [`Exchange`]: what the ledger records about the answer (HTTP status,
+//! latency, body) together with a typed outcome. The key is sent in the
+//! `Ocp-Apim-Subscription-Key` header to the gateway's own origin and to nothing else, and it
+//! never appears in an outcome, an error or a `Debug` print.
+
+mod client;
+mod types;
+
+pub use client::{DownloadError, Gateway, GatewayConfig};
+pub use types::{
+    ApiKey, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome, DEFAULT_BASE_URL,
+    GENERATE_PATH, STATUS_PATH,
+};

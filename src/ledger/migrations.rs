@@ -1,0 +1,88 @@
+//! Schema versions. Version 1 is `schema.sql`; each later version is a new entry in
+//! [`MIGRATIONS`] that opens with a comment saying why it exists. Shipped entries are never
+//! edited.
+
+use super::{LedgerError, Result};
+use rusqlite::Connection;
+use std::path::Path;
+
+/// The schema of a new ledger.
+pub const SCHEMA: &str = include_str!("../../schema.sql");
+
+/// Upgrades, in order: `MIGRATIONS[i]` takes a ledger from version `i + 1` to `i + 2`.
+const MIGRATIONS: &[&str] = &[];
+
+/// The version this program writes.
+pub const CURRENT: i64 = 1 + MIGRATIONS.len() as i64;
+
+/// Creates a new ledger or brings an older one up to [`CURRENT`], in one transaction.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let version = check_readable(conn, path)?;
+    if version == CURRENT {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if version == 0 {
+        tx.execute_batch(SCHEMA)?;
+        seed_prices(&tx)?;
+    } else {
+        for step in &MIGRATIONS[(version - 1) as usize..] {
+            tx.execute_batch(step)?;
+        }
+    }
+    tx.pragma_update(None, "user_version", CURRENT)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Returns the file's schema version, refusing foreign and newer files.
+pub fn check_readable(conn: &Connection, path: &Path) -> Result<i64> {
+    let not_a_ledger = |reason: String| LedgerError::NotALedger {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| not_a_ledger(e.to_string()))?;
+    if version > CURRENT {
+        return Err(LedgerError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            supported: CURRENT,
+        });
+    }
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(|e| not_a_ledger(e.to_string()))?;
+    if version == 0 && tables > 0 {
+        return Err(not_a_ledger(
+            "it is an SQLite database with other tables".into(),
+        ));
+    }
+    if version > 0 {
+        let has_jobs: i64 = conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('jobs', 'events')",
+            [],
+            |r| r.get(0),
+        )?;
+        if has_jobs != 2 {
+            return Err(not_a_ledger("it lacks the jobs and events tables".into()));
+        }
+    }
+    Ok(version)
+}
+
+fn seed_prices(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let price = crate::money::Price::default_rate();
+    tx.execute(
+        "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
+         VALUES (?1, ?2, ?3, ?4, 'the published rate')",
+        rusqlite::params![
+            price.model,
+            crate::money::exact(price.per_megapixel),
+            crate::clock::stamp(price.effective_from),
+            crate::clock::now_stamp(),
+        ],
+    )?;
+    Ok(())
+}
