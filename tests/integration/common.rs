@@ -1,0 +1,101 @@
+//! Shared set-up: a temporary folder with a ledger, a sandbox serving test images, and a
+//! way to run the binary against both.
+
+use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_codeformer-ledger");
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub sandbox: Sandbox,
+}
+
+impl World {
+    /// A sandbox with quick timings serving `static/` of a fresh temporary folder.
+    pub fn new() -> World {
+        World::with(SandboxConfig::default())
+    }
+
+    pub fn with(config: SandboxConfig) -> World {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let static_dir = dir.path().join("static");
+        std::fs::create_dir_all(&static_dir).unwrap();
+        let sandbox = Sandbox::start(SandboxConfig {
+            static_dir: Some(static_dir),
+            queue_ms: 10,
+            processing_ms: (20, 40),
+            ..config
+        })
+        .expect("sandbox starts");
+        World { dir, sandbox }
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.dir.path().join("ledger.db")
+    }
+
+    pub fn out_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// Writes a PNG of this size into the static folder and returns its URL.
+    pub fn png(&self, name: &str, width: u32, height: u32) -> String {
+        let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+        img.save(self.dir.path().join("static").join(name)).expect("write png");
+        self.sandbox.static_url(name)
+    }
+
+    /// Runs the binary with this world's ledger and sandbox, without a key.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[])
+    }
+
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .env_remove("PIXAZO_API_KEY")
+            .env("CODEFORMER_LEDGER", self.ledger())
+            .env("PIXAZO_BASE_URL", self.sandbox.base_url())
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("binary runs")
+    }
+
+    /// `run` with fast polling into this world's output folder.
+    pub fn run(&self, extra: &[&str]) -> Output {
+        let out = self.out_dir();
+        let mut args = vec!["run", "--quiet", "--poll-interval", "50ms", "--out-dir", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.ledger()).expect("open ledger")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+}
+
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+pub fn png_size(path: &Path) -> (u32, u32) {
+    let bytes = std::fs::read(path).expect("output exists");
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", path.display());
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let reader = decoder.read_info().expect("a readable PNG");
+    let info = reader.info();
+    (info.width, info.height)
+}

@@ -1,0 +1,5 @@
+//! The integration suite: the real binary, real SQLite files in fresh temporary folders, real
+//! HTTP on loopback against the project's own sandbox gateway.
+
+mod common;
+mod skeleton;
