@@ -7,9 +7,11 @@
 //! which the next run continues without sending anything twice. Polls are picked from an index
 //! on the next-poll time, so a loop step costs the same however many jobs have finished.
 
+mod post;
 mod schedule;
 mod worker;
 
+pub use post::{job_view_full, LuaHooks};
 pub use schedule::{backoff, PollSchedule};
 pub use worker::{hex, stem_of};
 
@@ -94,6 +96,8 @@ pub struct RunSummary {
     pub stop: Option<StopReason>,
     /// Jobs found `submitting` at start and made `uncertain`.
     pub recovered_uncertain: Vec<i64>,
+    /// Jobs not sent because an `on_submit` hook failed.
+    pub hook_blocked: u64,
 }
 
 impl RunSummary {
@@ -148,10 +152,24 @@ impl ProgressSink for () {
     fn update(&mut self, _: &Progress) {}
 }
 
-/// What the hook step of the engine needs; see [`crate::hooks`].
+/// What `on_submit` hooks decided about a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubmitVerdict {
+    Keep,
+    Change(crate::params::JobParams),
+    Skip(String),
+    /// A hook failed: the job is not sent in this run and stays planned.
+    Failed(String),
+}
+
+/// What the hook step of the engine needs; see [`crate::hooks`] and [`LuaHooks`].
 pub trait PostProcessor {
     /// Whether any hook will run after a job ends in `state`.
     fn wants(&self, state: JobState) -> bool;
+    /// Whether `on_submit` hooks exist.
+    fn wants_submit(&self) -> bool;
+    /// Runs the `on_submit` hooks a job has not yet passed.
+    fn on_submit(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<SubmitVerdict, LedgerError>;
     /// Runs the owed hooks of a job; the ledger records each run.
     fn run_job_hooks(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<(), LedgerError>;
     /// Runs `on_batch_done` once a batch has nothing unfinished.
@@ -248,6 +266,7 @@ struct Engine<'a> {
     last_deadline_check: Instant,
     last_progress: Instant,
     total_in_scope: u64,
+    hook_blocked: u64,
 }
 
 impl<'a> Engine<'a> {
@@ -281,6 +300,7 @@ impl<'a> Engine<'a> {
             last_deadline_check: Instant::now() - Duration::from_secs(60),
             last_progress: Instant::now() - Duration::from_secs(60),
             total_in_scope: 0,
+            hook_blocked: 0,
         })
     }
 
@@ -522,6 +542,7 @@ impl<'a> Engine<'a> {
                 dispatched = true;
                 continue;
             }
+            let Some(job) = self.judge(job)? else { continue };
             let record = self.intent(&job);
             if let Some(budget) = self.options.budget {
                 match record.estimate {
@@ -553,6 +574,33 @@ impl<'a> Engine<'a> {
             dispatched = true;
         }
         Ok(dispatched)
+    }
+
+    /// Lets `on_submit` hooks change or skip a job; `None` when it is not to be sent now.
+    fn judge(&mut self, job: JobRow) -> Result<Option<JobRow>, EngineError> {
+        let Some(hooks) = self.hooks.as_mut().filter(|h| h.wants_submit()) else {
+            return Ok(Some(job));
+        };
+        match hooks.on_submit(self.ledger, &job)? {
+            SubmitVerdict::Keep => Ok(Some(job)),
+            SubmitVerdict::Change(params) => {
+                self.ledger.update_params(job.id, job.attempt, &params, "on_submit changed the parameters")?;
+                Ok(self.ledger.job(job.id)?)
+            }
+            SubmitVerdict::Skip(reason) => {
+                let (id, attempt, mut change, event) = self.state_change(&job, JobState::Skipped, &reason);
+                change.finished = true;
+                self.ledger.record(vec![(id, attempt, change, event)])?;
+                Ok(None)
+            }
+            SubmitVerdict::Failed(reason) => {
+                self.passed.insert(job.id);
+                self.hook_blocked += 1;
+                let (id, attempt, change, event) = self.state_change(&job, JobState::Planned, &format!("not sent: {reason}; fix the hook, then `run` again"));
+                self.ledger.record(vec![(id, attempt, change, event)])?;
+                Ok(None)
+            }
+        }
     }
 
     fn intent(&self, job: &JobRow) -> SubmitRecord {
@@ -1148,6 +1196,7 @@ impl<'a> Engine<'a> {
             }
         }
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
+        self.summary.hook_blocked = self.hook_blocked;
         self.summary.stop = self.stop.clone();
         self.ledger
             .append(vec![Event::new(None, None, "engine_stop").detail(format!(

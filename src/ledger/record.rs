@@ -823,3 +823,58 @@ fn charge_once(
     )?;
     Ok(Some(cost))
 }
+
+impl Ledger {
+    /// Replaces a planned job's parameters (an `on_submit` hook changed them), re-estimating
+    /// its cost when its input size is known.
+    pub fn update_params(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        params: &crate::params::JobParams,
+        why: &str,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let now = clock::now_stamp();
+        tx.execute(
+            "UPDATE jobs SET fidelity = ?2, upscale = ?3, background_enhance = ?4, face_upsample = ?5,
+               updated_at = ?6 WHERE id = ?1",
+            params![
+                job_id,
+                params.fidelity.normalize().to_string(),
+                params.upscale,
+                params.background_enhance,
+                params.face_upsample,
+                now
+            ],
+        )?;
+        let size: (Option<u32>, Option<u32>) = tx.query_row(
+            "SELECT input_width, input_height FROM jobs WHERE id = ?1",
+            [job_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if let (Some(w), Some(h)) = size {
+            let price = price_in_force(&tx, &now)?;
+            let (ow, oh) = money::output_size(w, h, params.upscale);
+            tx.execute(
+                "UPDATE attempts SET estimated_cost = ?3 WHERE job_id = ?1 AND attempt = ?2",
+                params![job_id, attempt, money::exact(price.cost(ow, oh))],
+            )?;
+        }
+        insert_event(
+            &tx,
+            Event::new(Some(job_id), Some(attempt), "params").detail(why.to_string()).body(
+                serde_json::json!({
+                    "fidelity": params.fidelity.normalize().to_string(),
+                    "upscale": params.upscale,
+                    "background_enhance": params.background_enhance,
+                    "face_upsample": params.face_upsample,
+                })
+                .to_string(),
+            ),
+            &now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+}
