@@ -96,9 +96,10 @@ impl Price {
 
     /// The exact cost of an output of `out_w`×`out_h` pixels.
     ///
-    /// Exact for every size an image can have at a rate read by [`parse_rate`]; a result beyond
-    /// `Decimal`'s 96 bits (over ~10^16 output pixels at such rates) saturates at
-    /// [`Decimal::MAX`], which stops any budget. Use [`Price::checked_cost`] to tell.
+    /// Exact whenever the exact result fits in a `Decimal` (96-bit mantissa): at the default
+    /// rate that is every output up to (2^32 × 8)² pixels, i.e. any `u32` input at any upscale.
+    /// A result that does not fit (only absurd sizes or rates) saturates at [`Decimal::MAX`],
+    /// which stops any budget; [`Price::checked_cost`] tells instead.
     pub fn cost(&self, out_w: u64, out_h: u64) -> Decimal {
         self.checked_cost(out_w, out_h).unwrap_or(Decimal::MAX)
     }
