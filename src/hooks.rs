@@ -1,4 +1,0 @@
-//! placeholder
-pub fn worker_main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
-}
