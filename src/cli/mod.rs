@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod estimate;
+pub mod hooks;
 pub mod jobs;
 pub mod prices;
 pub mod report;
@@ -62,6 +63,8 @@ pub enum Command {
     Show(jobs::ShowArgs),
     /// Cost audit: spend grouped by day, month, batch, state or tag.
     Report(report::ReportArgs),
+    /// List and rerun hooks that failed.
+    Hooks(hooks::HooksArgs),
     /// The price table.
     Prices(prices::PricesArgs),
     /// A local gateway speaking the same protocol, for tests and trials.
@@ -217,6 +220,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Jobs(args) => jobs::list(&global, args),
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Hooks(args) => hooks::run(&global, args),
         Command::Prices(args) => prices::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
         Command::Sandbox(_) => unreachable!("handled above"),

@@ -30,6 +30,16 @@ pub struct EngineArgs {
     /// The longest wait between two polls of one job (the schedule adapts below it).
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "5s")]
     pub poll_interval: Duration,
+    /// A Lua hook file (repeatable; run in the order given). Remembered per batch, so a
+    /// resume runs the same hooks.
+    #[arg(long = "hook", value_name = "FILE")]
+    pub hooks: Vec<PathBuf>,
+    /// Give hooks the full Lua standard library (io, os, require). Only for scripts you trust.
+    #[arg(long)]
+    pub trusted_hooks: bool,
+    /// Wall-clock limit of one hook call.
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "10s")]
+    pub hook_timeout: Duration,
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
@@ -68,6 +78,9 @@ impl RunArgs {
                 budget: None,
                 deadline: None,
                 poll_interval,
+                hooks: Vec::new(),
+                trusted_hooks: false,
+                hook_timeout: Duration::from_secs(10),
                 quiet: false,
             },
             retry: Vec::new(),
@@ -236,9 +249,16 @@ pub fn drive(
         ))
     })?;
     let out_dir = out_dir.canonicalize()?;
+    let hook_files: Vec<PathBuf> = if args.hooks.is_empty() {
+        remembered.map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect()).unwrap_or_default()
+    } else {
+        args.hooks.iter().map(|h| h.canonicalize().map_err(|e| CliError::usage(format!("--hook {}: {e}", h.display())))).collect::<Result<_, _>>()?
+    };
     if let Some(name) = &batch {
-        ledger.upsert_batch(name, None, Some(&out_dir.to_string_lossy()))?;
+        let names: Vec<String> = hook_files.iter().map(|h| h.to_string_lossy().into_owned()).collect();
+        ledger.upsert_batch(name, (!args.hooks.is_empty()).then_some(&names[..]), Some(&out_dir.to_string_lossy()))?;
     }
+    let mut hooks = start_hooks(hook_files, &out_dir, args.trusted_hooks, args.hook_timeout)?;
     let mut options = EngineOptions::new(out_dir.clone());
     options.batch = batch;
     options.concurrency = args.concurrency as usize;
@@ -250,13 +270,32 @@ pub fn drive(
     let stop = options.stop.clone();
     let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
     let mut progress = Display::new(args.quiet);
-    let summary = engine::run(ledger, gateway, &options, None, &mut progress)?;
+    let post = hooks.as_mut().map(|h| h as &mut dyn engine::PostProcessor);
+    let summary = engine::run(ledger, gateway, &options, post, &mut progress)?;
     progress.finish();
     print_summary(&summary, &out_dir);
     match &summary.stop {
         Some(reason) => Err(stop_error(reason)),
         None => Ok(summary.exit_code()),
     }
+}
+
+/// Starts the hook worker for these files; a file that does not compile is a usage error.
+pub fn start_hooks(
+    files: Vec<PathBuf>,
+    out_dir: &Path,
+    trusted: bool,
+    timeout: Duration,
+) -> Result<Option<engine::LuaHooks>, CliError> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let mut config = codeformer_ledger::hooks::HookConfig::new(files, out_dir);
+    config.trusted = trusted;
+    config.timeout = timeout;
+    engine::LuaHooks::start(config)
+        .map(Some)
+        .map_err(|e| CliError::usage(e.to_string()))
 }
 
 fn print_summary(summary: &RunSummary, out_dir: &Path) {
@@ -290,6 +329,12 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
         money::exact(summary.charged),
         out_dir.display()
     );
+    if summary.hook_blocked > 0 {
+        println!(
+            "{} job(s) were not sent because an on_submit hook failed; see `codeformer-ledger hooks failed`",
+            summary.hook_blocked
+        );
+    }
     if summary.count(JobState::Uncertain) > 0 {
         println!(
             "{} job(s) are uncertain: see `codeformer-ledger jobs --state uncertain`; `run --resubmit-uncertain` sends them again (and may pay twice)",

@@ -245,3 +245,36 @@ fn batch_summary(ledger: &Ledger, batch: &str) -> Result<Value, LedgerError> {
         "output_megapixels": money::exact(row.output_megapixels),
     }))
 }
+
+impl LuaHooks {
+    /// The files this host runs, as recorded in the ledger.
+    pub fn files(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Runs a failed (or interrupted) hook run again; true when it succeeded this time.
+    pub fn retry(&mut self, ledger: &mut Ledger, run: &crate::ledger::HookRunRow) -> Result<bool, LedgerError> {
+        let Some(idx) = self.names.iter().position(|n| *n == run.hook_file) else {
+            return Ok(false);
+        };
+        let Some(func) = HookFn::from_name(&run.function) else {
+            return Ok(false);
+        };
+        if !self.host.defines(func).contains(&idx) {
+            return Ok(false);
+        }
+        let (job, arg) = match run.job_id {
+            Some(id) => {
+                let Some(job) = ledger.job(id)? else { return Ok(false) };
+                let view = job_view_full(ledger, &job)?;
+                (Some(job), view)
+            }
+            None => {
+                let batch = run.batch.clone().unwrap_or_default();
+                (None, batch_summary(ledger, &batch)?)
+            }
+        };
+        let outcome = self.call_once(ledger, idx, func, job.as_ref(), run.batch.as_deref(), arg, true)?;
+        Ok(outcome.is_some_and(|o| o.is_ok()))
+    }
+}
