@@ -692,3 +692,50 @@ fn stats_endpoint_and_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(2));
     std::net::TcpListener::bind(&addr).expect("the port is free again");
 }
+
+/// Regression: with a wallet, every submit reads its input's header; with more clients than
+/// HTTP workers, those reads must not wait for a worker of their own.
+#[test]
+fn more_concurrent_clients_than_workers_are_all_served() {
+    let dir = tempfile::tempdir().unwrap();
+    write_image(dir.path(), "in.png", 64, 48, image::ImageFormat::Png);
+    let sandbox = Arc::new(
+        Sandbox::start(SandboxConfig {
+            workers: 4,
+            render: false,
+            wallet_usd: Some(Decimal::from(100)),
+            ..config(dir.path())
+        })
+        .unwrap(),
+    );
+    let started = Instant::now();
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let sandbox = sandbox.clone();
+            std::thread::spawn(move || {
+                for _ in 0..5 {
+                    let doc = run_job(&sandbox, &sandbox.static_url("in.png"), 2);
+                    assert_eq!(doc["status"], "COMPLETED");
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = sandbox.stats();
+    assert_eq!((stats.accepted, stats.completed), (60, 60));
+    assert_eq!(
+        Decimal::from_str(&stats.charged_usd).unwrap(),
+        price(60 * 128 * 96)
+    );
+    assert_eq!(
+        Decimal::from_str(stats.wallet_usd.as_deref().unwrap()).unwrap(),
+        Decimal::from(100) - price(60 * 128 * 96)
+    );
+}

@@ -6,7 +6,7 @@
 //! socket are counted. Static paths are confined to the static directory: `..`, backslashes
 //! and symlinks leading out of it are refused with 404.
 
-use super::http::{FileBody, Request, Response};
+use super::http::{ByteCounter, FileBody, Request, Response};
 use super::protocol::{self, ApiError};
 use super::render::INTERNAL_FETCH_HEADER;
 use super::Shared;
@@ -82,7 +82,7 @@ pub fn serve_static(shared: &Shared, req: &Request, rest: &str) -> Response {
         return not_found();
     };
     let internal = req.header(INTERNAL_FETCH_HEADER) == Some(shared.fetcher.token.as_str());
-    let counter: Box<dyn FnOnce(u64) + Send> = if internal {
+    let counter: ByteCounter = if internal {
         Box::new(|_| {})
     } else {
         let stats = StatsHandle::of(shared);
@@ -119,7 +119,7 @@ fn only_get(req: &Request) -> Option<Response> {
     })
 }
 
-/// A way for the byte counter, which runs after the handler returned, to reach the stats.
+/// A way for the byte counter, which runs while the answer is written, to reach the stats.
 struct StatsHandle(Arc<std::sync::Mutex<super::stats::Counters>>);
 
 impl StatsHandle {
@@ -127,36 +127,31 @@ impl StatsHandle {
         StatsHandle(shared.stats.clone())
     }
 
-    fn static_served(&self, relative: &str, n: u64) {
+    fn static_served(&self, relative: &str, delta: i64) {
         let mut counters = self.0.lock().unwrap();
-        counters.stats.static_bytes_served += n;
-        *counters
-            .stats
-            .static_bytes_by_path
-            .entry(relative.to_string())
-            .or_default() += n;
+        apply(&mut counters.stats.static_bytes_served, delta);
+        let by_path = &mut counters.stats.static_bytes_by_path;
+        apply(by_path.entry(relative.to_string()).or_default(), delta);
     }
 
-    fn output_served(&self, n: u64) {
-        self.0.lock().unwrap().stats.output_bytes_served += n;
+    fn output_served(&self, delta: i64) {
+        apply(&mut self.0.lock().unwrap().stats.output_bytes_served, delta);
     }
 }
 
-fn serve_file(
-    req: &Request,
-    path: &Path,
-    content_type: &str,
-    on_written: Box<dyn FnOnce(u64) + Send>,
-) -> Response {
+fn apply(total: &mut u64, delta: i64) {
+    *total = total.saturating_add_signed(delta);
+}
+
+fn serve_file(req: &Request, path: &Path, content_type: &str, count: ByteCounter) -> Response {
     let opened = File::open(path).and_then(|f| f.metadata().map(|m| (f, m.len())));
     let Ok((file, len)) = opened else {
         return ApiError::new(404, "Not Found", "No such file").response();
     };
-    let (status, start, count) = match parse_range(req.header("Range"), len) {
+    let (status, start, count_bytes) = match parse_range(req.header("Range"), len) {
         RangeAnswer::Full => (200, 0, len),
         RangeAnswer::Partial(a, b) => (206, a, b - a + 1),
         RangeAnswer::Unsatisfiable => {
-            on_written(0);
             return Response::new(416)
                 .header("Content-Range", format!("bytes */{len}"))
                 .header("Accept-Ranges", "bytes");
@@ -168,14 +163,14 @@ fn serve_file(
     if status == 206 {
         response = response.header(
             "Content-Range",
-            format!("bytes {start}-{}/{len}", start + count - 1),
+            format!("bytes {start}-{}/{len}", start + count_bytes - 1),
         );
     }
     response.file(FileBody {
         file,
         start,
-        len: count,
-        on_written,
+        len: count_bytes,
+        count,
     })
 }
 

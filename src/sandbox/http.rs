@@ -59,12 +59,17 @@ impl Request {
     }
 }
 
-/// A file region to send, with a callback told how many of its bytes were written.
+/// Told of a file's bytes as they go out: `+n` before a chunk is written, `-k` for the part of
+/// it that did not reach the socket. Counting ahead means a client that has read every byte
+/// always finds it counted; the correction keeps the total to what was actually written.
+pub type ByteCounter = Box<dyn Fn(i64) + Send>;
+
+/// A file region to send.
 pub struct FileBody {
     pub file: File,
     pub start: u64,
     pub len: u64,
-    pub on_written: Box<dyn FnOnce(u64) + Send>,
+    pub count: ByteCounter,
 }
 
 pub enum Body {
@@ -653,35 +658,25 @@ fn write_response(
             }
         }
         Body::File(body) => {
-            let FileBody {
-                file,
-                start,
-                len,
-                on_written,
-            } = body;
-            let mut written = 0;
-            let result = if head_only {
-                Ok(())
-            } else {
-                copy_file(file, start, len, &mut out, &mut written)
-            };
-            on_written(written);
-            result?;
+            if !head_only {
+                copy_file(body, &mut out)?;
+            }
         }
     }
     out.flush()
 }
 
-/// Copies `len` bytes of `file` from `start`, counting in `written` what reached the socket.
-fn copy_file(
-    mut file: File,
-    start: u64,
-    len: u64,
-    out: &mut BufWriter<&TcpStream>,
-    written: &mut u64,
-) -> io::Result<()> {
+/// Copies the file region to the socket, telling its counter what goes out.
+fn copy_file(body: FileBody, out: &mut BufWriter<&TcpStream>) -> io::Result<()> {
+    let FileBody {
+        mut file,
+        start,
+        len,
+        count,
+    } = body;
     out.flush()?;
     file.seek(SeekFrom::Start(start))?;
+    let socket = out.get_mut();
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;
     while left > 0 {
@@ -690,8 +685,22 @@ fn copy_file(
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        out.get_mut().write_all(&buf[..n])?;
-        *written += n as u64;
+        count(n as i64);
+        let mut sent = 0;
+        while sent < n {
+            match socket.write(&buf[sent..n]) {
+                Ok(0) => {
+                    count(-((n - sent) as i64));
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    count(-((n - sent) as i64));
+                    return Err(e);
+                }
+            }
+        }
         left -= n as u64;
     }
     Ok(())
