@@ -269,11 +269,16 @@ impl Worker {
     ) -> Result<(Worker, Vec<Vec<HookFn>>), StartError> {
         let mut worker = Worker::spawn(exe).map_err(StartError::Spawn)?;
         let request = Request::Load(Cow::Borrowed(spec));
-        if worker.send(&request).is_err() {
+        let exited = |worker: Worker| {
             let status = worker.kill();
-            return Err(StartError::Worker(format!(
-                "the worker died before loading the hooks ({status})"
-            )));
+            StartError::Worker(format!(
+                "the worker `{} {WORKER_SUBCOMMAND}` exited while loading the hooks ({status}); \
+                 is it this program's binary?",
+                exe.display()
+            ))
+        };
+        if worker.send(&request).is_err() {
+            return Err(exited(worker));
         }
         loop {
             match worker.receive(deadline) {
@@ -304,14 +309,7 @@ impl Worker {
                         "loading the hook files took longer than the time limit".into(),
                     ))
                 }
-                Err(Broken::Died) => {
-                    let status = worker.kill();
-                    return Err(StartError::Worker(format!(
-                        "the worker `{} {WORKER_SUBCOMMAND}` exited while loading the hooks ({status}); \
-                         is it this program's binary?",
-                        exe.display()
-                    )));
-                }
+                Err(Broken::Died) => return Err(exited(worker)),
                 Err(Broken::Garbled(line)) => {
                     return Err(StartError::Worker(format!(
                     "the worker `{} {WORKER_SUBCOMMAND}` does not speak the hook protocol: {line}",
