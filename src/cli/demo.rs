@@ -27,15 +27,32 @@ pub struct DemoArgs {
 
 /// The bundled images: made by the project, small, and free to use.
 const IMAGES: &[(&str, &[u8])] = &[
-    ("portrait-small.png", include_bytes!("../../examples/images/portrait-small.png")),
-    ("couple-landscape.jpg", include_bytes!("../../examples/images/couple-landscape.jpg")),
-    ("avatar.png", include_bytes!("../../examples/images/avatar.png")),
-    ("tall-333x517.jpg", include_bytes!("../../examples/images/tall-333x517.jpg")),
-    ("grayscale-ish.webp", include_bytes!("../../examples/images/grayscale-ish.webp")),
+    (
+        "portrait-small.png",
+        include_bytes!("../../examples/images/portrait-small.png"),
+    ),
+    (
+        "couple-landscape.jpg",
+        include_bytes!("../../examples/images/couple-landscape.jpg"),
+    ),
+    (
+        "avatar.png",
+        include_bytes!("../../examples/images/avatar.png"),
+    ),
+    (
+        "tall-333x517.jpg",
+        include_bytes!("../../examples/images/tall-333x517.jpg"),
+    ),
+    (
+        "grayscale-ish.webp",
+        include_bytes!("../../examples/images/grayscale-ish.webp"),
+    ),
 ];
 
 pub fn run(_global: &Global, args: DemoArgs) -> CmdResult {
-    let stamp = chrono::Utc::now().format("run-%Y%m%d-%H%M%S-%3f").to_string();
+    let stamp = chrono::Utc::now()
+        .format("run-%Y%m%d-%H%M%S-%3f")
+        .to_string();
     let root = args.dir.join(stamp);
     let static_dir = root.join("inputs");
     std::fs::create_dir_all(&static_dir)
@@ -65,7 +82,10 @@ pub fn run(_global: &Global, args: DemoArgs) -> CmdResult {
             params.upscale = if i % 2 == 0 { 2 } else { 4 };
             let mut job = NewJob::new(params);
             job.batch = Some("demo".into());
-            job.tags = vec![("client".into(), if i < 3 { "acme" } else { "globex" }.into())];
+            job.tags = vec![(
+                "client".into(),
+                if i < 3 { "acme" } else { "globex" }.into(),
+            )];
             job
         })
         .collect();
@@ -102,7 +122,9 @@ pub fn run(_global: &Global, args: DemoArgs) -> CmdResult {
             job.upscale,
             job.output_width.unwrap_or(0),
             job.output_height.unwrap_or(0),
-            job.actual_cost.map(money::exact).unwrap_or_else(|| "-".into()),
+            job.actual_cost
+                .map(money::exact)
+                .unwrap_or_else(|| "-".into()),
             output
         );
         Ok(())
@@ -110,7 +132,13 @@ pub fn run(_global: &Global, args: DemoArgs) -> CmdResult {
     let report = ledger.report(None, None, &GroupBy::Tag("client".into()))?;
     println!("\nspend by client:");
     for row in report.rows.iter().chain(std::iter::once(&report.total)) {
-        println!("  {:<8} {} jobs, {} MP, {} USD", row.group, row.jobs, money::exact(row.output_megapixels), money::exact(row.charged));
+        println!(
+            "  {:<8} {} jobs, {} MP, {} USD",
+            row.group,
+            row.jobs,
+            money::exact(row.output_megapixels),
+            money::exact(row.charged)
+        );
     }
     println!(
         "\nexplore the ledger:\n  codeformer-ledger --ledger {} jobs\n  codeformer-ledger --ledger {} show 1\n  codeformer-ledger --ledger {} report --by tag:client",

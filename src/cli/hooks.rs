@@ -44,7 +44,10 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
             let ledger = global.open_ledger_read_only()?;
             let runs = ledger.failed_hook_runs()?;
             match format {
-                super::Format::Json => println!("{}", serde_json::to_string_pretty(&runs).unwrap_or_default()),
+                super::Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&runs).unwrap_or_default()
+                ),
                 _ => {
                     if runs.is_empty() {
                         println!("no failed hook runs");
@@ -68,7 +71,11 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
             }
             Ok(codeformer_ledger::exit::DONE)
         }
-        HooksAction::Retry { out_dir, trusted_hooks, hook_timeout } => {
+        HooksAction::Retry {
+            out_dir,
+            trusted_hooks,
+            hook_timeout,
+        } => {
             let mut ledger = global.open_ledger()?;
             let _lock = ledger.lock_engine()?;
             let runs = ledger.failed_hook_runs()?;
@@ -87,7 +94,9 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
                 .unwrap_or_else(|| PathBuf::from("restored"));
             std::fs::create_dir_all(&dir)?;
             let files: Vec<PathBuf> = files.into_iter().map(PathBuf::from).collect();
-            let Some(mut hooks) = super::run::start_hooks(files, &dir.canonicalize()?, trusted_hooks, hook_timeout)? else {
+            let Some(mut hooks) =
+                super::run::start_hooks(files, &dir.canonicalize()?, trusted_hooks, hook_timeout)?
+            else {
                 return Ok(codeformer_ledger::exit::DONE);
             };
             let (mut ok, mut failed) = (0, 0);
@@ -98,7 +107,10 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
                     failed += 1;
                 }
             }
-            println!("retried {} hook run(s): {ok} ok, {failed} failed", runs.len());
+            println!(
+                "retried {} hook run(s): {ok} ok, {failed} failed",
+                runs.len()
+            );
             if failed > 0 {
                 return Err(CliError {
                     code: codeformer_ledger::exit::SOME_FAILED,

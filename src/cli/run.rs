@@ -250,13 +250,28 @@ pub fn drive(
     })?;
     let out_dir = out_dir.canonicalize()?;
     let hook_files: Vec<PathBuf> = if args.hooks.is_empty() {
-        remembered.map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect()).unwrap_or_default()
+        remembered
+            .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
+            .unwrap_or_default()
     } else {
-        args.hooks.iter().map(|h| h.canonicalize().map_err(|e| CliError::usage(format!("--hook {}: {e}", h.display())))).collect::<Result<_, _>>()?
+        args.hooks
+            .iter()
+            .map(|h| {
+                h.canonicalize()
+                    .map_err(|e| CliError::usage(format!("--hook {}: {e}", h.display())))
+            })
+            .collect::<Result<_, _>>()?
     };
     if let Some(name) = &batch {
-        let names: Vec<String> = hook_files.iter().map(|h| h.to_string_lossy().into_owned()).collect();
-        ledger.upsert_batch(name, (!args.hooks.is_empty()).then_some(&names[..]), Some(&out_dir.to_string_lossy()))?;
+        let names: Vec<String> = hook_files
+            .iter()
+            .map(|h| h.to_string_lossy().into_owned())
+            .collect();
+        ledger.upsert_batch(
+            name,
+            (!args.hooks.is_empty()).then_some(&names[..]),
+            Some(&out_dir.to_string_lossy()),
+        )?;
     }
     let mut hooks = start_hooks(hook_files, &out_dir, args.trusted_hooks, args.hook_timeout)?;
     let mut options = EngineOptions::new(out_dir.clone());

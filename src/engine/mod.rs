@@ -169,7 +169,11 @@ pub trait PostProcessor {
     /// Whether `on_submit` hooks exist.
     fn wants_submit(&self) -> bool;
     /// Runs the `on_submit` hooks a job has not yet passed.
-    fn on_submit(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<SubmitVerdict, LedgerError>;
+    fn on_submit(
+        &mut self,
+        ledger: &mut Ledger,
+        job: &JobRow,
+    ) -> Result<SubmitVerdict, LedgerError>;
     /// Runs the owed hooks of a job; the ledger records each run.
     fn run_job_hooks(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<(), LedgerError>;
     /// Runs `on_batch_done` once a batch has nothing unfinished.
@@ -241,6 +245,10 @@ pub fn send_now(
     })?;
     Ok(engine.stop.clone())
 }
+
+/// A recorded poll answer: the job, its attempt, the change, the event, and the final state
+/// it reached, if any.
+type PollItem = (i64, i64, Change, Event, Option<JobState>);
 
 struct Engine<'a> {
     ledger: &'a mut Ledger,
@@ -358,10 +366,11 @@ impl<'a> Engine<'a> {
             self.run_hooks()?;
             let dispatched = self.dispatch(&workers)?;
             self.report_progress(progress)?;
-            if self.in_flight.is_empty() && !dispatched {
-                if self.stop.is_some() || self.nothing_left()? {
-                    break;
-                }
+            if self.in_flight.is_empty()
+                && !dispatched
+                && (self.stop.is_some() || self.nothing_left()?)
+            {
+                break;
             }
             let wait = self.wait_time()?;
             match done_rx.recv_timeout(wait) {
@@ -542,7 +551,9 @@ impl<'a> Engine<'a> {
                 dispatched = true;
                 continue;
             }
-            let Some(job) = self.judge(job)? else { continue };
+            let Some(job) = self.judge(job)? else {
+                continue;
+            };
             let record = self.intent(&job);
             if let Some(budget) = self.options.budget {
                 match record.estimate {
@@ -584,11 +595,17 @@ impl<'a> Engine<'a> {
         match hooks.on_submit(self.ledger, &job)? {
             SubmitVerdict::Keep => Ok(Some(job)),
             SubmitVerdict::Change(params) => {
-                self.ledger.update_params(job.id, job.attempt, &params, "on_submit changed the parameters")?;
+                self.ledger.update_params(
+                    job.id,
+                    job.attempt,
+                    &params,
+                    "on_submit changed the parameters",
+                )?;
                 Ok(self.ledger.job(job.id)?)
             }
             SubmitVerdict::Skip(reason) => {
-                let (id, attempt, mut change, event) = self.state_change(&job, JobState::Skipped, &reason);
+                let (id, attempt, mut change, event) =
+                    self.state_change(&job, JobState::Skipped, &reason);
                 change.finished = true;
                 self.ledger.record(vec![(id, attempt, change, event)])?;
                 Ok(None)
@@ -596,7 +613,11 @@ impl<'a> Engine<'a> {
             SubmitVerdict::Failed(reason) => {
                 self.passed.insert(job.id);
                 self.hook_blocked += 1;
-                let (id, attempt, change, event) = self.state_change(&job, JobState::Planned, &format!("not sent: {reason}; fix the hook, then `run` again"));
+                let (id, attempt, change, event) = self.state_change(
+                    &job,
+                    JobState::Planned,
+                    &format!("not sent: {reason}; fix the hook, then `run` again"),
+                );
                 self.ledger.record(vec![(id, attempt, change, event)])?;
                 Ok(None)
             }
@@ -842,7 +863,7 @@ impl<'a> Engine<'a> {
         job_id: i64,
         attempt: i64,
         exchange: crate::gateway::Exchange<PollOutcome>,
-    ) -> Result<Option<(i64, i64, Change, Event, Option<JobState>)>, EngineError> {
+    ) -> Result<Option<PollItem>, EngineError> {
         self.summary.polls += 1;
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(None);
@@ -963,10 +984,7 @@ impl<'a> Engine<'a> {
         Ok(Some((job_id, attempt, change, event, final_state)))
     }
 
-    fn commit_polls(
-        &mut self,
-        items: Vec<(i64, i64, Change, Event, Option<JobState>)>,
-    ) -> Result<(), EngineError> {
+    fn commit_polls(&mut self, items: Vec<PollItem>) -> Result<(), EngineError> {
         let errors: Vec<(i64, i64)> = items
             .iter()
             .filter(|i| i.4 == Some(JobState::Error))

@@ -35,8 +35,7 @@ impl LuaHooks {
         ledger: &mut Ledger,
         idx: usize,
         func: HookFn,
-        job: Option<&JobRow>,
-        batch: Option<&str>,
+        (job, batch): (Option<&JobRow>, Option<&str>),
         arg: Value,
         retry_failed: bool,
     ) -> Result<Option<crate::hooks::HookOutcome>, LedgerError> {
@@ -72,9 +71,14 @@ fn record_outcome(
         match effect {
             HookEffect::Log { level, message } => {
                 log_line(level.as_str(), file, message);
-                events.push(Event::new(job_id, attempt, "hook_log").detail(format!("{} {file}: {message}", level.as_str())));
+                events.push(
+                    Event::new(job_id, attempt, "hook_log")
+                        .detail(format!("{} {file}: {message}", level.as_str())),
+                );
             }
-            HookEffect::Note(text) => events.push(Event::new(job_id, attempt, "note").detail(text.clone())),
+            HookEffect::Note(text) => {
+                events.push(Event::new(job_id, attempt, "note").detail(text.clone()))
+            }
             HookEffect::Tag(k, v) => {
                 events.push(Event::new(job_id, attempt, "tag").detail(format!("{k}={v}")));
                 tags.push((k.clone(), v.clone()));
@@ -86,7 +90,12 @@ fn record_outcome(
         Ok(_) => (None, format!("{file} {} ok in {millis} ms", func.name())),
         Err(f) => (
             Some(format!("{}: {}", f.kind.as_str(), f.message)),
-            format!("{file} {} failed ({}) in {millis} ms: {}", func.name(), f.kind.as_str(), f.message),
+            format!(
+                "{file} {} failed ({}) in {millis} ms: {}",
+                func.name(),
+                f.kind.as_str(),
+                f.message
+            ),
         ),
     };
     let mut event = Event::new(job_id, attempt, "hook").detail(detail);
@@ -105,7 +114,13 @@ fn log_line(level: &str, file: &str, message: &str) {
 
 impl PostProcessor for LuaHooks {
     fn wants(&self, state: JobState) -> bool {
-        let func = if state == JobState::Completed { HookFn::OnComplete } else if state.is_failure() { HookFn::OnFailed } else { return false };
+        let func = if state == JobState::Completed {
+            HookFn::OnComplete
+        } else if state.is_failure() {
+            HookFn::OnFailed
+        } else {
+            return false;
+        };
         !self.host.defines(func).is_empty()
     }
 
@@ -113,20 +128,36 @@ impl PostProcessor for LuaHooks {
         !self.host.defines(HookFn::OnSubmit).is_empty()
     }
 
-    fn on_submit(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<SubmitVerdict, LedgerError> {
+    fn on_submit(
+        &mut self,
+        ledger: &mut Ledger,
+        job: &JobRow,
+    ) -> Result<SubmitVerdict, LedgerError> {
         let mut params = job.params();
         let mut changed = false;
         for idx in self.host.defines(HookFn::OnSubmit) {
-            let view_job = JobRow { fidelity: params.fidelity, upscale: params.upscale, background_enhance: params.background_enhance, face_upsample: params.face_upsample, ..job.clone() };
+            let view_job = JobRow {
+                fidelity: params.fidelity,
+                upscale: params.upscale,
+                background_enhance: params.background_enhance,
+                face_upsample: params.face_upsample,
+                ..job.clone()
+            };
             let view = job_view(&view_job, None);
-            let outcome = self.call_once(ledger, idx, HookFn::OnSubmit, Some(job), None, view, true);
+            let outcome =
+                self.call_once(ledger, idx, HookFn::OnSubmit, (Some(job), None), view, true);
             let outcome = match outcome? {
                 None => continue,
                 Some(o) => o,
             };
             let value = match outcome.result {
                 Ok(v) => v,
-                Err(f) => return Ok(SubmitVerdict::Failed(format!("on_submit in {} failed: {}", self.names[idx], f.message))),
+                Err(f) => {
+                    return Ok(SubmitVerdict::Failed(format!(
+                        "on_submit in {} failed: {}",
+                        self.names[idx], f.message
+                    )))
+                }
             };
             match crate::hooks::apply_submit_changes(&params, &value) {
                 Ok(SubmitDecision::Keep) => {}
@@ -134,28 +165,50 @@ impl PostProcessor for LuaHooks {
                     params = p;
                     changed = true;
                 }
-                Ok(SubmitDecision::Skip { reason }) => return Ok(SubmitVerdict::Skip(format!("{reason} (on_submit in {})", self.names[idx]))),
+                Ok(SubmitDecision::Skip { reason }) => {
+                    return Ok(SubmitVerdict::Skip(format!(
+                        "{reason} (on_submit in {})",
+                        self.names[idx]
+                    )))
+                }
                 Err(e) => {
-                    let message = format!("on_submit in {} returned a bad change: {e}", self.names[idx]);
-                    ledger.append(vec![Event::new(Some(job.id), Some(job.attempt), "hook").detail(message.clone())])?;
+                    let message = format!(
+                        "on_submit in {} returned a bad change: {e}",
+                        self.names[idx]
+                    );
+                    ledger
+                        .append(vec![Event::new(Some(job.id), Some(job.attempt), "hook")
+                            .detail(message.clone())])?;
                     return Ok(SubmitVerdict::Failed(message));
                 }
             }
         }
-        Ok(if changed { SubmitVerdict::Change(params) } else { SubmitVerdict::Keep })
+        Ok(if changed {
+            SubmitVerdict::Change(params)
+        } else {
+            SubmitVerdict::Keep
+        })
     }
 
     fn run_job_hooks(&mut self, ledger: &mut Ledger, job: &JobRow) -> Result<(), LedgerError> {
-        let func = if job.state == JobState::Completed { HookFn::OnComplete } else { HookFn::OnFailed };
+        let func = if job.state == JobState::Completed {
+            HookFn::OnComplete
+        } else {
+            HookFn::OnFailed
+        };
         let mut all_ok = true;
         for idx in self.host.defines(func) {
             let view = job_view_full(ledger, job)?;
-            let outcome = self.call_once(ledger, idx, func, Some(job), None, view, false)?;
+            let outcome = self.call_once(ledger, idx, func, (Some(job), None), view, false)?;
             if let Some(o) = outcome {
                 all_ok &= o.is_ok();
             }
         }
-        let why = if all_ok { "hooks done" } else { "hooks done, some failed (see `hooks failed`)" };
+        let why = if all_ok {
+            "hooks done"
+        } else {
+            "hooks done, some failed (see `hooks failed`)"
+        };
         ledger.set_post(job.id, job.attempt, None, why)
     }
 
@@ -166,7 +219,14 @@ impl PostProcessor for LuaHooks {
         }
         let summary = batch_summary(ledger, batch)?;
         for idx in indices {
-            self.call_once(ledger, idx, HookFn::OnBatchDone, None, Some(batch), summary.clone(), false)?;
+            self.call_once(
+                ledger,
+                idx,
+                HookFn::OnBatchDone,
+                (None, Some(batch)),
+                summary.clone(),
+                false,
+            )?;
         }
         Ok(())
     }
@@ -221,14 +281,28 @@ pub fn job_view_full(ledger: &Ledger, job: &JobRow) -> Result<Value, LedgerError
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
-    Ok(job_view(job, Some((Value::Array(outputs), Value::Object(tags)))))
+    Ok(job_view(
+        job,
+        Some((Value::Array(outputs), Value::Object(tags))),
+    ))
 }
 
 fn batch_summary(ledger: &Ledger, batch: &str) -> Result<Value, LedgerError> {
     let counts = ledger.count_by_state(Some(batch))?;
-    let get = |s: JobState| counts.iter().find(|(x, _)| *x == s).map(|(_, n)| *n).unwrap_or(0);
+    let get = |s: JobState| {
+        counts
+            .iter()
+            .find(|(x, _)| *x == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
     let report = ledger.report(None, None, &crate::ledger::GroupBy::Batch)?;
-    let row = report.rows.iter().find(|r| r.group == batch).cloned().unwrap_or_default();
+    let row = report
+        .rows
+        .iter()
+        .find(|r| r.group == batch)
+        .cloned()
+        .unwrap_or_default();
     Ok(json!({
         "batch": batch,
         "jobs": counts.iter().map(|(_, n)| n).sum::<i64>(),
@@ -253,7 +327,11 @@ impl LuaHooks {
     }
 
     /// Runs a failed (or interrupted) hook run again; true when it succeeded this time.
-    pub fn retry(&mut self, ledger: &mut Ledger, run: &crate::ledger::HookRunRow) -> Result<bool, LedgerError> {
+    pub fn retry(
+        &mut self,
+        ledger: &mut Ledger,
+        run: &crate::ledger::HookRunRow,
+    ) -> Result<bool, LedgerError> {
         let Some(idx) = self.names.iter().position(|n| *n == run.hook_file) else {
             return Ok(false);
         };
@@ -265,7 +343,9 @@ impl LuaHooks {
         }
         let (job, arg) = match run.job_id {
             Some(id) => {
-                let Some(job) = ledger.job(id)? else { return Ok(false) };
+                let Some(job) = ledger.job(id)? else {
+                    return Ok(false);
+                };
                 let view = job_view_full(ledger, &job)?;
                 (Some(job), view)
             }
@@ -274,7 +354,14 @@ impl LuaHooks {
                 (None, batch_summary(ledger, &batch)?)
             }
         };
-        let outcome = self.call_once(ledger, idx, func, job.as_ref(), run.batch.as_deref(), arg, true)?;
+        let outcome = self.call_once(
+            ledger,
+            idx,
+            func,
+            (job.as_ref(), run.batch.as_deref()),
+            arg,
+            true,
+        )?;
         Ok(outcome.is_some_and(|o| o.is_ok()))
     }
 }

@@ -296,7 +296,7 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 fn mebibytes(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")

@@ -863,15 +863,17 @@ impl Ledger {
         }
         insert_event(
             &tx,
-            Event::new(Some(job_id), Some(attempt), "params").detail(why.to_string()).body(
-                serde_json::json!({
-                    "fidelity": params.fidelity.normalize().to_string(),
-                    "upscale": params.upscale,
-                    "background_enhance": params.background_enhance,
-                    "face_upsample": params.face_upsample,
-                })
-                .to_string(),
-            ),
+            Event::new(Some(job_id), Some(attempt), "params")
+                .detail(why.to_string())
+                .body(
+                    serde_json::json!({
+                        "fidelity": params.fidelity.normalize().to_string(),
+                        "upscale": params.upscale,
+                        "background_enhance": params.background_enhance,
+                        "face_upsample": params.face_upsample,
+                    })
+                    .to_string(),
+                ),
             &now,
         )?;
         tx.commit()?;

@@ -42,8 +42,11 @@ impl World {
 
     /// Writes a PNG of this size into the static folder and returns its URL.
     pub fn png(&self, name: &str, width: u32, height: u32) -> String {
-        let img = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
-        img.save(self.dir.path().join("static").join(name)).expect("write png");
+        let img = image::RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+        });
+        img.save(self.dir.path().join("static").join(name))
+            .expect("write png");
         self.sandbox.static_url(name)
     }
 
@@ -68,7 +71,14 @@ impl World {
     /// `run` with fast polling into this world's output folder.
     pub fn run(&self, extra: &[&str]) -> Output {
         let out = self.out_dir();
-        let mut args = vec!["run", "--quiet", "--poll-interval", "50ms", "--out-dir", out.to_str().unwrap()];
+        let mut args = vec![
+            "run",
+            "--quiet",
+            "--poll-interval",
+            "50ms",
+            "--out-dir",
+            out.to_str().unwrap(),
+        ];
         args.extend_from_slice(extra);
         self.cli(&args)
     }
@@ -93,7 +103,12 @@ pub fn text(output: &Output) -> String {
 
 pub fn png_size(path: &Path) -> (u32, u32) {
     let bytes = std::fs::read(path).expect("output exists");
-    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{} is a PNG", path.display());
+    assert_eq!(
+        &bytes[..8],
+        b"\x89PNG\r\n\x1a\n",
+        "{} is a PNG",
+        path.display()
+    );
     let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let reader = decoder.read_info().expect("a readable PNG");
     let info = reader.info();

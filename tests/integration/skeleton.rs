@@ -11,29 +11,55 @@ fn submitted_jobs_complete_with_exact_outputs_and_a_full_record() {
         let url = w.png(&format!("in{i}.png"), *width, *height);
         let out = w.cli(&["submit", &url, "--upscale", &upscale.to_string()]);
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("sent: request codeformer-image-restoration_"), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .contains("sent: request codeformer-image-restoration_"),
+            "{}",
+            text(&out)
+        );
     }
     let out = w.run(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"), 4);
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        4
+    );
     let db = w.db();
     let mut stmt = db
         .prepare("SELECT j.id, j.input_width, j.input_height, j.upscale, o.path, o.width, o.height FROM jobs j JOIN outputs o ON o.job_id = j.id ORDER BY j.id")
         .unwrap();
     let rows: Vec<(i64, u32, u32, u32, String, u32, u32)> = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
         .unwrap()
         .map(Result::unwrap)
         .collect();
     assert_eq!(rows.len(), 4);
     for (id, iw, ih, up, path, ow, oh) in rows {
         assert_eq!((ow, oh), (iw * up, ih * up), "job {id}");
-        assert_eq!(png_size(std::path::Path::new(&path)), (iw * up, ih * up), "job {id}: the file itself");
+        assert_eq!(
+            png_size(std::path::Path::new(&path)),
+            (iw * up, ih * up),
+            "job {id}: the file itself"
+        );
         assert!(path.starts_with(w.out_dir().canonicalize().unwrap().to_str().unwrap()));
     }
     for id in 1..=4 {
-        let n = |kind: &str| w.count(&format!("SELECT count(*) FROM events WHERE job_id = {id} AND kind = '{kind}'"));
+        let n = |kind: &str| {
+            w.count(&format!(
+                "SELECT count(*) FROM events WHERE job_id = {id} AND kind = '{kind}'"
+            ))
+        };
         assert_eq!(n("submit_intent"), 1, "job {id}");
         assert_eq!(n("submit_answer"), 1, "job {id}");
         assert!(n("poll") >= 1, "job {id}");
@@ -42,14 +68,32 @@ fn submitted_jobs_complete_with_exact_outputs_and_a_full_record() {
     let out = w.cli(&["show", "2", "--format", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let kinds: Vec<&str> = shown["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("{k} in {kinds:?}"));
+    let kinds: Vec<&str> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("{k} in {kinds:?}"))
+    };
     assert!(pos("planned") < pos("submit_intent"));
     assert!(pos("submit_intent") < pos("submit_answer"));
     assert!(pos("submit_answer") < pos("poll"));
     assert!(pos("poll") < pos("download"));
-    let ids: Vec<i64> = shown["events"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
-    assert!(ids.windows(2).all(|p| p[0] < p[1]), "events in order: {ids:?}");
+    let ids: Vec<i64> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|p| p[0] < p[1]),
+        "events in order: {ids:?}"
+    );
     assert_eq!(shown["job"]["state"], "completed");
     assert_eq!(shown["job"]["actual_cost"], "0.0014461524"); // 666x1034 px at 0.0021 USD/MP
 }
@@ -62,7 +106,10 @@ fn bad_input_is_refused_before_anything_is_recorded() {
         (&["submit", &url, "--fidelity", "7"], "--fidelity"),
         (&["submit", &url, "--upscale", "0"], "--upscale"),
         (&["submit", "/home/me/photo.png"], "image"),
-        (&["submit", &url, "--webhook-url", "http://hooks.test/cb"], "webhook_url"),
+        (
+            &["submit", &url, "--webhook-url", "http://hooks.test/cb"],
+            "webhook_url",
+        ),
     ];
     for (args, field) in cases {
         let out = w.cli(args);
@@ -75,17 +122,40 @@ fn bad_input_is_refused_before_anything_is_recorded() {
 
 #[test]
 fn a_missing_key_is_named_with_the_variable_to_set() {
-    let w = World::with(SandboxConfig { api_key: Some("right-key".into()), ..SandboxConfig::default() });
+    let w = World::with(SandboxConfig {
+        api_key: Some("right-key".into()),
+        ..SandboxConfig::default()
+    });
     let url = w.png("a.png", 8, 8);
     let out = w.cli(&["submit", &url]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PIXAZO_API_KEY"), "{err}");
-    assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"), 1, "the job is kept, unsent");
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        1,
+        "the job is kept, unsent"
+    );
 
-    let out = w.cli_env(&["run", "--quiet", "--poll-interval", "50ms", "--out-dir", "out"], &[("PIXAZO_API_KEY", "right-key")]);
+    let out = w.cli_env(
+        &[
+            "run",
+            "--quiet",
+            "--poll-interval",
+            "50ms",
+            "--out-dir",
+            "out",
+        ],
+        &[("PIXAZO_API_KEY", "right-key")],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(!std::fs::read(w.ledger()).unwrap().windows(9).any(|b| b == b"right-key"), "the key is not in the ledger");
+    assert!(
+        !std::fs::read(w.ledger())
+            .unwrap()
+            .windows(9)
+            .any(|b| b == b"right-key"),
+        "the key is not in the ledger"
+    );
 }
 
 #[test]
@@ -96,30 +166,60 @@ fn an_unreachable_gateway_leaves_the_job_planned_for_run() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let out = w.cli_env(&["submit", &url, "--size", "8x8"], &[("PIXAZO_BASE_URL", &format!("http://{closed}"))]);
+    let out = w.cli_env(
+        &["submit", &url, "--size", "8x8"],
+        &[("PIXAZO_BASE_URL", &format!("http://{closed}"))],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("run` will send it"), "{}", text(&out));
-    assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("run` will send it"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        1
+    );
     let out = w.run(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"), 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        1
+    );
 }
 
 #[test]
 fn gateway_refusals_reach_the_user() {
     // 402: the wallet cannot pay; the job is held and the exit code says budget.
-    let w = World::with(SandboxConfig { wallet_usd: Some(rust_decimal::Decimal::ZERO), ..SandboxConfig::default() });
+    let w = World::with(SandboxConfig {
+        wallet_usd: Some(rust_decimal::Decimal::ZERO),
+        ..SandboxConfig::default()
+    });
     let url = w.png("a.png", 100, 100);
     let out = w.cli(&["submit", &url]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("402"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("402"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'held'"), 1);
 
     // 500: the outcome is unknown, so the job is uncertain and not resent on its own.
-    let w = World::with(SandboxConfig { flaky_rate: 1.0, ..SandboxConfig::default() });
+    let w = World::with(SandboxConfig {
+        flaky_rate: 1.0,
+        ..SandboxConfig::default()
+    });
     let url = w.png("a.png", 10, 10);
     let out = w.cli(&["submit", &url, "--size", "10x10"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("uncertain"), "{}", text(&out));
-    assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'"), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("uncertain"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'"),
+        1
+    );
 }
