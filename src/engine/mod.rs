@@ -116,6 +116,7 @@ impl RunSummary {
                 crate::exit::BUDGET
             }
             Some(_) => crate::exit::ERROR,
+            None if self.hook_blocked > 0 => crate::exit::SOME_FAILED,
             None if [
                 JobState::Failed,
                 JobState::Error,

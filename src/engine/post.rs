@@ -176,9 +176,18 @@ impl PostProcessor for LuaHooks {
                         "on_submit in {} returned a bad change: {e}",
                         self.names[idx]
                     );
-                    ledger
-                        .append(vec![Event::new(Some(job.id), Some(job.attempt), "hook")
-                            .detail(message.clone())])?;
+                    // The call succeeded but its answer is refused: record a failed run so the
+                    // hook is asked again next time rather than taken as passed.
+                    let key = Some((job.id, job.attempt));
+                    let run = ledger.start_hook_run(
+                        key,
+                        None,
+                        &self.names[idx],
+                        HookFn::OnSubmit.name(),
+                    )?;
+                    let event =
+                        Event::new(Some(job.id), Some(job.attempt), "hook").detail(message.clone());
+                    ledger.finish_hook_run(run, Some(&message), vec![event], &[])?;
                     return Ok(SubmitVerdict::Failed(message));
                 }
             }

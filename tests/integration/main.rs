@@ -2,4 +2,5 @@
 //! HTTP on loopback against the project's own sandbox gateway.
 
 mod common;
+mod hooks_e2e;
 mod skeleton;
