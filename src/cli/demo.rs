@@ -10,9 +10,11 @@ use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Run the whole pipeline on bundled images against an in-process sandbox gateway on
-/// loopback: record, estimate, send, poll, download, report. Nothing leaves the machine and no
-/// key is needed. Each demo writes a fresh folder with its own ledger and outputs.
+/// The whole pipeline on bundled images against an in-process sandbox gateway.
+///
+/// Records, estimates, sends, polls, downloads and reports five bundled images against a
+/// sandbox gateway on loopback. Nothing leaves the machine and no key is needed. Each demo
+/// writes a fresh folder with its own ledger and outputs (the global --ledger is not used).
 ///
 /// Example:
 ///   codeformer-ledger demo

@@ -5,8 +5,10 @@ use codeformer_ledger::gateway::Gateway;
 use codeformer_ledger::ledger::Ledger;
 use codeformer_ledger::{money, params};
 
-/// Cost of a job without sending it: from the image's header bytes (a small range request,
-/// never a whole download) or, offline, from --size.
+/// Cost of a job without sending it.
+///
+/// The input size comes from the image's header bytes (a small range request, never a whole
+/// download) or, offline, from --size.
 ///
 /// Examples:
 ///   codeformer-ledger estimate --size 1920x1080 --upscale 2

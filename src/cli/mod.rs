@@ -49,27 +49,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Record, estimate and send one job.
     Submit(submit::SubmitArgs),
-    /// Enqueue a manifest (text, CSV or JSON Lines), then run it to the end.
     Batch(run::BatchArgs),
-    /// Resume: send planned jobs, poll, download, run hooks, until nothing is unfinished.
     Run(run::RunArgs),
-    /// Cost of a job without sending it.
     Estimate(estimate::EstimateArgs),
-    /// List jobs.
     Jobs(jobs::JobsArgs),
-    /// One job and every event of it.
     Show(jobs::ShowArgs),
-    /// Cost audit: spend grouped by day, month, batch, state or tag.
     Report(report::ReportArgs),
-    /// List and rerun hooks that failed.
     Hooks(hooks::HooksArgs),
-    /// The price table.
     Prices(prices::PricesArgs),
-    /// A local gateway speaking the same protocol, for tests and trials.
     Sandbox(sandbox::SandboxArgs),
-    /// The whole pipeline on bundled images against an in-process sandbox.
     Demo(demo::DemoArgs),
 }
 

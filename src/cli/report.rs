@@ -5,9 +5,11 @@ use codeformer_ledger::ledger::{GroupBy, Report, ReportRow};
 use codeformer_ledger::money;
 use std::io::Write;
 
-/// Cost audit: jobs, outcomes, output megapixels, estimated, charged and charge-unknown cost
-/// per group, a total that equals the sum of the rows to the last digit, and the attempts
-/// whose charge differs from their estimate.
+/// Cost audit: spend grouped by day, month, batch, state or tag.
+///
+/// Per group: jobs, outcomes, output megapixels, estimated, charged and charge-unknown cost;
+/// a total that equals the sum of the rows to the last digit; and the attempts whose charge
+/// differs from their estimate. Read only; works offline and while an engine runs.
 ///
 /// Examples:
 ///   codeformer-ledger report --by month

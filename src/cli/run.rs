@@ -45,8 +45,9 @@ pub struct EngineArgs {
     pub quiet: bool,
 }
 
-/// Resume: send planned jobs, poll the ones at the gateway, download outputs, run hooks, until
-/// nothing is unfinished. Safe to run again at any time: nothing is sent twice.
+/// Resume: send planned jobs, poll, download, run hooks, until nothing is unfinished.
+///
+/// Safe to run again at any time: nothing is sent twice.
 ///
 /// Examples:
 ///   codeformer-ledger run
@@ -89,7 +90,7 @@ impl RunArgs {
     }
 }
 
-/// Enqueue a manifest, then run it to the end.
+/// Enqueue a manifest (text, CSV or JSON Lines), then run it to the end.
 ///
 /// A manifest is plain text (one image URL a line, # comments), CSV with a header, or JSON
 /// Lines, with the columns image, fidelity, upscale, background_enhance, face_upsample,

@@ -3,4 +3,5 @@
 
 mod common;
 mod hooks_e2e;
+mod secrets;
 mod skeleton;
