@@ -11,6 +11,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod submit;
+pub mod verify;
 
 use clap::{Parser, Subcommand};
 use codeformer_ledger::exit;
@@ -60,6 +61,7 @@ pub enum Command {
     Prices(prices::PricesArgs),
     Sandbox(sandbox::SandboxArgs),
     Demo(demo::DemoArgs),
+    Verify(verify::VerifyArgs),
 }
 
 /// What a command that did not finish cleanly tells the user, with the exit code to leave with.
@@ -212,6 +214,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Hooks(args) => hooks::run(&global, args),
         Command::Prices(args) => prices::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
+        Command::Verify(args) => verify::run(&global, args),
         Command::Sandbox(_) => unreachable!("handled above"),
     }
 }

@@ -14,12 +14,14 @@ mod migrations;
 mod record;
 mod report;
 mod state;
+mod verify;
 
 pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
 pub use report::{Discrepancy, GroupBy, Report, ReportRow};
 pub use state::JobState;
+pub use verify::Problem;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -75,6 +77,9 @@ impl Ledger {
         }
         check_header(path)?;
         let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        // Refuse a foreign or newer file before WAL mode rewrites its header.
+        migrations::check_readable(&conn, path)?;
         let mut ledger = Ledger::configure(conn, path)?;
         migrations::migrate(&mut ledger.conn, path)?;
         Ok(ledger)

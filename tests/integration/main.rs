@@ -3,5 +3,6 @@
 
 mod common;
 mod hooks_e2e;
+mod ledger_files;
 mod secrets;
 mod skeleton;
