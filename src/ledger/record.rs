@@ -119,7 +119,7 @@ pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Res
     Ok(())
 }
 
-/// Cuts an answer body to [`MAX_EVENT_BODY`] bytes on a character boundary.
+/// Cuts an answer body to `MAX_EVENT_BODY` (16 KiB) on a character boundary.
 pub fn cap_body(body: &str) -> String {
     if body.len() <= MAX_EVENT_BODY {
         return body.to_string();
