@@ -345,6 +345,12 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
         money::exact(summary.charged),
         out_dir.display()
     );
+    if summary.owing_downloads > 0 {
+        println!(
+            "{} completed job(s) could not be downloaded (see `codeformer-ledger jobs --state completed` and `show`); `run` tries again",
+            summary.owing_downloads
+        );
+    }
     if summary.hook_blocked > 0 {
         println!(
             "{} job(s) were not sent because an on_submit hook failed; see `codeformer-ledger hooks failed`",

@@ -98,6 +98,8 @@ pub struct RunSummary {
     pub recovered_uncertain: Vec<i64>,
     /// Jobs not sent because an `on_submit` hook failed.
     pub hook_blocked: u64,
+    /// Completed jobs whose outputs could not be downloaded in this run.
+    pub owing_downloads: i64,
 }
 
 impl RunSummary {
@@ -116,7 +118,7 @@ impl RunSummary {
                 crate::exit::BUDGET
             }
             Some(_) => crate::exit::ERROR,
-            None if self.hook_blocked > 0 => crate::exit::SOME_FAILED,
+            None if self.hook_blocked > 0 || self.owing_downloads > 0 => crate::exit::SOME_FAILED,
             None if [
                 JobState::Failed,
                 JobState::Error,
@@ -268,6 +270,9 @@ struct Engine<'a> {
     limit: usize,
     successes_since_429: u32,
     unreachable: u32,
+    unreachable_since: Option<Instant>,
+    /// Nothing new is dispatched: the key was refused, the gateway is gone, or Ctrl-C.
+    halted: bool,
     spent: Decimal,
     held_estimates: HashMap<i64, Option<Decimal>>,
     stop: Option<StopReason>,
@@ -302,6 +307,8 @@ impl<'a> Engine<'a> {
             limit: options.concurrency.max(1),
             successes_since_429: 0,
             unreachable: 0,
+            unreachable_since: None,
+            halted: false,
             spent,
             held_estimates: HashMap::new(),
             stop: None,
@@ -331,6 +338,7 @@ impl<'a> Engine<'a> {
                 "run --resubmit-uncertain (the earlier attempt may have been charged)",
             )?;
         }
+        self.ledger.reschedule_owed(self.scope(), now_ms())?;
         self.spent = self.ledger.committed_spend(self.scope())?;
         self.total_in_scope = self
             .ledger
@@ -358,19 +366,16 @@ impl<'a> Engine<'a> {
         let (done_tx, done_rx) = mpsc::channel();
         let workers = Workers::start(self.options.concurrency.max(1), self.gateway, done_tx);
         loop {
-            if self.options.stop.load(Ordering::Relaxed) && self.stop.is_none() {
-                self.stop = Some(StopReason::Interrupted);
-                self.sending = false;
+            if self.options.stop.load(Ordering::Relaxed) && !self.halted {
+                self.stop = None;
+                self.stop_with(StopReason::Interrupted);
             }
             self.drain(&done_rx)?;
             self.check_deadline()?;
             self.run_hooks()?;
             let dispatched = self.dispatch(&workers)?;
             self.report_progress(progress)?;
-            if self.in_flight.is_empty()
-                && !dispatched
-                && (self.stop.is_some() || self.nothing_left()?)
-            {
+            if self.in_flight.is_empty() && !dispatched && (self.halted || self.nothing_left()?) {
                 break;
             }
             let wait = self.wait_time()?;
@@ -415,13 +420,13 @@ impl<'a> Engine<'a> {
         // What is left may be only jobs this run cannot send (held, unprobeable) or owes
         // nothing to yet (polls in the future).
         let now = now_ms();
-        let due_soon = self.ledger.next_due()?.is_some();
+        let due_soon = self.ledger.next_due(self.scope())?.is_some();
         let sendable = self.sending
-            && !self
+            && self
                 .ledger
-                .sendable(self.scope(), 0, 1_000_000)?
+                .sendable(self.scope(), 0, self.passed.len() + 1)?
                 .iter()
-                .all(|j| self.passed.contains(&j.id));
+                .any(|j| !self.passed.contains(&j.id));
         let hooks_owed =
             !self.ledger.owing_hooks(self.scope(), 1)?.is_empty() && self.hooks.is_some();
         let _ = now;
@@ -434,7 +439,7 @@ impl<'a> Engine<'a> {
             return Ok(cap);
         }
         let mut wait = cap;
-        if let Some(due) = self.ledger.next_due()? {
+        if let Some(due) = self.ledger.next_due(self.scope())? {
             let until = Duration::from_millis((due - now_ms()).max(0) as u64);
             wait = wait.min(until);
         }
@@ -447,10 +452,15 @@ impl<'a> Engine<'a> {
     // ---- dispatch ----
 
     fn dispatch(&mut self, workers: &Workers) -> Result<bool, EngineError> {
+        if self.halted {
+            return Ok(false);
+        }
         let mut dispatched = false;
         let free = self.limit.saturating_sub(self.in_flight.len());
         if free > 0 {
-            let due = self.ledger.due(now_ms(), free + self.in_flight.len())?;
+            let due = self
+                .ledger
+                .due(self.scope(), now_ms(), free + self.in_flight.len())?;
             for job in due {
                 if self.in_flight.len() >= self.limit {
                     break;
@@ -762,7 +772,7 @@ impl<'a> Engine<'a> {
             SubmitOutcome::Accepted {
                 request_id, status, ..
             } => {
-                self.unreachable = 0;
+                self.reachable();
                 self.note_success();
                 let remote = RemoteStatus::parse(status).unwrap_or(RemoteStatus::Queued);
                 change.state = Some(if remote == RemoteStatus::Processing {
@@ -776,7 +786,7 @@ impl<'a> Engine<'a> {
                 change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
             }
             SubmitOutcome::Rejected { status, message } => {
-                self.unreachable = 0;
+                self.reachable();
                 change.state = Some(JobState::Rejected);
                 change.reason = Some(Some(format!(
                     "the gateway refused the submission (HTTP {status}): {message}"
@@ -804,7 +814,7 @@ impl<'a> Engine<'a> {
                 });
             }
             SubmitOutcome::InsufficientBalance { message } => {
-                self.unreachable = 0;
+                self.reachable();
                 change.state = Some(JobState::Held);
                 change.reason = Some(Some(format!("insufficient balance (HTTP 402): {message}")));
                 self.spent -= estimate;
@@ -814,7 +824,7 @@ impl<'a> Engine<'a> {
                 });
             }
             SubmitOutcome::RateLimited { retry_after } => {
-                self.unreachable = 0;
+                self.reachable();
                 change.state = Some(JobState::Planned);
                 change.reason = Some(Some("not sent: HTTP 429, will be sent again".into()));
                 self.spent -= estimate;
@@ -893,7 +903,7 @@ impl<'a> Engine<'a> {
             .unwrap_or_default();
         match exchange.outcome {
             PollOutcome::Status(remote) => {
-                self.unreachable = 0;
+                self.reachable();
                 self.failures.remove(&job_id);
                 self.note_success();
                 event.remote_status = Some(remote.status.as_str().to_string());
@@ -957,19 +967,22 @@ impl<'a> Engine<'a> {
             }
             PollOutcome::NotFound
             | PollOutcome::Transient { .. }
+            | PollOutcome::Unreachable { .. }
             | PollOutcome::BadAnswer { .. } => {
                 let reason = match &exchange.outcome {
                     PollOutcome::NotFound => {
                         "the gateway does not know this request id (HTTP 404)".to_string()
                     }
-                    PollOutcome::Transient { reason } => reason.clone(),
+                    PollOutcome::Transient { reason } | PollOutcome::Unreachable { reason } => {
+                        reason.clone()
+                    }
                     PollOutcome::BadAnswer { reason } => format!("bad answer: {reason}"),
                     _ => String::new(),
                 };
-                if exchange.http_status.is_none() {
+                if matches!(exchange.outcome, PollOutcome::Unreachable { .. }) {
                     self.on_unreachable(&reason);
-                } else {
-                    self.unreachable = 0;
+                } else if exchange.http_status.is_some() {
+                    self.reachable();
                 }
                 event.detail = Some(reason);
                 let failures = self.failures.entry(job_id).or_insert(0);
@@ -1079,15 +1092,26 @@ impl<'a> Engine<'a> {
         self.send_paused_until = Some(self.send_paused_until.map_or(until, |u| u.max(until)));
     }
 
+    fn reachable(&mut self) {
+        self.unreachable = 0;
+        self.unreachable_since = None;
+    }
+
+    /// A connection could not be made. After `max_unreachable` such failures in a row, spread
+    /// over at least a few seconds (a burst of parallel requests failing at once is one
+    /// outage, not many), the run gives up and leaves the rest for the next one.
     fn on_unreachable(&mut self, reason: &str) {
         self.unreachable += 1;
+        let since = *self.unreachable_since.get_or_insert_with(Instant::now);
         let pause = backoff(
             self.unreachable,
             Duration::from_millis(250),
             Duration::from_secs(5),
         );
         self.send_paused_until = Some(Instant::now() + pause);
-        if self.unreachable >= self.options.max_unreachable {
+        if self.unreachable >= self.options.max_unreachable
+            && since.elapsed() >= Duration::from_secs(2)
+        {
             self.stop_with(StopReason::Unreachable {
                 message: format!(
                     "the gateway at {} cannot be reached ({reason}); unsent jobs stay planned and the next `run` sends them",
@@ -1099,12 +1123,16 @@ impl<'a> Engine<'a> {
 
     fn stop_with(&mut self, reason: StopReason) {
         self.sending = false;
+        // A refused key or a gone gateway fails every request alike: stop once what is in
+        // flight returns. A budget or an empty wallet only stops sending; the jobs already at
+        // the gateway are still polled and downloaded to the end.
         if matches!(
             reason,
-            StopReason::Unauthorized { .. } | StopReason::Unreachable { .. }
+            StopReason::Unauthorized { .. }
+                | StopReason::Unreachable { .. }
+                | StopReason::Interrupted
         ) {
-            // Polls would fail the same way: stop once what is in flight returns.
-            self.options.stop.store(false, Ordering::Relaxed);
+            self.halted = true;
         }
         if self.stop.is_none() {
             self.stop = Some(reason);
@@ -1216,6 +1244,7 @@ impl<'a> Engine<'a> {
         }
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
         self.summary.hook_blocked = self.hook_blocked;
+        self.summary.owing_downloads = self.ledger.owing_downloads(self.scope())?;
         self.summary.stop = self.stop.clone();
         self.ledger
             .append(vec![Event::new(None, None, "engine_stop").detail(format!(

@@ -193,11 +193,20 @@ impl Gateway {
         match request.call() {
             Err(e) => {
                 let reason = describe(&e, &self.config);
+                let outcome = if not_sent(&e) {
+                    PollOutcome::Unreachable {
+                        reason: reason.clone(),
+                    }
+                } else {
+                    PollOutcome::Transient {
+                        reason: reason.clone(),
+                    }
+                };
                 Exchange {
                     http_status: None,
                     latency_ms: started.elapsed().as_millis() as u64,
-                    body: reason.clone(),
-                    outcome: PollOutcome::Transient { reason },
+                    body: reason,
+                    outcome,
                 }
             }
             Ok(mut response) => {

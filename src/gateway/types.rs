@@ -248,6 +248,8 @@ pub enum PollOutcome {
     RateLimited { retry_after: Option<Duration> },
     /// A 5xx, a timeout, a dropped connection: poll again later.
     Transient { reason: String },
+    /// No connection could be made (refused, unknown host, connect timeout).
+    Unreachable { reason: String },
     /// An answer that is not the documented JSON.
     BadAnswer { reason: String },
 }

@@ -488,21 +488,45 @@ impl Ledger {
     }
 
     /// Jobs whose next poll or download is due at `now_ms`, soonest first.
-    pub fn due(&self, now_ms: i64, limit: usize) -> Result<Vec<JobRow>> {
+    pub fn due(&self, batch: Option<&str>, now_ms: i64, limit: usize) -> Result<Vec<JobRow>> {
         let sql = format!(
-            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.next_poll_at <= ?1 ORDER BY j.next_poll_at LIMIT ?2"
+            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.next_poll_at <= ?1 AND (?3 IS NULL OR j.batch = ?3)
+             ORDER BY j.next_poll_at LIMIT ?2"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![now_ms, limit as i64], job_from_row)?;
+        let rows = stmt.query_map(params![now_ms, limit as i64, batch], job_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// When the next poll or download falls due, if any.
-    pub fn next_due(&self) -> Result<Option<i64>> {
+    pub fn next_due(&self, batch: Option<&str>) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT min(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL")?
-            .query_row([], |r| r.get(0))?)
+            .prepare_cached(
+                "SELECT min(next_poll_at) FROM jobs WHERE next_poll_at IS NOT NULL
+                 AND (?1 IS NULL OR batch = ?1)",
+            )?
+            .query_row([batch], |r| r.get(0))?)
+    }
+
+    /// At engine start: work owed but unscheduled (a download given up on by an earlier run,
+    /// a job at the gateway whose poll was dropped) is scheduled now.
+    pub fn reschedule_owed(&mut self, batch: Option<&str>, now_ms: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE jobs SET next_poll_at = ?1 WHERE next_poll_at IS NULL
+             AND (post = 'download' OR state IN ('queued', 'processing'))
+             AND (?2 IS NULL OR batch = ?2)",
+            params![now_ms, batch],
+        )?)
+    }
+
+    /// Completed jobs whose outputs are still not downloaded.
+    pub fn owing_downloads(&self, batch: Option<&str>) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM jobs WHERE post = 'download' AND (?1 IS NULL OR batch = ?1)",
+            [batch],
+            |r| r.get(0),
+        )?)
     }
 
     /// Jobs ready to send (planned, or held by an earlier cap), oldest first, after `after_id`.
