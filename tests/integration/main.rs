@@ -3,6 +3,7 @@
 
 mod common;
 mod hooks_e2e;
+mod hostile;
 mod ledger_files;
 mod secrets;
 mod skeleton;
