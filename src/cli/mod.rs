@@ -3,6 +3,7 @@
 //! path, gateway, key) that the commands use.
 
 pub mod demo;
+pub mod docs;
 pub mod estimate;
 pub mod hooks;
 pub mod jobs;
@@ -62,6 +63,8 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
     Demo(demo::DemoArgs),
     Verify(verify::VerifyArgs),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// What a command that did not finish cleanly tells the user, with the exit code to leave with.
@@ -199,8 +202,11 @@ impl Global {
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> CmdResult {
-    if let Command::Sandbox(args) = cli.command {
-        return sandbox::run(args);
+    match cli.command {
+        Command::Sandbox(args) => return sandbox::run(args),
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
     }
     let global = Global::resolve(&cli)?;
     match cli.command {
@@ -215,7 +221,9 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Prices(args) => prices::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
         Command::Verify(args) => verify::run(&global, args),
-        Command::Sandbox(_) => unreachable!("handled above"),
+        Command::Sandbox(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 
