@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod docs;
+pub mod doctor;
 pub mod estimate;
 pub mod hooks;
 pub mod jobs;
@@ -63,6 +64,7 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
     Demo(demo::DemoArgs),
     Verify(verify::VerifyArgs),
+    Doctor(doctor::DoctorArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -221,6 +223,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Prices(args) => prices::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
         Command::Verify(args) => verify::run(&global, args),
+        Command::Doctor(args) => doctor::run(&global, args),
         Command::Sandbox(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")
         }

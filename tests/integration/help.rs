@@ -18,6 +18,7 @@ const COMMANDS: &[&[&str]] = &[
     &["sandbox"],
     &["demo"],
     &["verify"],
+    &["doctor"],
     &["completions"],
     &["man"],
 ];
@@ -54,4 +55,22 @@ fn usage_errors_exit_2_and_name_the_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency"));
     let out = Command::new(BIN).args(["frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn doctor_checks_the_key_and_the_gateway_without_submitting() {
+    let w = crate::common::World::with(codeformer_ledger::sandbox::SandboxConfig {
+        api_key: Some("good".into()),
+        ..Default::default()
+    });
+    let out_dir = w.out_dir();
+    let args = ["doctor", "--out-dir", out_dir.to_str().unwrap()];
+    let out = w.cli_env(&args, &[("PIXAZO_API_KEY", "good")]);
+    assert_eq!(out.status.code(), Some(0), "{}", crate::common::text(&out));
+    let out = w.cli_env(&args, &[("PIXAZO_API_KEY", "bad")]);
+    assert_eq!(out.status.code(), Some(1), "{}", crate::common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("refused the key"));
+    let out = w.cli(&args);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PIXAZO_API_KEY"));
+    assert_eq!(w.sandbox.stats().submissions, 0);
 }
