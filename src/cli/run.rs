@@ -15,21 +15,26 @@ use std::time::{Duration, Instant};
 /// Options of the engine, shared by `run` and `batch`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Where outputs are written [default: the batch's folder from an earlier run, else ./restored].
+    /// Where outputs are written [default: the batch's folder from an earlier run, else the
+    /// config file's out_dir, else ./restored].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// HTTP requests in flight at most.
-    #[arg(long, value_name = "N", default_value = "4", value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: u16,
+    /// Output file names, from {key}, {job}, {stem} (of the input URL), {upscale}, {date},
+    /// {attempt}; a name already taken by another file gets " (2)" [default: {stem}-{job}].
+    #[arg(long, value_name = "PATTERN", value_parser = name_pattern)]
+    pub name_pattern: Option<String>,
+    /// HTTP requests in flight at most [default: 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
     /// Never send a job if what is charged, plus the estimates in flight, plus its own estimate would exceed this many USD.
     #[arg(long, value_name = "USD", value_parser = super::parse_budget)]
     pub budget: Option<Decimal>,
     /// Stop polling jobs still unfinished this long after they were sent (they become `stalled`), e.g. 30m.
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     pub deadline: Option<Duration>,
-    /// The longest wait between two polls of one job (the schedule adapts below it).
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "5s")]
-    pub poll_interval: Duration,
+    /// The longest wait between two polls of one job (the schedule adapts below it) [default: 5s].
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
+    pub poll_interval: Option<Duration>,
     /// A Lua hook file (repeatable; run in the order given). Remembered per batch, so a
     /// resume runs the same hooks.
     #[arg(long = "hook", value_name = "FILE")]
@@ -75,10 +80,11 @@ impl RunArgs {
             batch,
             engine: EngineArgs {
                 out_dir: Some(out_dir),
-                concurrency: 4,
+                name_pattern: None,
+                concurrency: None,
                 budget: None,
                 deadline: None,
-                poll_interval,
+                poll_interval: Some(poll_interval),
                 hooks: Vec::new(),
                 trusted_hooks: false,
                 hook_timeout: Duration::from_secs(10),
@@ -122,6 +128,10 @@ pub struct BatchArgs {
     pub engine: EngineArgs,
 }
 
+fn name_pattern(text: &str) -> Result<String, String> {
+    engine::check_name_pattern(text).map(|_| text.to_string())
+}
+
 fn retry_state(text: &str) -> Result<JobState, String> {
     let state: JobState = text.trim().parse()?;
     if !state.is_retryable() {
@@ -137,6 +147,7 @@ pub fn run(global: &Global, args: RunArgs) -> CmdResult {
     let _lock = ledger.lock_engine()?;
     let gateway = global.gateway()?;
     drive(
+        global,
         &mut ledger,
         &gateway,
         args.batch,
@@ -174,7 +185,7 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         .rows
         .into_iter()
         .map(|row| {
-            let mut tags = args.params.tags.clone();
+            let mut tags = args.params.tags_or(&global.config);
             for (k, v) in row.tags {
                 tags.retain(|(key, _)| *key != k);
                 tags.push((k, v));
@@ -204,6 +215,7 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
     let _lock = ledger.lock_engine()?;
     let gateway = global.gateway()?;
     drive(
+        global,
         &mut ledger,
         &gateway,
         Some(name),
@@ -223,6 +235,7 @@ fn batch_name(manifest: &Path) -> String {
 
 /// Runs the engine with the resolved options and prints the outcome.
 pub fn drive(
+    global: &Global,
     ledger: &mut Ledger,
     gateway: &codeformer_ledger::gateway::Gateway,
     batch: Option<String>,
@@ -234,6 +247,7 @@ pub fn drive(
         Some(name) => ledger.batch_settings(name)?,
         None => None,
     };
+    let config = &global.config;
     let out_dir = args
         .out_dir
         .clone()
@@ -242,7 +256,8 @@ pub fn drive(
                 .as_ref()
                 .and_then(|(_, dir)| dir.as_ref().map(PathBuf::from))
         })
-        .unwrap_or_else(|| PathBuf::from("restored"));
+        .or_else(|| config.file.out_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(super::config::DEFAULT_OUT_DIR));
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         CliError::error(format!(
             "cannot create the output folder {}: {e}",
@@ -250,18 +265,24 @@ pub fn drive(
         ))
     })?;
     let out_dir = out_dir.canonicalize()?;
-    let hook_files: Vec<PathBuf> = if args.hooks.is_empty() {
-        remembered
-            .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
-            .unwrap_or_default()
+    let given_hooks: Vec<PathBuf> = if args.hooks.is_empty() {
+        config.file.hooks.clone().unwrap_or_default()
     } else {
-        args.hooks
+        args.hooks.clone()
+    };
+    let remembered_hooks: Vec<PathBuf> = remembered
+        .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
+        .unwrap_or_default();
+    let hook_files: Vec<PathBuf> = if !args.hooks.is_empty() || remembered_hooks.is_empty() {
+        given_hooks
             .iter()
             .map(|h| {
                 h.canonicalize()
                     .map_err(|e| CliError::usage(format!("--hook {}: {e}", h.display())))
             })
             .collect::<Result<_, _>>()?
+    } else {
+        remembered_hooks
     };
     if let Some(name) = &batch {
         let names: Vec<String> = hook_files
@@ -270,17 +291,30 @@ pub fn drive(
             .collect();
         ledger.upsert_batch(
             name,
-            (!args.hooks.is_empty()).then_some(&names[..]),
+            (!names.is_empty()).then_some(&names[..]),
             Some(&out_dir.to_string_lossy()),
         )?;
     }
     let mut hooks = start_hooks(hook_files, &out_dir, args.trusted_hooks, args.hook_timeout)?;
     let mut options = EngineOptions::new(out_dir.clone());
     options.batch = batch;
-    options.concurrency = args.concurrency as usize;
-    options.budget = args.budget;
+    options.concurrency = args
+        .concurrency
+        .or(config.file.concurrency)
+        .unwrap_or(super::config::DEFAULT_CONCURRENCY) as usize;
+    options.budget = args.budget.or(config.budget()?);
     options.deadline = args.deadline;
-    options.poll_interval = args.poll_interval;
+    options.poll_interval = args
+        .poll_interval
+        .or(config.poll_interval()?)
+        .unwrap_or(super::config::DEFAULT_POLL_INTERVAL);
+    if let Some(pattern) = args
+        .name_pattern
+        .clone()
+        .or(config.file.name_pattern.clone())
+    {
+        options.name_pattern = pattern;
+    }
     options.retry = retry;
     options.resubmit_uncertain = resubmit_uncertain;
     let stop = options.stop.clone();

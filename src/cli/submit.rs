@@ -36,6 +36,21 @@ pub struct ParamArgs {
 }
 
 impl ParamArgs {
+    /// The tags given, or the config file's when none are.
+    pub fn tags_or(&self, config: &super::config::Config) -> Vec<(String, String)> {
+        if self.tags.is_empty() {
+            config
+                .file
+                .tags
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        } else {
+            self.tags.clone()
+        }
+    }
+
     pub fn params(&self, image: &str) -> Result<JobParams, CliError> {
         let params = JobParams {
             image: image.to_string(),
@@ -120,7 +135,7 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         batch: args.batch.clone(),
         size: args.size,
         size_source: args.size.map(|_| "given"),
-        tags: args.params.tags.clone(),
+        tags: args.params.tags_or(&global.config),
     };
     let enqueued = ledger.enqueue(std::slice::from_ref(&job))?[0];
     let row = ledger.job(enqueued.id)?.expect("job just recorded");

@@ -13,7 +13,7 @@ mod worker;
 
 pub use post::{job_view_full, LuaHooks};
 pub use schedule::{backoff, PollSchedule};
-pub use worker::{hex, stem_of};
+pub use worker::{check_name_pattern, hex, render_name, stem_of, DEFAULT_NAME_PATTERN};
 
 use crate::clock;
 use crate::gateway::{Gateway, PollOutcome, RemoteStatus, SubmitOutcome};
@@ -51,6 +51,8 @@ pub struct EngineOptions {
     pub stop: Arc<AtomicBool>,
     /// Consecutive failures to reach the gateway after which the run gives up.
     pub max_unreachable: u32,
+    /// Output file names: `{key}`, `{job}`, `{stem}`, `{upscale}`, `{date}`, `{attempt}`.
+    pub name_pattern: String,
 }
 
 impl EngineOptions {
@@ -66,6 +68,7 @@ impl EngineOptions {
             resubmit_uncertain: false,
             stop: Arc::new(AtomicBool::new(false)),
             max_unreachable: 4,
+            name_pattern: DEFAULT_NAME_PATTERN.to_string(),
         }
     }
 }
@@ -221,7 +224,7 @@ pub fn send_now(
     }
     if job.input_size().is_none() {
         let url = job.image_url.clone();
-        let result = worker::perform(gateway, Task::Probe { url }, job.id, job.attempt);
+        let result = worker::perform(gateway, Task::Probe { url }, job.attempt);
         engine.handle(Done {
             job_id: job.id,
             attempt: job.attempt,
@@ -238,7 +241,6 @@ pub fn send_now(
         Task::Submit {
             params: job.params(),
         },
-        job.id,
         job.attempt,
     );
     engine.handle(Done {
@@ -476,7 +478,11 @@ impl<'a> Engine<'a> {
                         Task::Download {
                             urls: job.output_urls.clone(),
                             dir: self.options.out_dir.clone(),
-                            stem: stem_of(&job.image_url),
+                            name: render_name(
+                                &self.options.name_pattern,
+                                &job,
+                                &clock::now().format("%Y-%m-%d").to_string(),
+                            ),
                         },
                     );
                     dispatched = true;

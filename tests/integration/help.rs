@@ -19,6 +19,7 @@ const COMMANDS: &[&[&str]] = &[
     &["demo"],
     &["verify"],
     &["doctor"],
+    &["config"],
     &["completions"],
     &["man"],
 ];
@@ -32,6 +33,7 @@ fn help_of_every_command() {
             .arg("--help")
             .env_remove("CODEFORMER_LEDGER")
             .env_remove("PIXAZO_BASE_URL")
+            .env_remove("CODEFORMER_LEDGER_CONFIG")
             .env("COLUMNS", "100")
             .output()
             .unwrap();

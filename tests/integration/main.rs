@@ -2,6 +2,7 @@
 //! HTTP on loopback against the project's own sandbox gateway.
 
 mod common;
+mod config;
 mod help;
 mod hooks_e2e;
 mod hostile;
