@@ -292,7 +292,8 @@ impl<'a> Engine<'a> {
         options: &'a EngineOptions,
         hooks: Option<&'a mut dyn PostProcessor>,
     ) -> Result<Self, EngineError> {
-        let spent = ledger.committed_spend(options.batch.as_deref())?;
+        // What is committed is read in `prepare`; a single `send_now` has no budget to keep.
+        let spent = Decimal::ZERO;
         Ok(Engine {
             ledger,
             gateway,
