@@ -579,7 +579,7 @@ impl Ledger {
             [batch],
             |r| r.get(0),
         )?;
-        Decimal::from_str(&total).map_err(|_| super::LedgerError::Corrupt {
+        money::parse_exact(&total).map_err(|_| super::LedgerError::Corrupt {
             what: "attempts cost",
             value: total,
         })
@@ -813,22 +813,26 @@ fn charge_once(
     if already.is_some() {
         return Ok(None);
     }
-    let price = match rate.as_deref().map(Decimal::from_str) {
-        Some(Ok(rate)) => Price {
-            per_megapixel: rate,
+    let price = match rate {
+        Some(text) => Price {
+            per_megapixel: money::parse_exact(&text).map_err(|_| super::LedgerError::Corrupt {
+                what: "attempts.price_per_mp",
+                value: text.clone(),
+            })?,
             ..Price::default_rate()
         },
-        _ => price_in_force(tx, now)?,
+        None => price_in_force(tx, now)?,
     };
-    let mut cost = Decimal::ZERO;
+    let mut cost = money::DecimalSum::new();
     let (mut width, mut height) = (None, None);
     for f in files {
         if let (Some(w), Some(h)) = (f.width, f.height) {
-            cost += price.cost(w as u64, h as u64);
+            cost.add(price.checked_cost(u64::from(w), u64::from(h))?)?;
             width.get_or_insert(w);
             height.get_or_insert(h);
         }
     }
+    let cost = cost.total();
     tx.execute(
         "UPDATE attempts SET actual_cost = ?3, output_width = ?4, output_height = ?5
          WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
