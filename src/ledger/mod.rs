@@ -19,7 +19,7 @@ mod verify;
 pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
-pub use report::{Discrepancy, GroupBy, Report, ReportRow};
+pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
 pub use state::JobState;
 pub use verify::Problem;
 
