@@ -1,9 +1,12 @@
 //! `report`: the cost audit, read only and offline.
 
+mod html;
+
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::ledger::{GroupBy, Report, ReportRow};
 use codeformer_ledger::money;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// Cost audit: spend grouped by day, month, batch, state or tag.
 ///
@@ -16,6 +19,7 @@ use std::io::Write;
 /// Examples:
 ///   codeformer-ledger report --by month
 ///   codeformer-ledger report --since 2026-11-01 --by tag:client --format csv
+///   codeformer-ledger report --format html --output spend.html
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReportArgs {
@@ -31,6 +35,10 @@ pub struct ReportArgs {
     /// Output format; every amount is exact in all of them.
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
+    /// Write the report to this file (through a temporary file and a rename) instead of
+    /// standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +46,8 @@ pub enum ReportFormat {
     Table,
     Csv,
     Json,
+    /// A self-contained page (inline CSS and SVG chart; no scripts, fonts or links).
+    Html,
 }
 
 fn by(text: &str) -> Result<GroupBy, String> {
@@ -72,9 +82,16 @@ pub fn run(global: &Global, args: ReportArgs) -> CmdResult {
     }
     let ledger = global.open_ledger_read_only()?;
     let report = ledger.report(since.as_deref(), until.as_deref(), &args.by)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    render(&mut out, &report, args.format)?;
-    out.flush()?;
+    let mut text = Vec::new();
+    render(&mut text, &report, args.format)?;
+    match &args.output {
+        Some(path) => write_file(path, &text)?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&text)?;
+            out.flush()?;
+        }
+    }
     Ok(codeformer_ledger::exit::DONE)
 }
 
@@ -88,7 +105,36 @@ pub fn render(out: &mut impl Write, report: &Report, format: ReportFormat) -> st
         ),
         ReportFormat::Csv => write_csv(out, report),
         ReportFormat::Table => write_table(out, report),
+        ReportFormat::Html => out.write_all(html::page(report).as_bytes()),
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
+/// file is either the old one or the whole new one.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        CliError::error(format!(
+            "--output {}: cannot write the report: {e}",
+            path.display()
+        ))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".report-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        // A report is an ordinary file: readable as the umask allows, not owner-only.
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut temp = builder.tempfile_in(dir).map_err(|e| fail(&e))?;
+    temp.write_all(bytes).map_err(|e| fail(&e))?;
+    temp.as_file().sync_all().map_err(|e| fail(&e))?;
+    temp.persist(path).map_err(|e| fail(&e.error))?;
+    Ok(())
 }
 
 const HEADER: [&str; 12] = [
