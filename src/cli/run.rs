@@ -27,7 +27,7 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: Option<u16>,
     /// Never send a job if what is charged, plus the estimates in flight, plus its own estimate would exceed this many USD.
-    #[arg(long, value_name = "USD", value_parser = super::parse_budget)]
+    #[arg(long, value_name = "USD", value_parser = super::parse_budget, allow_hyphen_values = true)]
     pub budget: Option<Decimal>,
     /// Stop polling jobs still unfinished this long after they were sent (they become `stalled`), e.g. 30m.
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]

@@ -3,6 +3,7 @@
 
 mod common;
 mod config;
+mod cost;
 mod help;
 mod hooks_e2e;
 mod hostile;
