@@ -325,9 +325,32 @@ pub fn drive(
     progress.finish();
     print_summary(&summary, &out_dir);
     match &summary.stop {
+        Some(reason @ engine::StopReason::InsufficientBalance { .. }) => {
+            let mut error = stop_error(reason);
+            error
+                .message
+                .push_str(&held_note(ledger, options.batch.as_deref())?);
+            Err(error)
+        }
         Some(reason) => Err(stop_error(reason)),
         None => Ok(summary.exit_code()),
     }
+}
+
+/// What the held jobs need, for the message of a run stopped by a 402.
+fn held_note(ledger: &Ledger, batch: Option<&str>) -> Result<String, CliError> {
+    let (held, total, unknown) = ledger.held_estimates(batch)?;
+    if held == 0 {
+        return Ok(String::new());
+    }
+    let unknown = match unknown {
+        0 => String::new(),
+        n => format!(" ({n} of them not yet estimated)"),
+    };
+    Ok(format!(
+        ". The {held} held job(s) need {} USD{unknown}",
+        money::exact(total)
+    ))
 }
 
 /// Starts the hook worker for these files; a file that does not compile is a usage error.

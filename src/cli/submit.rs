@@ -214,7 +214,7 @@ pub fn stop_error(reason: &StopReason) -> CliError {
             codeformer_ledger::money::exact(*needed)
         ),
         StopReason::InsufficientBalance { message } => format!(
-            "the gateway's wallet is empty (HTTP 402: {message}); the remaining jobs are held. Top up, then run again"
+            "the gateway's wallet cannot pay for the next job (HTTP 402: {message}); it and the jobs not yet sent are held. Top up the wallet, then run again"
         ),
         StopReason::Unauthorized { message } => message.clone(),
         StopReason::Unreachable { message } => message.clone(),

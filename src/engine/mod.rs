@@ -1231,7 +1231,23 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// After a 402, the jobs still planned are held with the reason, as a budget cap holds them.
+    fn hold_unsent_after_402(&mut self) -> Result<(), EngineError> {
+        let reason = "insufficient balance (HTTP 402) on an earlier job: not sent; top up the wallet, then `run` again";
+        let planned = self.ledger.sendable(self.scope(), 0, usize::MAX >> 1)?;
+        let items = planned
+            .iter()
+            .filter(|j| j.state == JobState::Planned && !self.passed.contains(&j.id))
+            .map(|j| self.state_change(j, JobState::Held, reason))
+            .collect();
+        self.ledger.record(items)?;
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<RunSummary, EngineError> {
+        if matches!(self.stop, Some(StopReason::InsufficientBalance { .. })) {
+            self.hold_unsent_after_402()?;
+        }
         if let (Some(hooks), Some(batch)) = (self.hooks.as_mut(), self.options.batch.as_deref()) {
             if self.ledger.unfinished(Some(batch))? == 0 && self.stop.is_none() {
                 hooks.batch_done(self.ledger, batch)?;

@@ -585,6 +585,23 @@ impl Ledger {
         })
     }
 
+    /// Jobs held (by a budget cap or a 402), in a batch or all: how many, the exact sum of
+    /// their estimates, and how many of them have no estimate.
+    pub fn held_estimates(&self, batch: Option<&str>) -> Result<(u64, Decimal, u64)> {
+        let (held, total, unknown): (i64, String, i64) = self.conn.query_row(
+            "SELECT count(*), decimal_sum(a.estimated_cost), count(*) - count(a.estimated_cost)
+             FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
+             WHERE j.state = 'held' AND (?1 IS NULL OR j.batch = ?1)",
+            [batch],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let total = money::parse_exact(&total).map_err(|_| super::LedgerError::Corrupt {
+            what: "attempts.estimated_cost",
+            value: total,
+        })?;
+        Ok((held as u64, total, unknown as u64))
+    }
+
     /// At engine start: jobs left `submitting` by a process that died become `uncertain`.
     pub fn recover_interrupted(&mut self) -> Result<Vec<i64>> {
         let ids: Vec<(i64, i64)> = {
