@@ -432,11 +432,13 @@ impl Ledger {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
         for f in files {
-            tx.execute(
+            tx.prepare_cached(
                 "INSERT OR REPLACE INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![job_id, attempt, f.idx, f.url, f.path, f.bytes, f.sha256, f.width, f.height],
-            )?;
+            )?
+            .execute(params![
+                job_id, attempt, f.idx, f.url, f.path, f.bytes, f.sha256, f.width, f.height
+            ])?;
             insert_event(
                 &tx,
                 Event::new(Some(job_id), Some(attempt), "download").detail(format!(
@@ -472,10 +474,12 @@ impl Ledger {
     pub fn record_no_charge(&mut self, job_id: i64, attempt: i64, why: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
-        let n = tx.execute(
-            "UPDATE attempts SET actual_cost = '0' WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
-            params![job_id, attempt],
-        )?;
+        let n = tx
+            .prepare_cached(
+                "UPDATE attempts SET actual_cost = '0'
+                 WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
+            )?
+            .execute(params![job_id, attempt])?;
         if n == 1 {
             insert_event(
                 &tx,
@@ -850,11 +854,11 @@ fn charge_once(
         }
     }
     let cost = cost.total();
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE attempts SET actual_cost = ?3, output_width = ?4, output_height = ?5
          WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
-        params![job_id, attempt, money::exact(cost), width, height],
-    )?;
+    )?
+    .execute(params![job_id, attempt, money::exact(cost), width, height])?;
     insert_event(
         tx,
         Event::new(Some(job_id), Some(attempt), "charge").detail(format!(
