@@ -8,5 +8,6 @@ mod help;
 mod hooks_e2e;
 mod hostile;
 mod ledger_files;
+mod report_totals;
 mod secrets;
 mod skeleton;
