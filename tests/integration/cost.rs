@@ -180,3 +180,350 @@ fn a_402_holds_the_rest_and_a_second_run_after_a_top_up_finishes_them() {
     assert_eq!(assert_charges_match_sandbox(&w), dec("0.000504"));
     assert_eq!(w.sandbox.stats().accepted, 6, "nothing was sent twice");
 }
+
+/// Writes a `w`×`h` image of seeded noise (so that it compresses badly and the file is much
+/// larger than its header) in `format` into the static folder; returns its URL and file size.
+fn noise_image(
+    w: &World,
+    name: &str,
+    size: (u32, u32),
+    format: image::ImageFormat,
+) -> (String, u64) {
+    let mut rng = fastrand::Rng::with_seed(u64::from(size.0) * 31 + u64::from(size.1));
+    let img = image::RgbImage::from_fn(size.0, size.1, |_, _| {
+        image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)])
+    });
+    let path = w.dir.path().join("static").join(name);
+    image::DynamicImage::ImageRgb8(img)
+        .save_with_format(&path, format)
+        .expect("write image");
+    let len = std::fs::metadata(&path).unwrap().len();
+    (w.sandbox.static_url(name), len)
+}
+
+/// One attempt as recorded: request id, input size, upscale, estimate, charge, output size.
+type Recorded = (String, u32, u32, u32, String, String, u32, u32);
+
+fn recorded(w: &World) -> Vec<Recorded> {
+    let db = w.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT a.request_id, j.input_width, j.input_height, j.upscale, a.estimated_cost,
+                    a.actual_cost, a.output_width, a.output_height
+             FROM jobs j JOIN attempts a ON a.job_id = j.id ORDER BY j.id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+        ))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// Submits each input (its size read from its header) and runs them to the end; then every
+/// estimate equals the sandbox's charge for the output it really made.
+fn assert_estimates_are_charges(w: &World, inputs: &[(String, u32)], sizes: &[(u32, u32)]) {
+    for (url, upscale) in inputs {
+        let out = w.cli(&["submit", url, "--upscale", &upscale.to_string()]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stats = w.sandbox.stats();
+    let rows = recorded(w);
+    assert_eq!(rows.len(), inputs.len());
+    for ((id, iw, ih, up, estimate, charge, ow, oh), ((url, _), size)) in
+        rows.iter().zip(inputs.iter().zip(sizes))
+    {
+        assert_eq!((*iw, *ih), *size, "{url}: the header gave the size");
+        assert_eq!(
+            (*ow, *oh),
+            (iw * up, ih * up),
+            "{url}: the output's real size"
+        );
+        assert_eq!(estimate, charge, "{url}");
+        assert_eq!(
+            Some(charge),
+            stats.charges_by_request.get(id),
+            "{url}: the sandbox billed what was estimated"
+        );
+        let expected = codeformer_ledger::money::Price::default_rate().estimate(*iw, *ih, *up);
+        assert_eq!(dec(estimate), expected, "{url}");
+    }
+    assert_charges_match_sandbox(w);
+    let out = w.cli(&["report", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["total"]["charged"], stats.charged_usd.as_str());
+    assert_eq!(report["reconciliation"]["attempts"], serde_json::json!([]));
+}
+
+#[test]
+fn estimates_equal_the_sandbox_charges_for_odd_sizes_and_every_format() {
+    use image::ImageFormat::*;
+    let w = World::new();
+    let cases = [
+        ("one.png", (1, 1), Png, 1),
+        ("odd.png", (333, 517), Png, 2),
+        ("odd.jpg", (333, 517), Jpeg, 3),
+        ("odd.webp", (333, 517), WebP, 1),
+        ("odd.gif", (331, 211), Gif, 2),
+        ("odd.bmp", (333, 517), Bmp, 2),
+        ("wide.jpg", (1203, 7), Jpeg, 4),
+    ];
+    let mut inputs = Vec::new();
+    let mut lens = Vec::new();
+    for (name, size, format, upscale) in cases {
+        let (url, len) = noise_image(&w, name, size, format);
+        inputs.push((url, upscale));
+        lens.push(len);
+    }
+    let sizes: Vec<(u32, u32)> = cases.iter().map(|c| c.1).collect();
+    assert_estimates_are_charges(&w, &inputs, &sizes);
+
+    // The sizes came from range requests that read at most 64 KiB of each file, a small
+    // fraction of the larger ones.
+    let served = w.sandbox.stats().static_bytes_by_path;
+    for ((name, ..), len) in cases.iter().zip(&lens) {
+        let read = served.get(*name).copied().unwrap_or(0);
+        assert!(read > 0, "{name} was probed");
+        assert!(read <= 64 * 1024, "{name}: {read} bytes read");
+        if *len > 256 * 1024 {
+            assert!(read * 8 < *len, "{name}: {read} of {len} bytes read");
+        }
+    }
+    assert!(lens.iter().filter(|l| **l > 256 * 1024).count() >= 3);
+    assert_eq!(
+        w.count("SELECT count(*) FROM image_sizes"),
+        cases.len() as i64,
+        "each probe is cached"
+    );
+
+    // `estimate` reads the same header and prints the same cost.
+    let (url, upscale) = &inputs[2];
+    let before = w.sandbox.stats().static_bytes_by_path["odd.jpg"];
+    let out = w.cli(&[
+        "estimate",
+        url,
+        "--upscale",
+        &upscale.to_string(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["cost"], recorded(&w)[2].4.as_str());
+    assert_eq!(
+        (
+            shown["output_width"].as_u64(),
+            shown["output_height"].as_u64()
+        ),
+        (Some(999), Some(1551))
+    );
+    assert!(w.sandbox.stats().static_bytes_by_path["odd.jpg"] - before <= 64 * 1024);
+}
+
+#[test]
+fn a_4000x3000_input_is_estimated_and_charged_the_same() {
+    // Fast mode: the sandbox writes a flat output of the exact size from the header alone.
+    let w = World::with(SandboxConfig {
+        render: false,
+        ..SandboxConfig::default()
+    });
+    let url = w.png("big.png", 4000, 3000);
+    assert_estimates_are_charges(&w, &[(url, 2)], &[(4000, 3000)]);
+    let rows = recorded(&w);
+    assert_eq!(rows[0].5, "0.1008", "8000x6000 = 48 MP at 0.0021");
+    let read = w.sandbox.stats().static_bytes_by_path["big.png"];
+    let len = std::fs::metadata(w.dir.path().join("static/big.png"))
+        .unwrap()
+        .len();
+    assert!(
+        read <= 64 * 1024 && read * 8 < len,
+        "{read} of {len} bytes read"
+    );
+}
+
+/// Committed spend as the budget counts it: charges, plus estimates of what may still be
+/// charged.
+fn committed(w: &World) -> rust_decimal::Decimal {
+    let db = w.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT coalesce(actual_cost, estimated_cost) FROM attempts
+             WHERE state NOT IN ('planned', 'held', 'skipped', 'error', 'rejected')",
+        )
+        .unwrap();
+    let mut sum = codeformer_ledger::money::DecimalSum::new();
+    for amount in stmt.query_map([], |r| r.get::<_, String>(0)).unwrap() {
+        sum.add_exact(&amount.unwrap()).unwrap();
+    }
+    sum.total()
+}
+
+/// Every held job's estimate, each of which must not fit under the cap.
+fn held_estimates(w: &World) -> Vec<rust_decimal::Decimal> {
+    let db = w.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT a.estimated_cost FROM jobs j JOIN attempts a
+             ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.state = 'held'",
+        )
+        .unwrap();
+    stmt.query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|e| dec(&e.unwrap()))
+        .collect()
+}
+
+/// Runs with a budget; checks the cap was kept exactly: nothing committed beyond it, and no
+/// held job that would have fitted. Returns the exit status and stderr.
+fn run_with_budget(w: &World, budget: &str) -> (Option<i32>, String) {
+    let out = w.run(&["--budget", budget, "--concurrency", "4"]);
+    let cap = dec(budget);
+    let spent = committed(w);
+    assert!(
+        spent <= cap,
+        "committed {spent} > budget {cap}\n{}",
+        text(&out)
+    );
+    for estimate in held_estimates(w) {
+        assert!(
+            spent + estimate > cap,
+            "a held job of {estimate} fitted under {cap} with {spent} committed\n{}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        dec(&w.sandbox.stats().charged_usd),
+        spent,
+        "the gateway billed what the ledger committed"
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_budget_stops_at_the_cap_exactly_and_a_raised_cap_finishes() {
+    let w = World::new();
+    // Estimates (upscale 2), in millionths of a dollar: 100x100 = 84, 150x100 = 126,
+    // 50x50 = 21. All six: 525.
+    let sizes = [
+        (100, 100),
+        (150, 100),
+        (100, 100),
+        (150, 100),
+        (50, 50),
+        (100, 100),
+    ];
+    for (i, (width, height)) in sizes.iter().enumerate() {
+        let url = w.png(&format!("b{i}.png"), *width, *height);
+        // Sizes given up front, so that the jobs are judged in order (probes in parallel
+        // return in any order).
+        let size = format!("{width}x{height}");
+        let out = w.cli(&["submit", &url, "--no-send", "--size", &size]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+    // 84 + 126 + 84 = 294, exactly the cap; the rest (126, 21, 84) are held.
+    let (code, stderr) = run_with_budget(&w, "0.000294");
+    assert_eq!(code, Some(4), "{stderr}");
+    assert_eq!(committed(&w), dec("0.000294"));
+    assert_eq!(count_state(&w, "completed"), 3);
+    assert_eq!(count_state(&w, "held"), 3);
+    assert!(
+        stderr.contains("stopped by the budget cap: the held jobs need 0.000231 USD more"),
+        "{stderr}"
+    );
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM jobs WHERE state = 'held'
+             AND reason LIKE 'budget:%would exceed the 0.000294 USD cap'"
+        ),
+        3
+    );
+
+    // 0.0003 leaves 6: nothing fits, and the need shrinks by as much.
+    let (code, stderr) = run_with_budget(&w, "0.0003");
+    assert_eq!(code, Some(4), "{stderr}");
+    assert_eq!(count_state(&w, "completed"), 3);
+    assert!(stderr.contains("need 0.000225 USD more"), "{stderr}");
+
+    // 0.00032 leaves 26: the 50x50 (21) passes the held 150x100 before it.
+    let (code, stderr) = run_with_budget(&w, "0.00032");
+    assert_eq!(code, Some(4), "{stderr}");
+    assert_eq!(count_state(&w, "completed"), 4);
+    assert_eq!(
+        w.count("SELECT state = 'completed' FROM jobs WHERE id = 5"),
+        1
+    );
+    assert!(stderr.contains("need 0.000205 USD more"), "{stderr}");
+
+    let (code, stderr) = run_with_budget(&w, "0.000525");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(count_state(&w, "completed"), 6);
+    assert_eq!(assert_charges_match_sandbox(&w), dec("0.000525"));
+    assert_eq!(w.sandbox.stats().accepted, 6, "nothing was sent twice");
+}
+
+#[test]
+fn a_new_price_applies_to_jobs_sent_after_it_and_older_jobs_keep_theirs() {
+    let w = World::new();
+    let first = w.png("first.png", 100, 100);
+    let out = w.cli(&["submit", &first]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let out = w.cli(&["prices", "set", "0.0042", "--note", "doubled"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0.0042 USD per megapixel"));
+    let second = w.png("second.png", 100, 100);
+    let out = w.cli(&["submit", &second]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("estimate 0.000168 USD"),
+        "{}",
+        text(&out)
+    );
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let db = w.db();
+    let mut stmt = db
+        .prepare("SELECT price_per_mp, estimated_cost, actual_cost FROM attempts ORDER BY job_id")
+        .unwrap();
+    let rows: Vec<(String, String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("0.0021".into(), "0.000084".into(), "0.000084".into()),
+            ("0.0042".into(), "0.000168".into(), "0.000168".into()),
+        ]
+    );
+    let out = w.cli(&["prices", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains("  0.0021 USD/MP"), "{listed}");
+    assert!(listed.lines().last().unwrap().starts_with('*'), "{listed}");
+    assert!(
+        listed.contains("0.0042 USD/MP") && listed.contains("doubled"),
+        "{listed}"
+    );
+    let out = w.cli(&["estimate", "--size", "1000x1000", "--format", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["cost"], "0.0168");
+}
