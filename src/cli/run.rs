@@ -325,32 +325,43 @@ pub fn drive(
     progress.finish();
     print_summary(&summary, &out_dir);
     match &summary.stop {
-        Some(reason @ engine::StopReason::InsufficientBalance { .. }) => {
-            let mut error = stop_error(reason);
-            error
-                .message
-                .push_str(&held_note(ledger, options.batch.as_deref())?);
-            Err(error)
-        }
-        Some(reason) => Err(stop_error(reason)),
+        Some(reason) => Err(explain_stop(ledger, options.batch.as_deref(), reason)?),
         None => Ok(summary.exit_code()),
     }
 }
 
-/// What the held jobs need, for the message of a run stopped by a 402.
-fn held_note(ledger: &Ledger, batch: Option<&str>) -> Result<String, CliError> {
+/// The message of a stopped run, with what the held jobs need when a cap or a 402 held them.
+fn explain_stop(
+    ledger: &Ledger,
+    batch: Option<&str>,
+    reason: &engine::StopReason,
+) -> Result<CliError, CliError> {
+    let mut error = stop_error(reason);
     let (held, total, unknown) = ledger.held_estimates(batch)?;
-    if held == 0 {
-        return Ok(String::new());
+    match reason {
+        engine::StopReason::InsufficientBalance { .. } if held > 0 => {
+            let unknown = match unknown {
+                0 => String::new(),
+                n => format!(" ({n} of them not yet estimated)"),
+            };
+            error.message.push_str(&format!(
+                ". The {held} held job(s) need {} USD{unknown}",
+                money::exact(total)
+            ));
+        }
+        engine::StopReason::Budget { needed } if unknown > 0 => {
+            let why = format!(
+                "{unknown} held job(s) have no estimate (their input size could not be read), so no budget can cover them; give their sizes (submit --size, or manifest columns width,height), or send them without --budget"
+            );
+            if needed.is_zero() {
+                error.message = format!("stopped by the budget cap: {why}");
+            } else {
+                error.message.push_str(&format!("; {why}"));
+            }
+        }
+        _ => {}
     }
-    let unknown = match unknown {
-        0 => String::new(),
-        n => format!(" ({n} of them not yet estimated)"),
-    };
-    Ok(format!(
-        ". The {held} held job(s) need {} USD{unknown}",
-        money::exact(total)
-    ))
+    Ok(error)
 }
 
 /// Starts the hook worker for these files; a file that does not compile is a usage error.

@@ -527,3 +527,37 @@ fn a_new_price_applies_to_jobs_sent_after_it_and_older_jobs_keep_theirs() {
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["cost"], "0.0168");
 }
+
+/// Regression: a job held because its size could not be read (so its cost is unknown) made a
+/// budget run say "the held jobs need 0 USD more; raise --budget", which no budget fixes.
+#[test]
+fn a_job_without_an_estimate_is_not_covered_by_raising_the_budget() {
+    let w = World::new();
+    let known = w.png("known.png", 100, 100);
+    let missing = w.sandbox.static_url("missing.png");
+    let manifest = w.dir.path().join("m.txt");
+    std::fs::write(&manifest, format!("{known}\n{missing}\n")).unwrap();
+    let out = w.cli(&[
+        "batch",
+        manifest.to_str().unwrap(),
+        "--budget",
+        "1",
+        "--quiet",
+        "--poll-interval",
+        "50ms",
+        "--out-dir",
+        w.out_dir().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("need 0 USD more"), "{stderr}");
+    assert!(
+        stderr.contains("1 held job(s) have no estimate (their input size could not be read), so no budget can cover them"),
+        "{stderr}"
+    );
+    assert_eq!(count_state(&w, "completed"), 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'held' AND reason LIKE '%cannot be estimated%'"),
+        1
+    );
+}
