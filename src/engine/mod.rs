@@ -327,6 +327,15 @@ impl<'a> Engine<'a> {
     /// Start-up: interrupted submissions become uncertain; retries become new attempts.
     fn prepare(&mut self) -> Result<(), EngineError> {
         self.summary.recovered_uncertain = self.ledger.recover_interrupted()?;
+        let swept = worker::sweep_partials(&self.options.out_dir);
+        if !swept.is_empty() {
+            self.ledger
+                .append(vec![Event::new(None, None, "cleanup").detail(format!(
+                    "removed {} download(s) left unfinished by a stopped process: {}",
+                    swept.len(),
+                    swept.join(", ")
+                ))])?;
+        }
         if !self.options.retry.is_empty() {
             self.ledger
                 .new_attempts(&self.options.retry, self.scope(), "run --retry")?;

@@ -6,5 +6,6 @@ mod help;
 mod hooks_e2e;
 mod hostile;
 mod ledger_files;
+mod resume;
 mod secrets;
 mod skeleton;
