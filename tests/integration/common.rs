@@ -3,7 +3,7 @@
 
 use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_codeformer-ledger");
 
@@ -90,6 +90,19 @@ impl World {
         args.push(self.out_dir().to_string_lossy().into_owned());
         args.extend(extra.iter().map(|s| s.to_string()));
         args
+    }
+
+    /// Starts `run` (as [`World::run`] would) as a child process whose output goes to `log`.
+    pub fn spawn_run(&self, extra: &[&str], log: &Path) -> Child {
+        let args = self.run_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let file = std::fs::File::create(log).expect("log file");
+        self.command(&args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("binary starts")
     }
 
     /// Writes a text manifest of these URLs and returns its path.

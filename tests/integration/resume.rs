@@ -3,6 +3,377 @@
 //! ledger against the sandbox's own counts: what was submitted, and what was charged.
 
 use crate::common::*;
+use codeformer_ledger::sandbox::{SandboxConfig, SandboxStats};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// `count` inputs of distinct sizes (`8+i` × 8), so that a charge names its image.
+fn images(w: &World, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| w.png(&format!("p{i:04}.png"), 8 + i as u32, 8))
+        .collect()
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn dec(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap_or_else(|_| panic!("`{text}` is a decimal"))
+}
+
+/// Waits until every job the sandbox accepted has reached a final status (jobs whose answer
+/// was lost are never polled, but still finish and may be charged).
+fn settled(w: &World) -> SandboxStats {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = w.sandbox.stats();
+        if s.completed + s.failed + s.errored == s.accepted {
+            return s;
+        }
+        assert!(Instant::now() < end, "the sandbox never settled: {s:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+struct Attempt {
+    job_id: i64,
+    attempt: i64,
+    image: String,
+    state: String,
+    request_id: Option<String>,
+    estimated: Option<Decimal>,
+    actual: Option<Decimal>,
+}
+
+/// What the audit found, for the long run's summary.
+#[derive(Debug, Default)]
+struct Audit {
+    jobs: usize,
+    attempts: usize,
+    uncertain_attempts: usize,
+    /// Jobs the sandbox created whose request id the ledger never learned.
+    orphans: usize,
+    ledger_charged: Decimal,
+    sandbox_charged: Decimal,
+    orphan_charged: Decimal,
+    outputs: usize,
+}
+
+fn attempts(w: &World) -> Vec<Attempt> {
+    let db = w.db();
+    let mut stmt = db
+        .prepare(
+            "SELECT a.job_id, a.attempt, j.image_url, a.state, a.request_id, a.estimated_cost, a.actual_cost
+             FROM attempts a JOIN jobs j ON j.id = a.job_id ORDER BY a.job_id, a.attempt",
+        )
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Attempt {
+                job_id: r.get(0)?,
+                attempt: r.get(1)?,
+                image: r.get(2)?,
+                state: r.get(3)?,
+                request_id: r.get(4)?,
+                estimated: r.get::<_, Option<String>>(5)?.map(|t| dec(&t)),
+                actual: r.get::<_, Option<String>>(6)?.map(|t| dec(&t)),
+            })
+        })
+        .unwrap();
+    rows.map(Result::unwrap).collect()
+}
+
+/// Checks the ledger against the sandbox's own counts once a run has finished:
+/// - every job is in one of `finals` and owes no post-processing;
+/// - per image, the sandbox received every attempt the ledger knows by request id, plus at
+///   most one more for each attempt the ledger holds as uncertain, and nothing else;
+/// - every charge the ledger recorded equals the sandbox's for that request id, the sandbox
+///   charged nothing the ledger does not know except jobs behind uncertain attempts, and the
+///   totals differ by exactly those;
+/// - every output is whole: its bytes, sha256 and PNG size are the ledger's, and no
+///   temporary download is left behind.
+fn audit(w: &World, finals: &[&str]) -> Audit {
+    let stats = settled(w);
+    let db = w.db();
+    let unfinished: Vec<(i64, String, Option<String>)> = {
+        let mut stmt = db
+            .prepare("SELECT id, state, post FROM jobs ORDER BY id")
+            .unwrap();
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap();
+        rows.map(Result::unwrap)
+            .filter(|(_, state, post): &(i64, String, Option<String>)| {
+                !finals.contains(&state.as_str()) || post.is_some()
+            })
+            .collect()
+    };
+    assert!(unfinished.is_empty(), "unfinished jobs: {unfinished:?}");
+
+    let all = attempts(w);
+    let mut audit = Audit {
+        jobs: w.count("SELECT count(*) FROM jobs") as usize,
+        attempts: all.len(),
+        ..Audit::default()
+    };
+    let mut by_image: BTreeMap<&str, (u64, u64)> = BTreeMap::new(); // (known, uncertain)
+    let mut known: HashMap<&str, &Attempt> = HashMap::new();
+    for a in &all {
+        let entry = by_image.entry(&a.image).or_default();
+        if let Some(rid) = &a.request_id {
+            entry.0 += 1;
+            assert!(known.insert(rid, a).is_none(), "request id {rid} twice");
+        }
+        if a.state == "uncertain" {
+            entry.1 += 1;
+            audit.uncertain_attempts += 1;
+            assert!(
+                a.request_id.is_none(),
+                "an uncertain attempt has no request id"
+            );
+        }
+    }
+    for (image, (k, u)) in &by_image {
+        let sent = stats.submissions_by_image.get(*image).copied().unwrap_or(0);
+        assert!(
+            *k <= sent && sent <= k + u,
+            "{image}: the sandbox received {sent} submission(s); the ledger knows {k} and holds {u} uncertain"
+        );
+    }
+    for image in stats.submissions_by_image.keys() {
+        assert!(
+            by_image.contains_key(image.as_str()),
+            "{image} was submitted but is not in the ledger"
+        );
+    }
+
+    // Charges, request by request.
+    let charges: BTreeMap<&str, Decimal> = stats
+        .charges_by_request
+        .iter()
+        .map(|(rid, usd)| (rid.as_str(), dec(usd)))
+        .collect();
+    for (rid, a) in &known {
+        let sandbox = charges.get(rid).copied();
+        match a.state.as_str() {
+            "completed" => assert_eq!(
+                a.actual, sandbox,
+                "job {} attempt {} ({rid}): ledger vs sandbox charge",
+                a.job_id, a.attempt
+            ),
+            "error" => {
+                assert_eq!(sandbox, None, "{rid}: ERROR is not charged");
+                assert_eq!(a.actual, Some(Decimal::ZERO), "{rid}: ERROR is not charged");
+            }
+            "failed" | "stalled" => {
+                assert_eq!(sandbox, None, "{rid}: the sandbox charges COMPLETED only");
+                assert_eq!(a.actual, None, "{rid}: a FAILED charge is unknown");
+            }
+            other => panic!("job {} attempt {} ended {other}", a.job_id, a.attempt),
+        }
+        if let Some(usd) = a.actual {
+            audit.ledger_charged += usd;
+        }
+    }
+    // Charges of request ids the ledger never learned: each belongs to an image with an
+    // uncertain attempt (sizes are distinct, so the amount names the image), at most one each.
+    let by_charge: HashMap<Decimal, &str> = {
+        let mut map = HashMap::new();
+        for a in &all {
+            if let Some(e) = a.estimated {
+                let previous = map.insert(e, a.image.as_str());
+                assert!(
+                    previous.is_none() || previous == Some(a.image.as_str()),
+                    "two images cost {e}: the test needs distinct sizes"
+                );
+            }
+        }
+        map
+    };
+    let mut orphans: BTreeMap<&str, u64> = BTreeMap::new();
+    for (rid, usd) in &charges {
+        if known.contains_key(rid) {
+            continue;
+        }
+        let image = by_charge
+            .get(usd)
+            .unwrap_or_else(|| panic!("the sandbox charged {usd} for {rid}, which no job costs"));
+        *orphans.entry(image).or_default() += 1;
+        audit.orphans += 1;
+        audit.orphan_charged += *usd;
+    }
+    for (image, n) in &orphans {
+        let (k, u) = by_image[image];
+        let sent = stats.submissions_by_image[*image];
+        assert!(
+            *n <= u && *n <= sent - k,
+            "{image}: {n} charge(s) the ledger does not know, with {u} uncertain attempt(s) and {sent} submission(s) for {k} known"
+        );
+    }
+    audit.sandbox_charged = dec(&stats.charged_usd);
+    assert_eq!(
+        audit.sandbox_charged,
+        audit.ledger_charged + audit.orphan_charged,
+        "sandbox total = ledger total + charges behind uncertain attempts"
+    );
+    let twice = w.count(
+        "SELECT count(*) FROM (SELECT job_id, attempt FROM events WHERE kind = 'charge'
+         GROUP BY job_id, attempt HAVING count(*) > 1)",
+    );
+    assert_eq!(twice, 0, "an attempt was charged twice");
+
+    // Outputs: whole files, as the ledger describes them.
+    let mut stmt = db
+        .prepare(
+            "SELECT o.job_id, o.path, o.bytes, o.sha256, o.width, o.height, j.input_width * j.upscale, j.input_height * j.upscale
+             FROM outputs o JOIN jobs j ON j.id = o.job_id AND j.attempt = o.attempt",
+        )
+        .unwrap();
+    type OutputRow = (i64, String, i64, String, (u32, u32), (u32, u32));
+    let outputs: Vec<OutputRow> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                (r.get(4)?, r.get(5)?),
+                (r.get(6)?, r.get(7)?),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let completed = w.count("SELECT count(*) FROM jobs WHERE state = 'completed'") as usize;
+    assert_eq!(outputs.len(), completed, "one output per completed job");
+    for (job, path, bytes, sha, size, (ew, eh)) in outputs {
+        let data = std::fs::read(&path).unwrap_or_else(|e| panic!("job {job}: {path}: {e}"));
+        assert_eq!(data.len() as i64, bytes, "job {job}: {path} is whole");
+        assert_eq!(
+            codeformer_ledger::engine::hex(&Sha256::digest(&data)),
+            sha,
+            "job {job}: {path}"
+        );
+        assert_eq!(size, (ew, eh), "job {job}: output size");
+        assert_eq!(png_size(Path::new(&path)), (ew, eh), "job {job}: the file");
+        audit.outputs += 1;
+    }
+    if let Ok(dir) = std::fs::read_dir(w.out_dir()) {
+        let partial: Vec<String> = dir
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".partial-"))
+            .collect();
+        assert!(partial.is_empty(), "temporary downloads left: {partial:?}");
+    }
+    audit
+}
+
+/// Runs `run` until it exits 0: after a kill, jobs caught mid-submission are uncertain and
+/// only `--resubmit-uncertain` sends them again.
+fn run_to_the_end(w: &World, extra: &[&str]) -> usize {
+    let mut resubmitted = 0;
+    for _ in 0..6 {
+        let out = w.run(extra);
+        match out.status.code() {
+            Some(0) => return resubmitted,
+            Some(3) if w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'") > 0 => {
+                resubmitted +=
+                    w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'") as usize;
+                let mut again = extra.to_vec();
+                again.push("--resubmit-uncertain");
+                let out = w.run(&again);
+                assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+            }
+            _ => panic!("run failed: {}", text(&out)),
+        }
+    }
+    panic!("run never finished cleanly");
+}
+
+#[test]
+fn crash_kill_nine_at_random_moments_then_resume() {
+    let jobs = env_or("CRASH_JOBS", 150) as usize;
+    let kills = env_or("CRASH_KILLS", 10);
+    let seed = env_or("CRASH_SEED", 7);
+    let mut dice = fastrand::Rng::with_seed(seed);
+    let w = World::timed(SandboxConfig {
+        render: false,
+        queue_ms: 20,
+        processing_ms: (100, 400),
+        latency_ms: 40,
+        seed,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, jobs);
+    let manifest = w.manifest("crash.txt", &urls);
+    let out = w.cli(&["batch", manifest.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let started = Instant::now();
+    let mut killed = 0;
+    let mut finished_early = false;
+    let mut recovered = 0;
+    for round in 0..kills {
+        let log = w.dir.path().join(format!("run-{round}.log"));
+        let mut child = w.spawn_run(&["--batch", "crash", "--concurrency", "6"], &log);
+        let life = Duration::from_millis(dice.u64(100..1000));
+        let end = Instant::now() + life;
+        let mut exited = None;
+        while Instant::now() < end {
+            if let Some(status) = child.try_wait().unwrap() {
+                exited = Some(status.code());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match exited {
+            Some(code) => {
+                let log = log_of(&log);
+                assert!(
+                    matches!(code, Some(0 | 3)),
+                    "round {round}: {code:?}\n{log}"
+                );
+                if code == Some(0) {
+                    finished_early = true;
+                    break;
+                }
+            }
+            None => {
+                child.kill().unwrap();
+                child.wait().unwrap();
+                killed += 1;
+            }
+        }
+        recovered += w.count("SELECT count(*) FROM jobs WHERE state = 'submitting'");
+    }
+    let resubmitted = run_to_the_end(&w, &["--batch", "crash", "--concurrency", "6"]);
+    let audit = audit(&w, &["completed"]);
+    assert_eq!(audit.jobs, jobs);
+    assert_eq!(audit.outputs, jobs);
+    eprintln!(
+        "crash: {jobs} jobs, {} attempts, {killed} kills{}, {recovered} caught mid-submission, {resubmitted} resubmitted, {} uncertain attempt(s), {} charge(s) the ledger never learned ({} USD); charged: ledger {} USD, sandbox {} USD; {:.1}s",
+        audit.attempts,
+        if finished_early { " (finished before the last)" } else { "" },
+        audit.uncertain_attempts,
+        audit.orphans,
+        audit.orphan_charged,
+        audit.ledger_charged,
+        audit.sandbox_charged,
+        started.elapsed().as_secs_f64()
+    );
+}
 
 #[test]
 fn regression_partial_download_left_by_a_killed_engine_is_removed_on_resume() {
