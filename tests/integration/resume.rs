@@ -43,6 +43,10 @@ fn settled(w: &World) -> SandboxStats {
     }
 }
 
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -409,4 +413,167 @@ fn regression_partial_download_left_by_a_killed_engine_is_removed_on_resume() {
         )),
         1
     );
+}
+
+// ---- gateway faults ----
+
+/// A world with `count` inputs enqueued as batch `faults`.
+fn fault_world(config: SandboxConfig, count: usize) -> World {
+    let w = World::with(SandboxConfig {
+        render: false,
+        ..config
+    });
+    let urls = images(&w, count);
+    let manifest = w.manifest("faults.txt", &urls);
+    let out = w.cli(&["batch", manifest.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    w
+}
+
+const FAULT_RUN: [&str; 4] = ["--batch", "faults", "--concurrency", "6"];
+
+/// Every submission whose answer was a 5xx or never came is uncertain, and every uncertain
+/// attempt is one of those (or was caught mid-submission by a kill).
+fn uncertain_only_from_lost_answers(w: &World) -> i64 {
+    let lost = "e.kind = 'submit_answer' AND (e.http_status IS NULL OR e.http_status >= 500)";
+    assert_eq!(
+        w.count(&format!(
+            "SELECT count(*) FROM events e JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
+             WHERE {lost} AND a.state != 'uncertain'"
+        )),
+        0,
+        "a lost answer went somewhere other than uncertain"
+    );
+    assert_eq!(
+        w.count(&format!(
+            "SELECT count(*) FROM attempts a WHERE a.state = 'uncertain' AND NOT EXISTS
+             (SELECT 1 FROM events e WHERE e.job_id = a.job_id AND e.attempt = a.attempt AND {lost})"
+        )),
+        0,
+        "an attempt is uncertain without a lost answer"
+    );
+    w.count("SELECT count(*) FROM attempts WHERE state = 'uncertain'")
+}
+
+#[test]
+fn rate_limited_runs_wait_and_send_each_image_once() {
+    let w = fault_world(
+        SandboxConfig {
+            rate_limit_rps: Some(25.0),
+            ..SandboxConfig::default()
+        },
+        40,
+    );
+    let out = w.run(&FAULT_RUN);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stats = w.sandbox.stats();
+    assert!(
+        stats.answered_by_code.get(&429).copied().unwrap_or(0) > 0,
+        "the limit was hit: {stats:?}"
+    );
+    assert!(stats.submissions_by_image.values().all(|n| *n == 1));
+    assert!(w.count("SELECT count(*) FROM events WHERE http_status = 429") > 0);
+    audit(&w, &["completed"]);
+}
+
+#[test]
+fn server_errors_make_submissions_uncertain_and_nothing_else() {
+    let w = fault_world(
+        SandboxConfig {
+            flaky_rate: 0.25,
+            seed: 3,
+            ..SandboxConfig::default()
+        },
+        40,
+    );
+    let out = w.run(&FAULT_RUN);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let uncertain = uncertain_only_from_lost_answers(&w);
+    assert!(uncertain > 0, "some submissions got a 500");
+    assert!(stdout(&out).contains("uncertain"), "{}", text(&out));
+    // An injected 500 is not carried out: the sandbox never saw those submissions.
+    audit(&w, &["completed", "uncertain"]);
+    run_to_the_end(&w, &FAULT_RUN);
+    uncertain_only_from_lost_answers(&w);
+    audit(&w, &["completed"]);
+}
+
+#[test]
+fn dropped_connections_make_submissions_uncertain_and_polls_retry() {
+    let w = fault_world(
+        SandboxConfig {
+            drop_rate: 0.2,
+            seed: 5,
+            ..SandboxConfig::default()
+        },
+        40,
+    );
+    let out = w.run(&FAULT_RUN);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let uncertain = uncertain_only_from_lost_answers(&w);
+    assert!(uncertain > 0, "some submissions lost their answer");
+    assert!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'poll' AND http_status IS NULL") > 0,
+        "some polls lost their answer and were retried"
+    );
+    // A dropped submission was carried out: the sandbox has (and charges) a job the ledger
+    // cannot name, one per uncertain attempt.
+    let first = audit(&w, &["completed", "uncertain"]);
+    assert_eq!(first.orphans as i64, uncertain);
+    run_to_the_end(&w, &FAULT_RUN);
+    uncertain_only_from_lost_answers(&w);
+    let last = audit(&w, &["completed"]);
+    assert!(last.orphans as i64 >= uncertain);
+}
+
+#[test]
+fn slow_answers_finish_every_job() {
+    let w = fault_world(
+        SandboxConfig {
+            latency_ms: 150,
+            ..SandboxConfig::default()
+        },
+        12,
+    );
+    let out = w.run(&FAULT_RUN);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        w.count("SELECT min(latency_ms) FROM events WHERE kind = 'submit_answer'") >= 150,
+        "the latency is recorded"
+    );
+    audit(&w, &["completed"]);
+}
+
+#[test]
+fn failed_and_errored_jobs_end_in_their_states_with_the_right_charges() {
+    let w = fault_world(
+        SandboxConfig {
+            fail_rate: 0.25,
+            error_rate: 0.25,
+            seed: 11,
+            ..SandboxConfig::default()
+        },
+        40,
+    );
+    let out = w.run(&FAULT_RUN);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stats = settled(&w);
+    let state = |s: &str| w.count(&format!("SELECT count(*) FROM jobs WHERE state = '{s}'"));
+    assert_eq!(state("failed") as u64, stats.failed);
+    assert_eq!(state("error") as u64, stats.errored);
+    assert_eq!(state("completed") as u64, stats.completed);
+    assert!(stats.failed > 0 && stats.errored > 0, "{stats:?}");
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs j JOIN attempts a ON a.job_id = j.id WHERE j.state = 'failed' AND j.error IS NULL"),
+        0,
+        "the gateway's error is kept"
+    );
+    audit(&w, &["completed", "failed", "error"]);
+    // The report counts FAILED as "charge unknown" and ERROR as free.
+    let out = w.cli(&["report", "--by", "state", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["total"]["charged"], stats.charged_usd.as_str());
+    assert_eq!(report["total"]["failed"], stats.failed);
+    assert_eq!(report["total"]["errored"], stats.errored);
 }
