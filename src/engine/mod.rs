@@ -540,6 +540,7 @@ impl<'a> Engine<'a> {
         let mut intents = Vec::new();
         let mut to_hold = Vec::new();
         let mut dispatched = false;
+        let mut rewind = None;
         for job in candidates {
             if intents.len() + self.in_flight.len() >= self.limit {
                 break;
@@ -557,7 +558,8 @@ impl<'a> Engine<'a> {
                         0,
                         Some((job.id, job.attempt, job.upscale)),
                     )?;
-                    self.send_cursor = job.id - 1;
+                    // Come back to it on the next pass, after later jobs moved the cursor.
+                    rewind.get_or_insert(job.id - 1);
                     continue;
                 }
                 self.in_flight.insert(job.id, "probe");
@@ -586,6 +588,9 @@ impl<'a> Engine<'a> {
             }
             self.spent += record.estimate.unwrap_or_default();
             intents.push((record, job));
+        }
+        if let Some(rewind) = rewind {
+            self.send_cursor = self.send_cursor.min(rewind);
         }
         self.hold(to_hold)?;
         if !intents.is_empty() {

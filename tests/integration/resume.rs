@@ -47,6 +47,22 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits for a child, killing it (and failing) after `limit`.
+fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the child did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -576,4 +592,38 @@ fn failed_and_errored_jobs_end_in_their_states_with_the_right_charges() {
     assert_eq!(report["total"]["charged"], stats.charged_usd.as_str());
     assert_eq!(report["total"]["failed"], stats.failed);
     assert_eq!(report["total"]["errored"], stats.errored);
+}
+
+#[test]
+fn regression_a_job_whose_size_was_cached_is_sent_when_later_jobs_follow_it() {
+    // The size of a.png is cached by the first batch; in the second, the cached job used to
+    // be passed over for good once b.png moved the send cursor on, and the run never ended.
+    let w = World::with(SandboxConfig {
+        render: false,
+        ..SandboxConfig::default()
+    });
+    let a = w.png("a.png", 20, 10);
+    let b = w.png("b.png", 30, 10);
+    let first = w.manifest("first.txt", std::slice::from_ref(&a));
+    let second = w.manifest("second.txt", &[a, b]);
+    let out = w.cli(&["batch", first.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(w.run(&[]).status.code(), Some(0));
+    let out = w.cli(&[
+        "batch",
+        second.to_str().unwrap(),
+        "--enqueue-only",
+        "--upscale",
+        "4",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = w.dir.path().join("second.log");
+    let mut child = w.spawn_run(&["--batch", "second"], &log);
+    let code = wait_for(&mut child, Duration::from_secs(20));
+    assert_eq!(code, Some(0), "{}", log_of(&log));
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'estimate' AND detail LIKE '%cached%'"),
+        1
+    );
+    audit(&w, &["completed"]);
 }
