@@ -63,6 +63,10 @@ fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     }
 }
 
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -88,6 +92,8 @@ struct Audit {
     ledger_charged: Decimal,
     sandbox_charged: Decimal,
     orphan_charged: Decimal,
+    /// Charges of stalled jobs, which the gateway finished after the ledger gave up on them.
+    stalled_charged: Decimal,
     outputs: usize,
 }
 
@@ -197,9 +203,17 @@ fn audit(w: &World, finals: &[&str]) -> Audit {
                 assert_eq!(sandbox, None, "{rid}: ERROR is not charged");
                 assert_eq!(a.actual, Some(Decimal::ZERO), "{rid}: ERROR is not charged");
             }
-            "failed" | "stalled" => {
+            "failed" => {
                 assert_eq!(sandbox, None, "{rid}: the sandbox charges COMPLETED only");
                 assert_eq!(a.actual, None, "{rid}: a FAILED charge is unknown");
+            }
+            "stalled" => {
+                // No longer polled, but the gateway may finish it and charge it.
+                assert_eq!(a.actual, None, "{rid}: a stalled charge is unknown");
+                if let Some(usd) = sandbox {
+                    assert!(a.estimated >= Some(usd), "{rid}: within the estimate");
+                    audit.stalled_charged += usd;
+                }
             }
             other => panic!("job {} attempt {} ended {other}", a.job_id, a.attempt),
         }
@@ -245,8 +259,8 @@ fn audit(w: &World, finals: &[&str]) -> Audit {
     audit.sandbox_charged = dec(&stats.charged_usd);
     assert_eq!(
         audit.sandbox_charged,
-        audit.ledger_charged + audit.orphan_charged,
-        "sandbox total = ledger total + charges behind uncertain attempts"
+        audit.ledger_charged + audit.orphan_charged + audit.stalled_charged,
+        "sandbox total = ledger total + charges behind uncertain attempts and stalled jobs"
     );
     let twice = w.count(
         "SELECT count(*) FROM (SELECT job_id, attempt FROM events WHERE kind = 'charge'
@@ -347,7 +361,13 @@ fn crash_kill_nine_at_random_moments_then_resume() {
     let mut recovered = 0;
     for round in 0..kills {
         let log = w.dir.path().join(format!("run-{round}.log"));
-        let mut child = w.spawn_run(&["--batch", "crash", "--concurrency", "6"], &log);
+        // Every third run also resends what earlier kills left uncertain, so that kills land
+        // in resubmissions too.
+        let mut args = vec!["--batch", "crash", "--concurrency", "6"];
+        if round % 3 == 2 {
+            args.push("--resubmit-uncertain");
+        }
+        let mut child = w.spawn_run(&args, &log);
         let life = Duration::from_millis(dice.u64(100..1000));
         let end = Instant::now() + life;
         let mut exited = None;
@@ -378,10 +398,24 @@ fn crash_kill_nine_at_random_moments_then_resume() {
         }
         recovered += w.count("SELECT count(*) FROM jobs WHERE state = 'submitting'");
     }
-    let resubmitted = run_to_the_end(&w, &["--batch", "crash", "--concurrency", "6"]);
+    run_to_the_end(&w, &["--batch", "crash", "--concurrency", "6"]);
+    let resubmitted = w.count("SELECT count(*) FROM events WHERE kind = 'retry'");
     let audit = audit(&w, &["completed"]);
     assert_eq!(audit.jobs, jobs);
     assert_eq!(audit.outputs, jobs);
+    // The report names every possible double charge, and its worst case covers them.
+    let out = w.cli(&["report", "--by", "batch", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["possible_double_charges"],
+        audit.uncertain_attempts as u64
+    );
+    assert_eq!(
+        dec(report["total"]["charged"].as_str().unwrap()),
+        audit.ledger_charged
+    );
+    assert!(dec(report["total"]["charge_unknown"].as_str().unwrap()) >= audit.orphan_charged);
     eprintln!(
         "crash: {jobs} jobs, {} attempts, {killed} kills{}, {recovered} caught mid-submission, {resubmitted} resubmitted, {} uncertain attempt(s), {} charge(s) the ledger never learned ({} USD); charged: ledger {} USD, sandbox {} USD; {:.1}s",
         audit.attempts,
@@ -625,5 +659,441 @@ fn regression_a_job_whose_size_was_cached_is_sent_when_later_jobs_follow_it() {
         w.count("SELECT count(*) FROM events WHERE kind = 'estimate' AND detail LIKE '%cached%'"),
         1
     );
+    audit(&w, &["completed"]);
+}
+
+// ---- manifests through the command line ----
+
+#[test]
+fn manifest_errors_name_file_line_and_field_and_record_nothing() {
+    let w = World::new();
+    let [a, b, c] = ["a.png", "b.png", "c.png"].map(|n| w.png(n, 10, 10));
+    let cases = [
+        (
+            "bad.txt",
+            format!("# photos\n{a}\n\nftp://example.test/x.png\n"),
+            "bad.txt:4",
+            "image",
+        ),
+        (
+            "bad.csv",
+            format!("image,fidelity,upscale\n{b},0.5,2\n{b},1.5,4\n"),
+            "bad.csv:3",
+            "fidelity",
+        ),
+        (
+            "bad.jsonl",
+            format!("{{\"image\": \"{c}\"}}\n{{\"image\": \"{c}\", \"upscale\": \"4\"}}\n"),
+            "bad.jsonl:2",
+            "upscale",
+        ),
+    ];
+    for (name, body, place, field) in &cases {
+        let path = w.dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let out = w.cli(&["batch", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(err.contains(place), "{name}: names {place}: {err}");
+        assert!(err.contains(field), "{name}: names {field}: {err}");
+        assert!(
+            !w.ledger().exists() || w.count("SELECT count(*) FROM jobs") == 0,
+            "{name}: nothing recorded"
+        );
+    }
+    assert_eq!(w.sandbox.stats().api_requests, 0);
+
+    // --skip-invalid records the good rows and lists the bad ones.
+    for (name, _, place, _) in &cases {
+        let path = w.dir.path().join(name);
+        let out = w.cli(&[
+            "batch",
+            path.to_str().unwrap(),
+            "--skip-invalid",
+            "--enqueue-only",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        assert!(stderr(&out).contains(place), "{name}: {}", text(&out));
+        assert!(stdout(&out).contains("1 added"), "{name}: {}", text(&out));
+    }
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        3
+    );
+}
+
+#[test]
+fn the_same_manifest_again_adds_nothing_even_after_a_kill() {
+    let w = World::timed(SandboxConfig {
+        render: false,
+        queue_ms: 20,
+        processing_ms: (100, 200),
+        latency_ms: 60,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 12);
+    let csv = w.dir.path().join("shoot.csv");
+    let mut body = String::from("image,upscale,key\n");
+    for (i, url) in urls.iter().enumerate() {
+        body.push_str(&format!("{url},{},k{i}\n", 2 + i % 2));
+    }
+    std::fs::write(&csv, body).unwrap();
+    let batch = |extra: &[&str]| {
+        let mut args = vec![
+            "batch",
+            csv.to_str().unwrap(),
+            "--quiet",
+            "--poll-interval",
+            "50ms",
+            "--out-dir",
+            "out",
+        ];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // Killed part-way through, the batch continues where it stopped.
+    let log = w.dir.path().join("first.log");
+    let args = batch(&[]);
+    let mut child = w
+        .command(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let completed = || {
+        w.ledger().exists()
+            && w.db()
+                .query_row(
+                    "SELECT count(*) FROM jobs WHERE state = 'completed'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .unwrap_or(0)
+                >= 2
+    };
+    while !completed() {
+        assert!(Instant::now() < end, "nothing completed: {}", log_of(&log));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(log_of(&log).contains("12 added"), "{}", log_of(&log));
+    let args = batch(&[]);
+    let out = w.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    assert!(stdout(&out).contains("0 added"), "{}", text(&out));
+    run_to_the_end(&w, &["--batch", "shoot"]);
+    let before = w.sandbox.stats().submissions;
+    let args = batch(&[]);
+    let out = w.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("12 row(s), 0 added, 12 already in the ledger"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.sandbox.stats().submissions, before, "nothing sent again");
+    assert_eq!(w.count("SELECT count(*) FROM jobs"), 12);
+    audit(&w, &["completed"]);
+}
+
+#[test]
+fn enqueue_only_needs_no_gateway() {
+    let w = World::new();
+    let urls = images(&w, 5);
+    let m = w.manifest("offline.txt", &urls);
+    let closed = closed_url();
+    let out = w.cli_env(
+        &["batch", m.to_str().unwrap(), "--enqueue-only"],
+        &[("PIXAZO_BASE_URL", &closed)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(stdout(&out).contains("5 added"), "{}", text(&out));
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        5
+    );
+    let stats = w.sandbox.stats();
+    assert_eq!(
+        (stats.api_requests, stats.static_bytes_served),
+        (0, 0),
+        "no network"
+    );
+}
+
+/// A base URL nobody listens on.
+fn closed_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+// ---- one engine per ledger ----
+
+/// Starts `run` on a slow gateway and waits until it holds the ledger.
+fn running_engine(w: &World, extra: &[&str], log: &Path) -> std::process::Child {
+    let child = w.spawn_run(extra, log);
+    let lock = w.dir.path().join("ledger.db.lock");
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&lock).unwrap_or_default().trim() != child.id().to_string() {
+        assert!(Instant::now() < end, "the engine never took the lock");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child
+}
+
+#[test]
+fn a_second_engine_exits_5_while_readers_and_submit_work() {
+    let w = World::with(SandboxConfig {
+        render: false,
+        latency_ms: 150,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 10);
+    let m = w.manifest("slow.txt", &urls);
+    let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = w.dir.path().join("engine.log");
+    let mut engine = running_engine(&w, &["--concurrency", "2"], &log);
+    let pid = engine.id().to_string();
+
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(&format!("pid {pid}")),
+        "{}",
+        text(&out)
+    );
+    for args in [
+        &["report"][..],
+        &["report", "--format", "json"],
+        &["jobs"],
+        &["jobs", "--format", "json"],
+        &["show", "1"],
+    ] {
+        let out = w.cli(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
+    let late = w.png("late.png", 99, 8);
+    let out = w.cli(&["submit", &late]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("an engine (pid {pid}) is running")),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        w.sandbox.stats().submissions_by_image.get(&late),
+        None,
+        "submit left it to the engine"
+    );
+    let code = wait_for(&mut engine, Duration::from_secs(30));
+    assert_eq!(code, Some(0), "{}", log_of(&log));
+    assert_eq!(
+        w.count(&format!(
+            "SELECT count(*) FROM jobs WHERE image_url = '{late}' AND state = 'completed'"
+        )),
+        1,
+        "the running engine picked the submitted job up"
+    );
+    audit(&w, &["completed"]);
+}
+
+// ---- retries, deadlines, offline, Ctrl-C ----
+
+#[test]
+fn retry_makes_new_attempts_and_keeps_the_old_ones_with_their_costs() {
+    let w = fault_world(
+        SandboxConfig {
+            fail_rate: 0.4,
+            error_rate: 0.3,
+            seed: 2,
+            ..SandboxConfig::default()
+        },
+        12,
+    );
+    let out = w.run(&FAULT_RUN);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let failed: Vec<i64> = {
+        let db = w.db();
+        let mut stmt = db
+            .prepare("SELECT id FROM jobs WHERE state IN ('failed', 'error') ORDER BY id")
+            .unwrap();
+        let ids = stmt.query_map([], |r| r.get(0)).unwrap();
+        ids.map(Result::unwrap).collect()
+    };
+    assert!(!failed.is_empty());
+    // Never automatic: a plain run sends nothing again.
+    let before = w.sandbox.stats().submissions;
+    assert_eq!(w.run(&FAULT_RUN).status.code(), Some(3));
+    assert_eq!(w.sandbox.stats().submissions, before);
+    assert_eq!(
+        w.count("SELECT count(*) FROM attempts WHERE attempt > 1"),
+        0
+    );
+
+    let mut retry = FAULT_RUN.to_vec();
+    retry.extend(["--retry", "failed,error"]);
+    let out = w.run(&retry);
+    assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    for id in &failed {
+        let n = w.count(&format!(
+            "SELECT count(*) FROM attempts WHERE job_id = {id}"
+        ));
+        assert_eq!(n, 2, "job {id}: both attempts kept");
+        assert_eq!(
+            w.count(&format!(
+                "SELECT count(*) FROM attempts WHERE job_id = {id} AND attempt = 1
+                 AND state IN ('failed', 'error') AND request_id IS NOT NULL
+                 AND estimated_cost IS NOT NULL
+                 AND (state = 'failed' AND actual_cost IS NULL OR state = 'error' AND actual_cost = '0')"
+            )),
+            1,
+            "job {id}: the first attempt keeps its outcome and cost"
+        );
+        assert_eq!(
+            w.count(&format!(
+                "SELECT count(*) FROM attempts WHERE job_id = {id} AND attempt = 2
+                 AND request_id IS NOT NULL AND estimated_cost IS NOT NULL"
+            )),
+            1,
+            "job {id}: the retry was sent"
+        );
+        assert_eq!(
+            w.count(&format!(
+                "SELECT count(*) FROM events WHERE job_id = {id} AND kind = 'retry'"
+            )),
+            1
+        );
+    }
+    let stats = w.sandbox.stats();
+    let twice = stats
+        .submissions_by_image
+        .values()
+        .filter(|n| **n == 2)
+        .count();
+    assert_eq!(twice, failed.len(), "each retried image was sent twice");
+    audit(&w, &["completed", "failed", "error"]);
+}
+
+#[test]
+fn a_deadline_marks_slow_jobs_stalled() {
+    let w = World::timed(SandboxConfig {
+        render: false,
+        queue_ms: 10,
+        processing_ms: (1500, 1500),
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 3);
+    let m = w.manifest("slow.txt", &urls);
+    let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let started = Instant::now();
+    let out = w.run(&["--deadline", "400ms"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "it did not wait"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'stalled'"),
+        3
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'stalled' AND next_poll_at IS NULL AND reason LIKE '%deadline%may still be charged%'"),
+        3
+    );
+    // The gateway finishes them anyway, and charges them: the report counts them as unknown.
+    let audit = audit(&w, &["stalled"]);
+    assert_eq!(audit.ledger_charged, Decimal::ZERO);
+    let out = w.cli(&["report", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["total"]["stalled"], 3);
+    assert_eq!(
+        dec(report["total"]["charge_unknown"].as_str().unwrap()),
+        audit.sandbox_charged,
+        "the worst case is what the gateway charged"
+    );
+    // A later run does not poll stalled jobs again.
+    let polls = w.count("SELECT count(*) FROM events WHERE kind = 'poll'");
+    assert_eq!(w.run(&[]).status.code(), Some(3));
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'poll'"),
+        polls
+    );
+}
+
+#[test]
+fn an_unreachable_gateway_leaves_jobs_planned_and_the_next_run_sends_them() {
+    let w = World::with(SandboxConfig {
+        render: false,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 6);
+    let m = w.manifest("offline.txt", &urls);
+    let out = w.cli_env(
+        &["batch", m.to_str().unwrap(), "--quiet", "--out-dir", "out"],
+        &[("PIXAZO_BASE_URL", &closed_url())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot be reached") && err.contains("stay planned"),
+        "{err}"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        6
+    );
+    assert_eq!(w.sandbox.stats().api_requests, 0);
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    audit(&w, &["completed"]);
+}
+
+#[test]
+fn ctrl_c_stops_sending_records_what_is_in_flight_and_run_resumes() {
+    let w = World::with(SandboxConfig {
+        render: false,
+        latency_ms: 250,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 16);
+    let m = w.manifest("int.txt", &urls);
+    let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let log = w.dir.path().join("int.log");
+    let mut child = w.spawn_run(&["--concurrency", "4"], &log);
+    let end = Instant::now() + Duration::from_secs(10);
+    while w.count("SELECT count(*) FROM jobs WHERE state = 'submitting'") == 0 {
+        assert!(Instant::now() < end, "nothing was sent: {}", log_of(&log));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let code = wait_for(&mut child, Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{}", log_of(&log));
+    assert!(log_of(&log).contains("interrupted"), "{}", log_of(&log));
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state IN ('submitting', 'uncertain')"),
+        0,
+        "the answers of what was in flight were recorded"
+    );
+    assert!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'") > 0,
+        "it stopped sending"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'engine_stop' AND detail LIKE '%Interrupted%'"),
+        1
+    );
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(w
+        .sandbox
+        .stats()
+        .submissions_by_image
+        .values()
+        .all(|n| *n == 1));
     audit(&w, &["completed"]);
 }
