@@ -1124,3 +1124,66 @@ fn ctrl_c_stops_sending_records_what_is_in_flight_and_run_resumes() {
         .all(|n| *n == 1));
     audit(&w, &["completed"]);
 }
+
+#[test]
+fn a_budget_holds_across_kills_counting_uncertain_attempts_at_their_estimate() {
+    let seed = env_or("CRASH_SEED", 7) + 2;
+    let mut dice = fastrand::Rng::with_seed(seed);
+    let w = World::timed(SandboxConfig {
+        render: false,
+        queue_ms: 20,
+        processing_ms: (100, 300),
+        latency_ms: 40,
+        seed,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 80);
+    let manifest = w.manifest("capped.txt", &urls);
+    let out = w.cli(&["batch", manifest.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // About half of what the 80 jobs cost.
+    let budget = "0.00015";
+    let args = [
+        "--batch",
+        "capped",
+        "--concurrency",
+        "6",
+        "--budget",
+        budget,
+    ];
+    for round in 0..8 {
+        let log = w.dir.path().join(format!("capped-{round}.log"));
+        let mut extra = args.to_vec();
+        if round % 3 == 2 {
+            extra.push("--resubmit-uncertain");
+        }
+        let mut child = w.spawn_run(&extra, &log);
+        std::thread::sleep(Duration::from_millis(dice.u64(100..800)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+        }
+        child.wait().unwrap();
+    }
+    let mut code = None;
+    for _ in 0..6 {
+        let out = w.run(&args);
+        code = out.status.code();
+        if w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'") > 0 {
+            let mut again = args.to_vec();
+            again.push("--resubmit-uncertain");
+            w.run(&again);
+            continue;
+        }
+        break;
+    }
+    assert_eq!(code, Some(4), "stopped by the budget");
+    let stats = settled(&w);
+    let charged = dec(&stats.charged_usd);
+    eprintln!(
+        "budget {budget}: sandbox charged {charged}, {} held, {} uncertain attempts",
+        w.count("SELECT count(*) FROM jobs WHERE state = 'held'"),
+        w.count("SELECT count(*) FROM attempts WHERE state = 'uncertain'")
+    );
+    assert!(charged <= dec(budget), "the gateway charged {charged}");
+    audit(&w, &["completed", "held", "planned"]);
+}
