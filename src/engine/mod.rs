@@ -100,6 +100,8 @@ pub struct RunSummary {
     pub hook_blocked: u64,
     /// Completed jobs whose outputs could not be downloaded in this run.
     pub owing_downloads: i64,
+    /// Jobs (per batch) that still owe hooks because this run had none loaded.
+    pub owing_hooks: Vec<(Option<String>, i64)>,
 }
 
 impl RunSummary {
@@ -118,7 +120,12 @@ impl RunSummary {
                 crate::exit::BUDGET
             }
             Some(_) => crate::exit::ERROR,
-            None if self.hook_blocked > 0 || self.owing_downloads > 0 => crate::exit::SOME_FAILED,
+            None if self.hook_blocked > 0
+                || self.owing_downloads > 0
+                || !self.owing_hooks.is_empty() =>
+            {
+                crate::exit::SOME_FAILED
+            }
             None if [
                 JobState::Failed,
                 JobState::Error,
@@ -1259,6 +1266,9 @@ impl<'a> Engine<'a> {
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
         self.summary.hook_blocked = self.hook_blocked;
         self.summary.owing_downloads = self.ledger.owing_downloads(self.scope())?;
+        if self.hooks.is_none() {
+            self.summary.owing_hooks = self.ledger.owing_hooks_by_batch(self.scope())?;
+        }
         self.summary.stop = self.stop.clone();
         self.ledger
             .append(vec![Event::new(None, None, "engine_stop").detail(format!(

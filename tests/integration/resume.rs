@@ -1187,3 +1187,81 @@ fn a_budget_holds_across_kills_counting_uncertain_attempts_at_their_estimate() {
     assert!(charged <= dec(budget), "the gateway charged {charged}");
     audit(&w, &["completed", "held", "planned"]);
 }
+
+#[test]
+fn regression_run_without_batch_left_owed_hooks_unrun_and_exited_0() {
+    // Killed during a hook, the batch's job owes it; `run` without --batch has no hooks
+    // loaded, and used to report success while the hook never ran.
+    let w = World::with(SandboxConfig {
+        render: false,
+        ..SandboxConfig::default()
+    });
+    let url = w.png("a.png", 12, 8);
+    let m = w.manifest("hooked.txt", &[url]);
+    let hook = w.dir.path().join("slow.lua");
+    std::fs::write(
+        &hook,
+        r#"function on_complete(job)
+             fs.write("started-" .. job.id, tostring(job.rerun))
+             if not job.rerun then os.execute("sleep 20") end
+           end"#,
+    )
+    .unwrap();
+    let out_dir = w.out_dir();
+    let log = w.dir.path().join("hooked.log");
+    let mut child = w
+        .command(&[
+            "batch",
+            m.to_str().unwrap(),
+            "--quiet",
+            "--poll-interval",
+            "50ms",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+            "--hook",
+            hook.to_str().unwrap(),
+            "--trusted-hooks",
+            "--hook-timeout",
+            "30s",
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = out_dir.join("started-1");
+    let end = Instant::now() + Duration::from_secs(20);
+    while !started.exists() {
+        assert!(
+            Instant::now() < end,
+            "the hook never started: {}",
+            log_of(&log)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let out = w.cli(&["run", "--quiet", "--poll-interval", "50ms"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("1 job(s) of batch hooked still owe their hooks")
+            && stdout(&out).contains("run --batch hooked"),
+        "{}",
+        text(&out)
+    );
+    let out = w.cli(&[
+        "run",
+        "--batch",
+        "hooked",
+        "--quiet",
+        "--poll-interval",
+        "50ms",
+        "--trusted-hooks",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read_to_string(&started).unwrap(), "true");
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE post IS NOT NULL"),
+        0
+    );
+}
