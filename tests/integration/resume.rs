@@ -248,13 +248,18 @@ fn audit(w: &World, finals: &[&str]) -> Audit {
         audit.orphans += 1;
         audit.orphan_charged += *usd;
     }
-    for (image, n) in &orphans {
-        let (k, u) = by_image[image];
-        let sent = stats.submissions_by_image[*image];
+    for (image, (k, u)) in &by_image {
+        let n = orphans.get(image).copied().unwrap_or(0);
+        let sent = stats.submissions_by_image.get(*image).copied().unwrap_or(0);
         assert!(
-            *n <= u && *n <= sent - k,
+            n <= *u && n <= sent - k,
             "{image}: {n} charge(s) the ledger does not know, with {u} uncertain attempt(s) and {sent} submission(s) for {k} known"
         );
+        // With no FAILED or ERROR job at the gateway, every job it made is charged: each
+        // submission the ledger cannot name is one of these charges.
+        if stats.failed + stats.errored == 0 {
+            assert_eq!(n, sent - k, "{image}: every unknown submission is charged");
+        }
     }
     audit.sandbox_charged = dec(&stats.charged_usd);
     assert_eq!(
@@ -1264,4 +1269,48 @@ fn regression_run_without_batch_left_owed_hooks_unrun_and_exited_0() {
         w.count("SELECT count(*) FROM jobs WHERE post IS NOT NULL"),
         0
     );
+}
+
+#[test]
+fn a_refused_key_stops_sending_and_leaves_jobs_planned() {
+    let w = fault_world(
+        SandboxConfig {
+            api_key: Some("right-key".into()),
+            ..SandboxConfig::default()
+        },
+        8,
+    );
+    let out = w.cli_env(
+        &w.run_args(&FAULT_RUN)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[("PIXAZO_API_KEY", "wrong-key")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("HTTP 401") && stderr(&out).contains("PIXAZO_API_KEY"),
+        "{}",
+        text(&out)
+    );
+    assert!(!text(&out).contains("wrong-key"), "the key is never shown");
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        8
+    );
+    let stats = w.sandbox.stats();
+    assert_eq!(stats.accepted, 0);
+    assert!(
+        stats.answered_by_code.get(&401).copied().unwrap_or(0) <= 6,
+        "it stopped after what was in flight: {stats:?}"
+    );
+    let out = w.cli_env(
+        &w.run_args(&FAULT_RUN)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[("PIXAZO_API_KEY", "right-key")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    audit(&w, &["completed"]);
 }
