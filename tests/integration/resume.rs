@@ -881,7 +881,8 @@ fn a_second_engine_exits_5_while_readers_and_submit_work() {
         latency_ms: 150,
         ..SandboxConfig::default()
     });
-    let urls = images(&w, 10);
+    let urls = images(&w, 14);
+    let late = w.png("late.png", 99, 8);
     let m = w.manifest("slow.txt", &urls);
     let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -889,6 +890,13 @@ fn a_second_engine_exits_5_while_readers_and_submit_work() {
     let mut engine = running_engine(&w, &["--concurrency", "2"], &log);
     let pid = engine.id().to_string();
 
+    let out = w.cli(&["submit", &late]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains(&format!("an engine (pid {pid}) is running")),
+        "{}",
+        text(&out)
+    );
     let out = w.run(&[]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
@@ -906,18 +914,9 @@ fn a_second_engine_exits_5_while_readers_and_submit_work() {
         let out = w.cli(args);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
     }
-    let late = w.png("late.png", 99, 8);
-    let out = w.cli(&["submit", &late]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        stdout(&out).contains(&format!("an engine (pid {pid}) is running")),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(
-        w.sandbox.stats().submissions_by_image.get(&late),
-        None,
-        "submit left it to the engine"
+        engine.try_wait().unwrap().is_none(),
+        "the engine was running all along"
     );
     let code = wait_for(&mut engine, Duration::from_secs(30));
     assert_eq!(code, Some(0), "{}", log_of(&log));
@@ -928,6 +927,7 @@ fn a_second_engine_exits_5_while_readers_and_submit_work() {
         1,
         "the running engine picked the submitted job up"
     );
+    assert_eq!(w.sandbox.stats().submissions_by_image[&late], 1);
     audit(&w, &["completed"]);
 }
 
