@@ -47,6 +47,10 @@ fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Waits for a child, killing it (and failing) after `limit`.
 fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
     let end = Instant::now() + limit;
@@ -61,10 +65,6 @@ fn wait_for(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn stderr(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn log_of(path: &Path) -> String {
