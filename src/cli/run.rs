@@ -419,6 +419,16 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
             summary.owing_downloads
         );
     }
+    for (batch, n) in &summary.owing_hooks {
+        match batch {
+            Some(name) => println!(
+                "{n} job(s) of batch {name} still owe their hooks; `codeformer-ledger run --batch {name}` runs the hooks remembered for it"
+            ),
+            None => println!(
+                "{n} job(s) in no batch still owe hooks; `codeformer-ledger run --hook FILE` runs them"
+            ),
+        }
+    }
     if summary.hook_blocked > 0 {
         println!(
             "{} job(s) were not sent because an on_submit hook failed; see `codeformer-ledger hooks failed`",

@@ -103,6 +103,8 @@ pub struct RunSummary {
     pub hook_blocked: u64,
     /// Completed jobs whose outputs could not be downloaded in this run.
     pub owing_downloads: i64,
+    /// Jobs (per batch) that still owe hooks because this run had none loaded.
+    pub owing_hooks: Vec<(Option<String>, i64)>,
 }
 
 impl RunSummary {
@@ -121,7 +123,12 @@ impl RunSummary {
                 crate::exit::BUDGET
             }
             Some(_) => crate::exit::ERROR,
-            None if self.hook_blocked > 0 || self.owing_downloads > 0 => crate::exit::SOME_FAILED,
+            None if self.hook_blocked > 0
+                || self.owing_downloads > 0
+                || !self.owing_hooks.is_empty() =>
+            {
+                crate::exit::SOME_FAILED
+            }
             None if [
                 JobState::Failed,
                 JobState::Error,
@@ -330,6 +337,15 @@ impl<'a> Engine<'a> {
     /// Start-up: interrupted submissions become uncertain; retries become new attempts.
     fn prepare(&mut self) -> Result<(), EngineError> {
         self.summary.recovered_uncertain = self.ledger.recover_interrupted()?;
+        let swept = worker::sweep_partials(&self.options.out_dir);
+        if !swept.is_empty() {
+            self.ledger
+                .append(vec![Event::new(None, None, "cleanup").detail(format!(
+                    "removed {} download(s) left unfinished by a stopped process: {}",
+                    swept.len(),
+                    swept.join(", ")
+                ))])?;
+        }
         if !self.options.retry.is_empty() {
             self.ledger
                 .new_attempts(&self.options.retry, self.scope(), "run --retry")?;
@@ -538,6 +554,7 @@ impl<'a> Engine<'a> {
         let mut intents = Vec::new();
         let mut to_hold = Vec::new();
         let mut dispatched = false;
+        let mut rewind = None;
         for job in candidates {
             if intents.len() + self.in_flight.len() >= self.limit {
                 break;
@@ -555,7 +572,8 @@ impl<'a> Engine<'a> {
                         0,
                         Some((job.id, job.attempt, job.upscale)),
                     )?;
-                    self.send_cursor = job.id - 1;
+                    // Come back to it on the next pass, after later jobs moved the cursor.
+                    rewind.get_or_insert(job.id - 1);
                     continue;
                 }
                 self.in_flight.insert(job.id, "probe");
@@ -584,6 +602,9 @@ impl<'a> Engine<'a> {
             }
             self.spent += record.estimate.unwrap_or_default();
             intents.push((record, job));
+        }
+        if let Some(rewind) = rewind {
+            self.send_cursor = self.send_cursor.min(rewind);
         }
         self.hold(to_hold)?;
         if !intents.is_empty() {
@@ -1268,6 +1289,9 @@ impl<'a> Engine<'a> {
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
         self.summary.hook_blocked = self.hook_blocked;
         self.summary.owing_downloads = self.ledger.owing_downloads(self.scope())?;
+        if self.hooks.is_none() {
+            self.summary.owing_hooks = self.ledger.owing_hooks_by_batch(self.scope())?;
+        }
         self.summary.stop = self.stop.clone();
         self.ledger
             .append(vec![Event::new(None, None, "engine_stop").detail(format!(

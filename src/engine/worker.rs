@@ -170,7 +170,7 @@ fn download_one(
     attempt: i64,
 ) -> Result<OutputRow, DownloadError> {
     let mut temp = tempfile::Builder::new()
-        .prefix(".partial-")
+        .prefix(&format!("{PARTIAL_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)?;
     let (bytes, sha) = {
         let mut writer = HashingWriter {
@@ -236,6 +236,50 @@ fn place(
         "no free file name for {name}.{ext} in {}",
         dir.display()
     ))))
+}
+
+/// Temporary downloads are named `.partial-<pid>-<random>`: the pid tells the leftovers of a
+/// killed process from the downloads of a live one.
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Removes the temporary downloads in `dir` whose process is gone (killed mid-download), and
+/// returns their names. A crash cannot run the temporary file's own clean-up.
+pub fn sweep_partials(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(PARTIAL_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !process_alive(pid)) && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
+}
+
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return true;
+    }
+    // Signal 0 only checks: ESRCH means no such process; EPERM means someone else's.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    true
 }
 
 fn file_sha(path: &Path) -> std::io::Result<String> {

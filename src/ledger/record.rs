@@ -533,6 +533,16 @@ impl Ledger {
         )?)
     }
 
+    /// Jobs that still owe hook runs, counted per batch (`None`: jobs in no batch).
+    pub fn owing_hooks_by_batch(&self, batch: Option<&str>) -> Result<Vec<(Option<String>, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT batch, count(*) FROM jobs WHERE post = 'hooks' AND (?1 IS NULL OR batch = ?1)
+             GROUP BY batch ORDER BY batch",
+        )?;
+        let rows = stmt.query_map([batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Jobs ready to send (planned, or held by an earlier cap), oldest first, after `after_id`.
     pub fn sendable(
         &self,

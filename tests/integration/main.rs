@@ -10,5 +10,6 @@ mod hostile;
 mod ledger_files;
 mod report_output;
 mod report_totals;
+mod resume;
 mod secrets;
 mod skeleton;
