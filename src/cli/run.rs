@@ -212,7 +212,18 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         println!("enqueued only; `codeformer-ledger run --batch {name}` sends them");
         return Ok(codeformer_ledger::exit::DONE);
     }
-    let _lock = ledger.lock_engine()?;
+    let _lock = match ledger.lock_engine() {
+        Ok(lock) => lock,
+        Err(codeformer_ledger::ledger::LedgerError::Busy { pid, .. }) => {
+            return Err(CliError {
+                code: codeformer_ledger::exit::LEDGER_BUSY,
+                message: format!(
+                    "the rows are recorded, but another engine (pid {pid}) holds the ledger; when it is done, `codeformer-ledger run --batch {name}` sends them"
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let gateway = global.gateway()?;
     drive(
         global,
@@ -297,6 +308,10 @@ pub fn drive(
     }
     let mut hooks = start_hooks(hook_files, &out_dir, args.trusted_hooks, args.hook_timeout)?;
     let mut options = EngineOptions::new(out_dir.clone());
+    if batch.is_none() && args.out_dir.is_none() {
+        // A run over every batch downloads each batch's outputs into its own folder.
+        options.batch_dirs = ledger.batch_out_dirs()?;
+    }
     options.batch = batch;
     options.concurrency = args
         .concurrency

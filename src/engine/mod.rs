@@ -35,6 +35,8 @@ pub struct EngineOptions {
     pub batch: Option<String>,
     /// Where outputs are written.
     pub out_dir: PathBuf,
+    /// Batches whose outputs go to their own folder instead of `out_dir`.
+    pub batch_dirs: std::collections::HashMap<String, PathBuf>,
     /// HTTP requests in flight at most.
     pub concurrency: usize,
     /// The longest wait between two polls of one job.
@@ -60,6 +62,7 @@ impl EngineOptions {
         EngineOptions {
             batch: None,
             out_dir,
+            batch_dirs: std::collections::HashMap::new(),
             concurrency: 4,
             poll_interval: Duration::from_secs(5),
             budget: None,
@@ -494,7 +497,12 @@ impl<'a> Engine<'a> {
                         job.attempt,
                         Task::Download {
                             urls: job.output_urls.clone(),
-                            dir: self.options.out_dir.clone(),
+                            dir: job
+                                .batch
+                                .as_ref()
+                                .and_then(|b| self.options.batch_dirs.get(b))
+                                .unwrap_or(&self.options.out_dir)
+                                .clone(),
                             name: render_name(
                                 &self.options.name_pattern,
                                 &job,
