@@ -8,6 +8,7 @@
 //! - a file that is not a ledger, or a ledger from a newer version, is refused and left untouched;
 //! - the API key is never written here (nothing in this module ever receives it).
 
+mod deliveries;
 mod jobs;
 mod lock;
 mod migrations;
@@ -16,6 +17,7 @@ mod report;
 mod state;
 mod verify;
 
+pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
 pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};

@@ -154,7 +154,7 @@ pub(super) fn price_in_force(tx: &rusqlite::Connection, at: &str) -> Result<Pric
     })
 }
 
-fn apply_change(
+pub(super) fn apply_change(
     tx: &Transaction<'_>,
     job_id: i64,
     attempt: i64,
