@@ -55,6 +55,9 @@ pub struct EngineOptions {
     pub max_unreachable: u32,
     /// Output file names: `{key}`, `{job}`, `{stem}`, `{upscale}`, `{date}`, `{attempt}`.
     pub name_pattern: String,
+    /// The wait between two polls of a job that expects webhook callbacks: its callbacks
+    /// carry the news, and these rare polls only catch the ones that never arrive.
+    pub callback_fallback: Duration,
 }
 
 impl EngineOptions {
@@ -72,6 +75,7 @@ impl EngineOptions {
             stop: Arc::new(AtomicBool::new(false)),
             max_unreachable: 4,
             name_pattern: DEFAULT_NAME_PATTERN.to_string(),
+            callback_fallback: Duration::from_secs(60),
         }
     }
 }
@@ -818,7 +822,7 @@ impl<'a> Engine<'a> {
                 });
                 change.request_id = Some(request_id.clone());
                 change.remote_status = Some(remote.as_str().to_string());
-                let delay = self.schedule.next_delay(Duration::ZERO, 0);
+                let delay = self.next_poll_delay(&job, Duration::ZERO, 0);
                 change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
             }
             SubmitOutcome::Rejected { status, message } => {
@@ -898,6 +902,16 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// The wait before the next poll of a job still at the gateway, sent `elapsed` ago and
+    /// polled `polls` times. A job that expects callbacks is polled only as a fallback.
+    fn next_poll_delay(&self, job: &JobRow, elapsed: Duration, polls: u32) -> Duration {
+        if job.expects_callbacks {
+            self.options.callback_fallback
+        } else {
+            self.schedule.next_delay(elapsed, polls)
+        }
+    }
+
     fn post_after(&self, state: JobState) -> Option<&'static str> {
         match &self.hooks {
             Some(h) if h.wants(state) => Some("hooks"),
@@ -951,7 +965,7 @@ impl<'a> Engine<'a> {
                         } else {
                             JobState::Processing
                         });
-                        let delay = self.schedule.next_delay(elapsed, job.polls as u32 + 1);
+                        let delay = self.next_poll_delay(&job, elapsed, job.polls as u32 + 1);
                         change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
                     }
                     RemoteStatus::Completed => {
