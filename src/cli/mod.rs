@@ -8,7 +8,9 @@ pub mod docs;
 pub mod doctor;
 pub mod estimate;
 pub mod hooks;
+pub mod ingest;
 pub mod jobs;
+pub mod listen;
 pub mod prices;
 pub mod report;
 pub mod run;
@@ -69,6 +71,8 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     Show(jobs::ShowArgs),
     Report(report::ReportArgs),
+    Ingest(ingest::IngestArgs),
+    Listen(listen::ListenArgs),
     Hooks(hooks::HooksArgs),
     Prices(prices::PricesArgs),
     Sandbox(sandbox::SandboxArgs),
@@ -262,6 +266,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Jobs(args) => jobs::list(&global, args),
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Ingest(args) => ingest::run(&global, args),
+        Command::Listen(args) => listen::run(&global, args),
         Command::Hooks(args) => hooks::run(&global, args),
         Command::Prices(args) => prices::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),

@@ -13,6 +13,8 @@ const COMMANDS: &[&[&str]] = &[
     &["jobs"],
     &["show"],
     &["report"],
+    &["ingest"],
+    &["listen"],
     &["hooks"],
     &["prices"],
     &["sandbox"],
