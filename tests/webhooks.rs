@@ -969,3 +969,55 @@ mod end_to_end {
         Listener::start(&place.ledger_path(), config).unwrap()
     }
 }
+
+#[test]
+fn a_callback_that_beats_the_submit_answer_is_adopted_when_the_answer_is_recorded() {
+    let place = Place::new();
+    let mut ledger = place.ledger();
+    // The callback arrives first: no job knows the request id yet.
+    let outcome = ledger
+        .record_delivery(&body("r-early", "COMPLETED"))
+        .unwrap();
+    assert_eq!(outcome.kind, DeliveryKind::Orphan);
+    // Then the engine records the 202 and adopts it.
+    let id = queued_job(&mut ledger, "r-early", None);
+    assert_eq!(ledger.adopt_orphans("r-early").unwrap(), 1);
+    let job = ledger.job(id).unwrap().unwrap();
+    assert_eq!(job.state, JobState::Completed);
+    assert_eq!(job.post.as_deref(), Some("download"));
+    assert_eq!(
+        place.count("SELECT count(*) FROM deliveries WHERE outcome = 'orphan'"),
+        1
+    );
+    assert_eq!(
+        place.count("SELECT count(*) FROM deliveries WHERE outcome = 'applied'"),
+        1
+    );
+}
+
+#[test]
+fn a_poll_answer_does_not_undo_a_callback_recorded_while_it_was_in_flight() {
+    let place = Place::new();
+    let mut ledger = place.ledger();
+    let id = queued_job(&mut ledger, "r-race", None);
+    ledger
+        .record_delivery(&body("r-race", "COMPLETED"))
+        .unwrap();
+    // A poll sent while the job was queued answers PROCESSING after the callback landed.
+    let stale = Change {
+        state: Some(JobState::Processing),
+        remote_status: Some("PROCESSING".into()),
+        count_poll: true,
+        expect: Some((JobState::Queued, 1)),
+        ..Change::default()
+    };
+    let event = Event::new(Some(id), Some(1), "poll").detail("PROCESSING");
+    ledger.record(vec![(id, 1, stale, event)]).unwrap();
+    assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Completed);
+    assert_eq!(
+        place.count(&format!(
+            "SELECT count(*) FROM events WHERE job_id = {id} AND kind = 'poll'"
+        )),
+        1
+    );
+}

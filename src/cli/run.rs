@@ -35,6 +35,10 @@ pub struct EngineArgs {
     /// The longest wait between two polls of one job (the schedule adapts below it) [default: 5s].
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     pub poll_interval: Option<Duration>,
+    /// How often jobs that expect webhook callbacks are still polled, as a fallback for lost
+    /// callbacks [default: 60s].
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
+    pub callback_fallback: Option<Duration>,
     /// A Lua hook file (repeatable; run in the order given). Remembered per batch, so a
     /// resume runs the same hooks.
     #[arg(long = "hook", value_name = "FILE")]
@@ -85,6 +89,7 @@ impl RunArgs {
                 budget: None,
                 deadline: None,
                 poll_interval: Some(poll_interval),
+                callback_fallback: None,
                 hooks: Vec::new(),
                 trusted_hooks: false,
                 hook_timeout: Duration::from_secs(10),
@@ -329,6 +334,9 @@ pub fn drive(
         .or(config.file.name_pattern.clone())
     {
         options.name_pattern = pattern;
+    }
+    if let Some(fallback) = args.callback_fallback {
+        options.callback_fallback = fallback;
     }
     options.retry = retry;
     options.resubmit_uncertain = resubmit_uncertain;

@@ -892,6 +892,10 @@ impl<'a> Engine<'a> {
             }
         }
         self.ledger.record(vec![(job_id, attempt, change, event)])?;
+        if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
+            // A callback can beat the 202 to the ledger; it was kept as an orphan.
+            self.ledger.adopt_orphans(request_id)?;
+        }
         if final_state == Some(JobState::Rejected) {
             self.ledger.record_no_charge(
                 job_id,
@@ -942,6 +946,7 @@ impl<'a> Engine<'a> {
             .body(exchange.body.clone());
         let mut change = Change {
             count_poll: true,
+            expect: Some((job.state, attempt)),
             ..Change::default()
         };
         let mut final_state = None;

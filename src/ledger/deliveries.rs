@@ -157,6 +157,25 @@ impl Ledger {
         Ok(())
     }
 
+    /// Applies again the orphan deliveries of a request id that has just become known (the
+    /// callback arrived before the submission's answer was recorded). Each is recorded anew;
+    /// the orphan rows stay as they were received.
+    pub fn adopt_orphans(&mut self, request_id: &str) -> Result<usize> {
+        let bodies: Vec<String> = self
+            .deliveries(Some(request_id))?
+            .into_iter()
+            .filter(|d| d.outcome == "orphan")
+            .map(|d| d.body)
+            .collect();
+        for body in &bodies {
+            match self.record_delivery(body) {
+                Ok(_) | Err(DeliveryError::Malformed(_)) => {}
+                Err(DeliveryError::Ledger(e)) => return Err(e),
+            }
+        }
+        Ok(bodies.len())
+    }
+
     /// Recorded deliveries, oldest first: all, or those of one request_id.
     pub fn deliveries(&self, request_id: Option<&str>) -> Result<Vec<DeliveryRow>> {
         let mut stmt = self.conn.prepare(

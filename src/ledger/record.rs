@@ -71,6 +71,9 @@ pub struct Change {
     pub submitted: Option<(Decimal, Option<Decimal>)>,
     pub finished: bool,
     pub input_size: Option<(u32, u32, &'static str)>,
+    /// Apply only if the job is still in this state and attempt (a poll answer must not undo
+    /// what a callback recorded while the poll was in flight). The event is kept either way.
+    pub expect: Option<(JobState, i64)>,
 }
 
 /// A job that is about to be sent, with what it is expected to cost.
@@ -165,8 +168,9 @@ pub(super) fn apply_change(
         .output_urls
         .as_ref()
         .map(|u| serde_json::to_string(u).unwrap_or_default());
-    tx.prepare_cached(
-        "UPDATE jobs SET
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET
             state = coalesce(?2, state),
             request_id = coalesce(?3, request_id),
             remote_status = coalesce(?4, remote_status),
@@ -180,28 +184,33 @@ pub(super) fn apply_change(
             input_height = coalesce(?16, input_height),
             size_source = coalesce(?17, size_source),
             updated_at = ?18
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        job_id,
-        c.state.map(JobState::as_str),
-        c.request_id,
-        c.remote_status,
-        c.next_poll_at.is_some(),
-        c.next_poll_at.flatten(),
-        c.count_poll as i64,
-        c.post.is_some(),
-        c.post.flatten(),
-        c.reason.is_some(),
-        c.reason.clone().flatten(),
-        c.error.is_some(),
-        c.error.clone().flatten(),
-        urls,
-        c.input_size.map(|s| s.0),
-        c.input_size.map(|s| s.1),
-        c.input_size.map(|s| s.2),
-        now,
-    ])?;
+         WHERE id = ?1 AND (?19 IS NULL OR (state = ?19 AND attempt = ?20))",
+        )?
+        .execute(params![
+            job_id,
+            c.state.map(JobState::as_str),
+            c.request_id,
+            c.remote_status,
+            c.next_poll_at.is_some(),
+            c.next_poll_at.flatten(),
+            c.count_poll as i64,
+            c.post.is_some(),
+            c.post.flatten(),
+            c.reason.is_some(),
+            c.reason.clone().flatten(),
+            c.error.is_some(),
+            c.error.clone().flatten(),
+            urls,
+            c.input_size.map(|s| s.0),
+            c.input_size.map(|s| s.1),
+            c.input_size.map(|s| s.2),
+            now,
+            c.expect.map(|e| e.0.as_str()),
+            c.expect.map(|e| e.1),
+        ])?;
+    if changed == 0 {
+        return Ok(());
+    }
     let (price, estimate) = match c.submitted {
         Some((price, estimate)) => (Some(money::exact(price)), estimate.map(money::exact)),
         None => (None, None),
