@@ -117,6 +117,14 @@ impl fmt::Display for CliError {
 
 impl From<LedgerError> for CliError {
     fn from(e: LedgerError) -> Self {
+        if let LedgerError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = &e {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return CliError::error(
+                    "the disk holding the ledger is full: the last change was not recorded, \
+                     and everything recorded before it is intact. Free some space, then run again",
+                );
+            }
+        }
         let code = match e {
             LedgerError::Busy { .. } => exit::LEDGER_BUSY,
             LedgerError::NoSuchJob(_) => exit::USAGE,

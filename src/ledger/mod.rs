@@ -29,6 +29,9 @@ use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Environment variable that caps the ledger's size in pages, so tests can fill the "disk".
+pub const MAX_PAGES_ENV: &str = "CODEFORMER_LEDGER_MAX_PAGES";
+
 /// Errors of the ledger boundary.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -118,6 +121,13 @@ impl Ledger {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Tests stand in for a full disk by capping the file's size in pages.
+        if let Some(pages) = std::env::var(MAX_PAGES_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
         money_sql::register(&conn)?;
         Ok(Ledger {
             conn,
