@@ -280,7 +280,11 @@ impl Ledger {
     /// One job by id.
     pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id = ?1");
-        Ok(self.conn.query_row(&sql, [id], job_from_row).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], job_from_row)
+            .optional()?)
     }
 
     /// A job named by id, key or request id.
@@ -403,66 +407,63 @@ fn enqueue_one(
 ) -> Result<Enqueued> {
     let key = job.key();
     if let Some(id) = tx
-        .query_row("SELECT id FROM jobs WHERE key = ?1", [&key], |r| r.get(0))
+        .prepare_cached("SELECT id FROM jobs WHERE key = ?1")?
+        .query_row([&key], |r| r.get(0))
         .optional()?
     {
         return Ok(Enqueued { id, added: false });
     }
     if let Some(batch) = &job.batch {
-        tx.execute(
-            "INSERT OR IGNORE INTO batches (name, created_at) VALUES (?1, ?2)",
-            params![batch, now],
-        )?;
+        tx.prepare_cached("INSERT OR IGNORE INTO batches (name, created_at) VALUES (?1, ?2)")?
+            .execute(params![batch, now])?;
     }
     let p = &job.params;
     let filter = p
         .webhook_events_filter
         .as_ref()
         .map(|f| serde_json::to_string(f).unwrap_or_default());
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO jobs (key, batch, image_url, fidelity, upscale, background_enhance,
             face_upsample, webhook, webhook_events_filter, webhook_url, webhook_mode,
             input_width, input_height, size_source, state, attempt, expects_callbacks,
             created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'planned', 1, ?15, ?16, ?16)",
-        params![
-            key,
-            job.batch,
-            p.image,
-            p.fidelity.normalize().to_string(),
-            p.upscale,
-            p.background_enhance,
-            p.face_upsample,
-            p.webhook,
-            filter,
-            p.webhook_url,
-            p.webhook_mode.map(|m| m.as_str()),
-            job.size.map(|s| s.0),
-            job.size.map(|s| s.1),
-            job.size.and(job.size_source),
-            p.expects_callbacks(),
-            now,
-        ],
-    )?;
+    )?
+    .execute(params![
+        key,
+        job.batch,
+        p.image,
+        p.fidelity.normalize().to_string(),
+        p.upscale,
+        p.background_enhance,
+        p.face_upsample,
+        p.webhook,
+        filter,
+        p.webhook_url,
+        p.webhook_mode.map(|m| m.as_str()),
+        job.size.map(|s| s.0),
+        job.size.map(|s| s.1),
+        job.size.and(job.size_source),
+        p.expects_callbacks(),
+        now,
+    ])?;
     let id = tx.last_insert_rowid();
     let estimate = job.size.map(|(w, h)| {
         let (ow, oh) = crate::money::output_size(w, h, p.upscale);
         price.cost(ow, oh)
     });
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO attempts (job_id, attempt, state, price_per_mp, estimated_cost)
          VALUES (?1, 1, 'planned', ?2, ?3)",
-        params![
-            id,
-            crate::money::exact(price.per_megapixel),
-            estimate.map(crate::money::exact)
-        ],
-    )?;
+    )?
+    .execute(params![
+        id,
+        crate::money::exact(price.per_megapixel),
+        estimate.map(crate::money::exact)
+    ])?;
     for (k, v) in &job.tags {
-        tx.execute(
-            "INSERT OR REPLACE INTO tags (job_id, key, value) VALUES (?1, ?2, ?3)",
-            params![id, k, v],
-        )?;
+        tx.prepare_cached("INSERT OR REPLACE INTO tags (job_id, key, value) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, k, v])?;
     }
     let body = serde_json::json!({
         "key": key, "batch": job.batch, "params": p, "size": job.size,

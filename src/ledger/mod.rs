@@ -113,6 +113,9 @@ impl Ledger {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // The engine's loop cycles through a few dozen statements; the default cache of 16
+        // would prepare some of them again on every step.
+        conn.set_prepared_statement_cache_capacity(64);
         money_sql::register(&conn)?;
         Ok(Ledger {
             conn,

@@ -133,13 +133,14 @@ pub fn cap_body(body: &str) -> String {
 
 pub(super) fn price_in_force(tx: &rusqlite::Connection, at: &str) -> Result<Price> {
     let row: Option<(String, String, String)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT model, per_megapixel, effective_from FROM prices
              WHERE model = ?1 AND effective_from <= ?2
              ORDER BY effective_from DESC, id DESC LIMIT 1",
-            params![money::MODEL, at],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        )?
+        .query_row(params![money::MODEL, at], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     let Some((model, rate, from)) = row else {
         return Ok(Price::default_rate());
@@ -430,40 +431,7 @@ impl Ledger {
         post_after: Option<&'static str>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
-        for f in files {
-            tx.execute(
-                "INSERT OR REPLACE INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![job_id, attempt, f.idx, f.url, f.path, f.bytes, f.sha256, f.width, f.height],
-            )?;
-            insert_event(
-                &tx,
-                Event::new(Some(job_id), Some(attempt), "download").detail(format!(
-                    "{} -> {} ({} bytes, {}x{}, sha256 {})",
-                    f.url,
-                    f.path,
-                    f.bytes,
-                    f.width.unwrap_or(0),
-                    f.height.unwrap_or(0),
-                    f.sha256
-                )),
-                &now,
-            )?;
-        }
-        let charge = charge_once(&tx, job_id, attempt, files, &now)?;
-        apply_change(
-            &tx,
-            job_id,
-            attempt,
-            &Change {
-                post: Some(post_after),
-                next_poll_at: Some(None),
-                error: Some(None),
-                ..Change::default()
-            },
-            &now,
-        )?;
+        let charge = download_in(&tx, job_id, attempt, files, post_after, &clock::now_stamp())?;
         tx.commit()?;
         Ok(charge)
     }
@@ -472,10 +440,11 @@ impl Ledger {
     pub fn record_no_charge(&mut self, job_id: i64, attempt: i64, why: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
-        let n = tx.execute(
-            "UPDATE attempts SET actual_cost = '0' WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
-            params![job_id, attempt],
-        )?;
+        let n = tx
+            .prepare_cached(
+                "UPDATE attempts SET actual_cost = '0' WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
+            )?
+            .execute(params![job_id, attempt])?;
         if n == 1 {
             insert_event(
                 &tx,
@@ -668,11 +637,19 @@ impl Ledger {
         hook_file: &str,
         function: &str,
     ) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO hook_runs (job_id, attempt, batch, hook_file, function, started_at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
-            params![job.map(|j| j.0), job.map(|j| j.1), batch, hook_file, function, clock::now_stamp()],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO hook_runs (job_id, attempt, batch, hook_file, function, started_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
+            )?
+            .execute(params![
+                job.map(|j| j.0),
+                job.map(|j| j.1),
+                batch,
+                hook_file,
+                function,
+                clock::now_stamp()
+            ])?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -686,26 +663,24 @@ impl Ledger {
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
-        let (job_id, _attempt): (Option<i64>, Option<i64>) = tx.query_row(
-            "SELECT job_id, attempt FROM hook_runs WHERE id = ?1",
-            [run_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        tx.execute(
+        let (job_id, _attempt): (Option<i64>, Option<i64>) = tx
+            .prepare_cached("SELECT job_id, attempt FROM hook_runs WHERE id = ?1")?
+            .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        tx.prepare_cached(
             "UPDATE hook_runs SET ended_at = ?2, status = ?3, error = ?4 WHERE id = ?1",
-            params![
-                run_id,
-                now,
-                if error.is_some() { "failed" } else { "ok" },
-                error
-            ],
-        )?;
+        )?
+        .execute(params![
+            run_id,
+            now,
+            if error.is_some() { "failed" } else { "ok" },
+            error
+        ])?;
         if let Some(job_id) = job_id {
             for (k, v) in tags {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO tags (job_id, key, value) VALUES (?1, ?2, ?3)",
-                    params![job_id, k, v],
-                )?;
+                )?
+                .execute(params![job_id, k, v])?;
             }
         }
         for event in events {
@@ -725,9 +700,11 @@ impl Ledger {
     ) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT status FROM hook_runs WHERE job_id IS ?1 AND attempt IS ?2 AND batch IS ?3
                  AND hook_file = ?4 AND function = ?5 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(
                 params![
                     job.map(|j| j.0),
                     job.map(|j| j.1),
@@ -798,6 +775,52 @@ impl Ledger {
     }
 }
 
+fn download_in(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    files: &[super::OutputRow],
+    post_after: Option<&'static str>,
+    now: &str,
+) -> Result<Option<Decimal>> {
+    for f in files {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            job_id, attempt, f.idx, f.url, f.path, f.bytes, f.sha256, f.width, f.height
+        ])?;
+        insert_event(
+            tx,
+            Event::new(Some(job_id), Some(attempt), "download").detail(format!(
+                "{} -> {} ({} bytes, {}x{}, sha256 {})",
+                f.url,
+                f.path,
+                f.bytes,
+                f.width.unwrap_or(0),
+                f.height.unwrap_or(0),
+                f.sha256
+            )),
+            now,
+        )?;
+    }
+    let charge = charge_once(tx, job_id, attempt, files, now)?;
+    apply_change(
+        tx,
+        job_id,
+        attempt,
+        &Change {
+            post: Some(post_after),
+            next_poll_at: Some(None),
+            error: Some(None),
+            ..Change::default()
+        },
+        now,
+    )?;
+    Ok(charge)
+}
+
 fn charge_once(
     tx: &Transaction<'_>,
     job_id: i64,
@@ -805,11 +828,11 @@ fn charge_once(
     files: &[super::OutputRow],
     now: &str,
 ) -> Result<Option<Decimal>> {
-    let (rate, already): (Option<String>, Option<String>) = tx.query_row(
-        "SELECT price_per_mp, actual_cost FROM attempts WHERE job_id = ?1 AND attempt = ?2",
-        params![job_id, attempt],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (rate, already): (Option<String>, Option<String>) = tx
+        .prepare_cached(
+            "SELECT price_per_mp, actual_cost FROM attempts WHERE job_id = ?1 AND attempt = ?2",
+        )?
+        .query_row(params![job_id, attempt], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if already.is_some() {
         return Ok(None);
     }
@@ -829,11 +852,11 @@ fn charge_once(
             height.get_or_insert(h);
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE attempts SET actual_cost = ?3, output_width = ?4, output_height = ?5
          WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
-        params![job_id, attempt, money::exact(cost), width, height],
-    )?;
+    )?
+    .execute(params![job_id, attempt, money::exact(cost), width, height])?;
     insert_event(
         tx,
         Event::new(Some(job_id), Some(attempt), "charge").detail(format!(
