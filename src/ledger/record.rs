@@ -436,6 +436,29 @@ impl Ledger {
         Ok(charge)
     }
 
+    /// [`Ledger::record_download`] for many attempts in one transaction (group commit): the
+    /// charge each call set, in order.
+    pub fn record_downloads(
+        &mut self,
+        items: &[(i64, i64, Vec<super::OutputRow>, Option<&'static str>)],
+    ) -> Result<Vec<Option<Decimal>>> {
+        let tx = self.conn.transaction()?;
+        let now = clock::now_stamp();
+        let mut charges = Vec::with_capacity(items.len());
+        for (job_id, attempt, files, post_after) in items {
+            charges.push(download_in(
+                &tx,
+                *job_id,
+                *attempt,
+                files,
+                *post_after,
+                &now,
+            )?);
+        }
+        tx.commit()?;
+        Ok(charges)
+    }
+
     /// Marks an attempt as not charged (ERROR, rejected), once.
     pub fn record_no_charge(&mut self, job_id: i64, attempt: i64, why: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
