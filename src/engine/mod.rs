@@ -290,7 +290,6 @@ impl<'a> Engine<'a> {
         options: &'a EngineOptions,
         hooks: Option<&'a mut dyn PostProcessor>,
     ) -> Result<Self, EngineError> {
-        let spent = ledger.committed_spend(options.batch.as_deref())?;
         Ok(Engine {
             ledger,
             gateway,
@@ -309,7 +308,9 @@ impl<'a> Engine<'a> {
             unreachable: 0,
             unreachable_since: None,
             halted: false,
-            spent,
+            // Summed once, in `prepare`, after interrupted submissions are settled: the sum
+            // reads every attempt in scope.
+            spent: Decimal::ZERO,
             held_estimates: HashMap::new(),
             stop: None,
             summary: RunSummary::default(),
