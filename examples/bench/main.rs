@@ -9,7 +9,8 @@
 //! Options: `--quick` (or `BENCH_QUICK=1`) runs sizes 10x smaller; `--only LIST` runs some;
 //! `--exe PATH` names the built binary (default target/release/codeformer-ledger), which the
 //! hook and command-line benchmarks start; `--work DIR` is where ledgers and test images go
-//! (default target/bench-work; images are kept there between runs, ledgers are not).
+//! (default target/bench-work; images are kept there between runs, ledgers are not, unless
+//! `--keep`). `--reuse-ledger PATH` makes #3 copy a kept ledger instead of writing one.
 //! Everything runs on loopback, and every loop is bounded in count and in time.
 
 mod engine;
@@ -27,6 +28,10 @@ pub struct Opts {
     pub only: Vec<u32>,
     pub exe: PathBuf,
     pub work: PathBuf,
+    /// Keep the million-job ledger of #3 in the work folder (for profiling).
+    pub keep: bool,
+    /// A ledger to copy for #3 instead of generating one (for profiling the commands).
+    pub reuse: Option<PathBuf>,
 }
 
 impl Opts {
@@ -89,11 +94,15 @@ fn parse_args() -> Res<Opts> {
         only: Vec::new(),
         exe: PathBuf::from("target/release/codeformer-ledger"),
         work: PathBuf::from("target/bench-work"),
+        keep: false,
+        reuse: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => opts.quick = true,
+            "--keep" => opts.keep = true,
+            "--reuse-ledger" => opts.reuse = Some(args.next().ok_or("--reuse-ledger needs a path")?.into()),
             "--only" => {
                 let list = args.next().ok_or("--only needs a list, e.g. 1,3")?;
                 for n in list.split(',') {
@@ -108,7 +117,7 @@ fn parse_args() -> Res<Opts> {
             "--work" => opts.work = args.next().ok_or("--work needs a folder")?.into(),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--quick, --only LIST, --exe PATH, --work DIR)"
+                    "unknown argument `{other}` (--quick, --only LIST, --exe PATH, --work DIR, --keep, --reuse-ledger PATH)"
                 )
                 .into())
             }
@@ -160,7 +169,9 @@ fn run() -> Res<()> {
     if opts.wants(8) {
         engine::schedule(&opts, &mut rows)?;
     }
-    let _ = std::fs::remove_dir_all(opts.work.join("scale"));
+    if !opts.keep {
+        let _ = std::fs::remove_dir_all(opts.work.join("scale"));
+    }
     rows.sort_by_key(|r| r.num);
     print_table(&opts, &rows, started.elapsed());
     Ok(())

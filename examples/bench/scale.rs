@@ -25,35 +25,14 @@ pub fn scale(opts: &Opts, rows: &mut Vec<Row>, want_copy: bool) -> Res<Option<(P
         thousands(in_flight as u64)
     ));
     let start = Instant::now();
-    let mut ledger = Ledger::open(&path)?;
-    gen::fill(
-        &mut ledger,
-        &Plan {
-            batch: "archive",
-            finished,
-            in_flight: 0,
-            owe_hooks: false,
-        },
-    )?;
-    drop(ledger);
-    let copy = if want_copy {
-        let copy = dir.join("finished-only.db");
-        std::fs::copy(&path, &copy)?;
-        Some((copy, finished))
-    } else {
-        None
+    let copy = match &opts.reuse {
+        Some(reused) => {
+            note(format!("   (copying {} instead)", reused.display()));
+            std::fs::copy(reused, &path)?;
+            None
+        }
+        None => generate(&path, finished, in_flight, want_copy)?,
     };
-    let mut ledger = Ledger::open(&path)?;
-    gen::fill(
-        &mut ledger,
-        &Plan {
-            batch: "inflight",
-            finished: 0,
-            in_flight,
-            owe_hooks: false,
-        },
-    )?;
-    drop(ledger);
     let took = start.elapsed();
     let bytes = util::ledger_bytes(&path);
     note(format!(
@@ -71,12 +50,18 @@ pub fn scale(opts: &Opts, rows: &mut Vec<Row>, want_copy: bool) -> Res<Option<(P
             thousands(in_flight as u64)
         ),
         "generation through the library; ledger bytes per job",
-        format!(
-            "{:.0} s ({:.0} jobs/s); {:.0} B/job",
-            took.as_secs_f64(),
-            total as f64 / took.as_secs_f64(),
-            bytes as f64 / total as f64
-        ),
+        match &opts.reuse {
+            Some(_) => format!(
+                "reused a kept ledger; {:.0} B/job",
+                bytes as f64 / total as f64
+            ),
+            None => format!(
+                "{:.0} s ({:.0} jobs/s); {:.0} B/job",
+                took.as_secs_f64(),
+                total as f64 / took.as_secs_f64(),
+                bytes as f64 / total as f64
+            ),
+        },
         "report it",
         "report".into(),
     ));
@@ -199,4 +184,42 @@ fn run_startup(opts: &Opts, ledger: &Path, repeat: usize) -> Res<(Duration, u64)
         peak = peak.max(rss);
     }
     Ok((util::median(firsts), peak))
+}
+
+fn generate(
+    path: &Path,
+    finished: usize,
+    in_flight: usize,
+    want_copy: bool,
+) -> Res<Option<(PathBuf, usize)>> {
+    let mut ledger = Ledger::open(path)?;
+    gen::fill(
+        &mut ledger,
+        &Plan {
+            batch: "archive",
+            finished,
+            in_flight: 0,
+            owe_hooks: false,
+        },
+    )?;
+    drop(ledger);
+    let copy = if want_copy {
+        let copy = path.with_file_name("finished-only.db");
+        std::fs::copy(path, &copy)?;
+        Some((copy, finished))
+    } else {
+        None
+    };
+    let mut ledger = Ledger::open(path)?;
+    gen::fill(
+        &mut ledger,
+        &Plan {
+            batch: "inflight",
+            finished: 0,
+            in_flight,
+            owe_hooks: false,
+        },
+    )?;
+    drop(ledger);
+    Ok(copy)
 }
