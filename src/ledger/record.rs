@@ -528,9 +528,16 @@ impl Ledger {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<JobRow>> {
+        // Each state read in id order from jobs_by_state, at most `limit` of each: with
+        // `state IN (...) ORDER BY id` SQLite sorted every sendable job on every call.
         let sql = format!(
-            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.state IN ('planned', 'held') AND j.id > ?1
-             AND (?2 IS NULL OR j.batch = ?2) ORDER BY j.id LIMIT ?3"
+            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id IN (
+                 SELECT id FROM (SELECT id FROM jobs WHERE state = 'planned' AND id > ?1
+                     AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
+                 UNION ALL
+                 SELECT id FROM (SELECT id FROM jobs WHERE state = 'held' AND id > ?1
+                     AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3))
+             ORDER BY j.id LIMIT ?3"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![after_id, batch, limit as i64], job_from_row)?;
