@@ -281,6 +281,9 @@ struct Engine<'a> {
     last_progress: Instant,
     total_in_scope: u64,
     hook_blocked: u64,
+    /// The last dispatch held jobs for the budget and sent none: there may be more to look
+    /// at right away.
+    held_some: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -318,6 +321,7 @@ impl<'a> Engine<'a> {
             last_progress: Instant::now() - Duration::from_secs(60),
             total_in_scope: 0,
             hook_blocked: 0,
+            held_some: false,
         })
     }
 
@@ -439,6 +443,10 @@ impl<'a> Engine<'a> {
         if self.in_flight.len() >= self.limit {
             return Ok(cap);
         }
+        if self.held_some {
+            // Holding is ledger work only; the next candidates need no wait.
+            return Ok(Duration::from_millis(1));
+        }
         let mut wait = cap;
         if let Some(due) = self.ledger.next_due(self.scope())? {
             let until = Duration::from_millis((due - now_ms()).max(0) as u64);
@@ -453,6 +461,7 @@ impl<'a> Engine<'a> {
     // ---- dispatch ----
 
     fn dispatch(&mut self, workers: &Workers) -> Result<bool, EngineError> {
+        self.held_some = false;
         if self.halted {
             return Ok(false);
         }
@@ -579,6 +588,7 @@ impl<'a> Engine<'a> {
             self.spent += record.estimate.unwrap_or_default();
             intents.push((record, job));
         }
+        self.held_some = !to_hold.is_empty() && intents.is_empty();
         self.hold(to_hold)?;
         if !intents.is_empty() {
             let records: Vec<SubmitRecord> = intents.iter().map(|(r, _)| r.clone()).collect();
