@@ -426,16 +426,27 @@ impl<'a> Engine<'a> {
         // nothing to yet (polls in the future).
         let now = now_ms();
         let due_soon = self.ledger.next_due(self.scope())?.is_some();
-        let sendable = self.sending
-            && self
-                .ledger
-                .sendable(self.scope(), 0, self.passed.len() + 1)?
-                .iter()
-                .any(|j| !self.passed.contains(&j.id));
+        let sendable = self.sending && self.sendable_not_passed()?;
         let hooks_owed =
             !self.ledger.owing_hooks(self.scope(), 1)?.is_empty() && self.hooks.is_some();
         let _ = now;
         Ok(!due_soon && !sendable && !hooks_owed)
+    }
+
+    /// Whether a job this run has not passed over is ready to send. Reads sendable ids a page
+    /// at a time, so neither time nor memory grows with the jobs held before the first one.
+    fn sendable_not_passed(&self) -> Result<bool, EngineError> {
+        let mut after = 0;
+        loop {
+            let ids = self.ledger.sendable_ids(self.scope(), after, 512)?;
+            let Some(&last) = ids.last() else {
+                return Ok(false);
+            };
+            if ids.iter().any(|id| !self.passed.contains(id)) {
+                return Ok(true);
+            }
+            after = last;
+        }
     }
 
     fn wait_time(&mut self) -> Result<Duration, EngineError> {

@@ -544,6 +544,25 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// The ids of [`Ledger::sendable`], without reading the jobs.
+    pub fn sendable_ids(
+        &self,
+        batch: Option<&str>,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM (SELECT id FROM jobs WHERE state = 'planned' AND id > ?1
+                 AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
+             UNION ALL
+             SELECT id FROM (SELECT id FROM jobs WHERE state = 'held' AND id > ?1
+                 AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
+             ORDER BY 1 LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after_id, batch, limit as i64], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Jobs that still owe hook runs.
     pub fn owing_hooks(&self, batch: Option<&str>, limit: usize) -> Result<Vec<JobRow>> {
         let sql = format!(
