@@ -1252,13 +1252,12 @@ impl<'a> Engine<'a> {
                 hooks.batch_done(self.ledger, batch)?;
             }
         }
-        if self.stop.is_none() {
-            let held = self.ledger.sendable(self.scope(), 0, usize::MAX >> 1)?;
-            let held: Vec<&JobRow> = held.iter().filter(|j| j.state == JobState::Held).collect();
-            if !held.is_empty() && self.options.budget.is_some() {
+        if self.stop.is_none() && self.options.budget.is_some() {
+            // Summed in SQL: the held jobs may be most of a large ledger.
+            let (held, rest) = self.ledger.held_estimates(self.scope())?;
+            if held > 0 {
                 let budget = self.options.budget.unwrap_or_default();
                 let committed = self.ledger.committed_spend(self.scope())?;
-                let rest: Decimal = held.iter().filter_map(|j| j.estimated_cost).sum();
                 self.stop = Some(StopReason::Budget {
                     needed: (committed + rest - budget).max(Decimal::ZERO),
                 });

@@ -563,6 +563,23 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// How many jobs are held, and the sum of their current attempts' estimates.
+    pub fn held_estimates(&self, batch: Option<&str>) -> Result<(i64, Decimal)> {
+        let (count, total): (i64, String) = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*), decimal_sum(a.estimated_cost) FROM jobs j
+                 LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
+                 WHERE j.state = 'held' AND (?1 IS NULL OR j.batch = ?1)",
+            )?
+            .query_row([batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let total = Decimal::from_str(&total).map_err(|_| super::LedgerError::Corrupt {
+            what: "attempts.estimated_cost",
+            value: total,
+        })?;
+        Ok((count, total))
+    }
+
     /// Jobs that still owe hook runs.
     pub fn owing_hooks(&self, batch: Option<&str>, limit: usize) -> Result<Vec<JobRow>> {
         let sql = format!(
