@@ -279,6 +279,9 @@ struct Engine<'a> {
     summary: RunSummary,
     last_deadline_check: Instant,
     last_progress: Instant,
+    /// Time between progress counts: a count reads every job in scope, so on a large ledger
+    /// it is made less often, to stay a small part of the loop.
+    progress_every: Duration,
     total_in_scope: u64,
     hook_blocked: u64,
     /// The last dispatch held jobs for the budget and sent none: there may be more to look
@@ -319,6 +322,7 @@ impl<'a> Engine<'a> {
             summary: RunSummary::default(),
             last_deadline_check: Instant::now() - Duration::from_secs(60),
             last_progress: Instant::now() - Duration::from_secs(60),
+            progress_every: Duration::from_millis(200),
             total_in_scope: 0,
             hook_blocked: 0,
             held_some: false,
@@ -1206,11 +1210,13 @@ impl<'a> Engine<'a> {
     }
 
     fn report_progress(&mut self, sink: &mut dyn ProgressSink) -> Result<(), EngineError> {
-        if self.last_progress.elapsed() < Duration::from_millis(200) {
+        if self.last_progress.elapsed() < self.progress_every {
             return Ok(());
         }
-        self.last_progress = Instant::now();
+        let started = Instant::now();
         let counts = self.ledger.count_by_state(self.scope())?;
+        self.progress_every = (started.elapsed() * 20).max(Duration::from_millis(200));
+        self.last_progress = Instant::now();
         let get = |s: JobState| {
             counts
                 .iter()
