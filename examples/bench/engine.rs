@@ -230,9 +230,19 @@ pub fn throughput(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
 pub fn loop_step(opts: &Opts, big: Option<(PathBuf, usize)>, rows: &mut Vec<Row>) -> Res<()> {
     let new_jobs = opts.size(2_000);
     let mut sizes: Vec<(usize, Option<PathBuf>)> = vec![(1_000, None), (opts.size(100_000), None)];
-    match big {
-        Some((path, n)) => sizes.push((n, Some(path))),
-        None => sizes.push((opts.size(1_000_000), None)),
+    match (big, &opts.reuse_finished) {
+        (Some((path, n)), _) => sizes.push((n, Some(path))),
+        (None, Some(kept)) => {
+            let copy = opts.work.join("finished-copy.db");
+            std::fs::copy(kept, &copy)?;
+            let n = Ledger::open(&copy)?
+                .count_by_state(None)?
+                .iter()
+                .map(|c| c.1 as usize)
+                .sum();
+            sizes.push((n, Some(copy)));
+        }
+        (None, None) => sizes.push((opts.size(1_000_000), None)),
     }
     let mut figures = Vec::new();
     for (finished, path) in sizes {
@@ -284,6 +294,7 @@ pub fn loop_step(opts: &Opts, big: Option<(PathBuf, usize)>, rows: &mut Vec<Row>
         drop(ledger);
         sandbox.shutdown();
     }
+    let _ = std::fs::remove_file(opts.work.join("finished-copy.db"));
     for (i, scope) in ["all jobs (`run`)", "one batch (`run --batch`)"]
         .iter()
         .enumerate()

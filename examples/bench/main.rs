@@ -10,7 +10,8 @@
 //! `--exe PATH` names the built binary (default target/release/codeformer-ledger), which the
 //! hook and command-line benchmarks start; `--work DIR` is where ledgers and test images go
 //! (default target/bench-work; images are kept there between runs, ledgers are not, unless
-//! `--keep`). `--reuse-ledger PATH` makes #3 copy a kept ledger instead of writing one.
+//! `--keep`). `--reuse-ledger PATH` makes #3 copy a kept ledger instead of writing one, and
+//! `--reuse-finished PATH` gives #4 a kept ledger of finished jobs (`finished-only.db`).
 //! Everything runs on loopback, and every loop is bounded in count and in time.
 
 mod engine;
@@ -32,6 +33,8 @@ pub struct Opts {
     pub keep: bool,
     /// A ledger to copy for #3 instead of generating one (for profiling the commands).
     pub reuse: Option<PathBuf>,
+    /// A ledger of finished jobs to copy for #4's largest point instead of generating one.
+    pub reuse_finished: Option<PathBuf>,
 }
 
 impl Opts {
@@ -96,12 +99,17 @@ fn parse_args() -> Res<Opts> {
         work: PathBuf::from("target/bench-work"),
         keep: false,
         reuse: None,
+        reuse_finished: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => opts.quick = true,
             "--keep" => opts.keep = true,
+            "--reuse-finished" => {
+                opts.reuse_finished =
+                    Some(args.next().ok_or("--reuse-finished needs a path")?.into())
+            }
             "--reuse-ledger" => opts.reuse = Some(args.next().ok_or("--reuse-ledger needs a path")?.into()),
             "--only" => {
                 let list = args.next().ok_or("--only needs a list, e.g. 1,3")?;
@@ -117,7 +125,7 @@ fn parse_args() -> Res<Opts> {
             "--work" => opts.work = args.next().ok_or("--work needs a folder")?.into(),
             other => {
                 return Err(format!(
-                    "unknown argument `{other}` (--quick, --only LIST, --exe PATH, --work DIR, --keep, --reuse-ledger PATH)"
+                    "unknown argument `{other}` (--quick, --only LIST, --exe PATH, --work DIR, --keep, --reuse-ledger PATH, --reuse-finished PATH)"
                 )
                 .into())
             }
