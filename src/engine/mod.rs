@@ -280,7 +280,7 @@ struct Engine<'a> {
     last_deadline_check: Instant,
     last_progress: Instant,
     /// Time between progress counts: a count reads every job in scope, so on a large ledger
-    /// it is made less often, to stay a small part of the loop.
+    /// it is made less often, to stay a small part of the loop (about 2% of its time).
     progress_every: Duration,
     total_in_scope: u64,
     hook_blocked: u64,
@@ -1215,7 +1215,7 @@ impl<'a> Engine<'a> {
         }
         let started = Instant::now();
         let counts = self.ledger.count_by_state(self.scope())?;
-        self.progress_every = (started.elapsed() * 20).max(Duration::from_millis(200));
+        self.progress_every = (started.elapsed() * 50).max(Duration::from_millis(200));
         self.last_progress = Instant::now();
         let get = |s: JobState| {
             counts
