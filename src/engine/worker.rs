@@ -183,9 +183,13 @@ fn download_one(
     };
     let size = imagesize::size(temp.path())
         .map_err(|e| DownloadError::NotAnImage(format!("its header cannot be read: {e}")))?;
-    let ext = match imagesize::image_type(
-        &std::fs::read(temp.path()).map(|b| b[..b.len().min(64)].to_vec())?,
-    ) {
+    // The first bytes say the format; the file may be many megabytes.
+    let mut head = Vec::with_capacity(64);
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open(temp.path())?, 64),
+        &mut head,
+    )?;
+    let ext = match imagesize::image_type(&head) {
         Ok(imagesize::ImageType::Jpeg) => "jpg",
         Ok(imagesize::ImageType::Webp) => "webp",
         _ => "png",

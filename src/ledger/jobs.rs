@@ -294,7 +294,11 @@ impl Ledger {
     /// One job by id.
     pub fn job(&self, id: i64) -> Result<Option<JobRow>> {
         let sql = format!("SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id = ?1");
-        Ok(self.conn.query_row(&sql, [id], job_from_row).optional()?)
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([id], job_from_row)
+            .optional()?)
     }
 
     /// A job named by id, key or request id.
@@ -391,10 +395,19 @@ impl Ledger {
 
     /// Number of jobs per state, for a batch or all.
     pub fn count_by_state(&self, batch: Option<&str>) -> Result<Vec<(JobState, i64)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT state, count(*) FROM jobs WHERE ?1 IS NULL OR batch = ?1 GROUP BY state",
-        )?;
-        let rows = stmt.query_map([batch], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        // Two statements, so that a batch is counted from the jobs_by_batch index alone: with
+        // `?1 IS NULL OR batch = ?1` SQLite read every row of the table.
+        let mut stmt = match batch {
+            None => self
+                .conn
+                .prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state")?,
+            Some(_) => self.conn.prepare_cached(
+                "SELECT state, count(*) FROM jobs WHERE batch = ?1 GROUP BY state",
+            )?,
+        };
+        let rows = stmt.query_map(rusqlite::params_from_iter(batch), |r| {
+            Ok((r.get::<_, String>(0)?, r.get(1)?))
+        })?;
         let mut out = Vec::new();
         for row in rows {
             let (state, n) = row?;
@@ -417,7 +430,8 @@ fn enqueue_one(
 ) -> Result<Enqueued> {
     let key = job.key();
     if let Some(id) = tx
-        .query_row("SELECT id FROM jobs WHERE key = ?1", [&key], |r| r.get(0))
+        .prepare_cached("SELECT id FROM jobs WHERE key = ?1")?
+        .query_row([&key], |r| r.get(0))
         .optional()?
     {
         return Ok(Enqueued { id, added: false });
@@ -439,23 +453,23 @@ fn enqueue_one(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 'planned', 1, ?15, ?16, ?16)",
     )?
     .execute(params![
-            key,
-            job.batch,
-            p.image,
-            p.fidelity.normalize().to_string(),
-            p.upscale,
-            p.background_enhance,
-            p.face_upsample,
-            p.webhook,
-            filter,
-            p.webhook_url,
-            p.webhook_mode.map(|m| m.as_str()),
-            job.size.map(|s| s.0),
-            job.size.map(|s| s.1),
-            job.size.and(job.size_source),
-            p.expects_callbacks(),
-            now,
-        ])?;
+        key,
+        job.batch,
+        p.image,
+        p.fidelity.normalize().to_string(),
+        p.upscale,
+        p.background_enhance,
+        p.face_upsample,
+        p.webhook,
+        filter,
+        p.webhook_url,
+        p.webhook_mode.map(|m| m.as_str()),
+        job.size.map(|s| s.0),
+        job.size.map(|s| s.1),
+        job.size.and(job.size_source),
+        p.expects_callbacks(),
+        now,
+    ])?;
     let id = tx.last_insert_rowid();
     let estimate = job.size.map(|(w, h)| {
         let (ow, oh) = crate::money::output_size(w, h, p.upscale);

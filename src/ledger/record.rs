@@ -136,13 +136,14 @@ pub fn cap_body(body: &str) -> String {
 
 pub(super) fn price_in_force(tx: &rusqlite::Connection, at: &str) -> Result<Price> {
     let row: Option<(String, String, String)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT model, per_megapixel, effective_from FROM prices
              WHERE model = ?1 AND effective_from <= ?2
              ORDER BY effective_from DESC, id DESC LIMIT 1",
-            params![money::MODEL, at],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        )?
+        .query_row(params![money::MODEL, at], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
     let Some((model, rate, from)) = row else {
         return Ok(Price::default_rate());
@@ -439,44 +440,32 @@ impl Ledger {
         post_after: Option<&'static str>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
-        for f in files {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                job_id, attempt, f.idx, f.url, f.path, f.bytes, f.sha256, f.width, f.height
-            ])?;
-            insert_event(
-                &tx,
-                Event::new(Some(job_id), Some(attempt), "download").detail(format!(
-                    "{} -> {} ({} bytes, {}x{}, sha256 {})",
-                    f.url,
-                    f.path,
-                    f.bytes,
-                    f.width.unwrap_or(0),
-                    f.height.unwrap_or(0),
-                    f.sha256
-                )),
-                &now,
-            )?;
-        }
-        let charge = charge_once(&tx, job_id, attempt, files, &now)?;
-        apply_change(
-            &tx,
-            job_id,
-            attempt,
-            &Change {
-                post: Some(post_after),
-                next_poll_at: Some(None),
-                error: Some(None),
-                ..Change::default()
-            },
-            &now,
-        )?;
+        let charge = download_in(&tx, job_id, attempt, files, post_after, &clock::now_stamp())?;
         tx.commit()?;
         Ok(charge)
+    }
+
+    /// [`Ledger::record_download`] for many attempts in one transaction (group commit): the
+    /// charge each call set, in order.
+    pub fn record_downloads(
+        &mut self,
+        items: &[(i64, i64, Vec<super::OutputRow>, Option<&'static str>)],
+    ) -> Result<Vec<Option<Decimal>>> {
+        let tx = self.conn.transaction()?;
+        let now = clock::now_stamp();
+        let mut charges = Vec::with_capacity(items.len());
+        for (job_id, attempt, files, post_after) in items {
+            charges.push(download_in(
+                &tx,
+                *job_id,
+                *attempt,
+                files,
+                *post_after,
+                &now,
+            )?);
+        }
+        tx.commit()?;
+        Ok(charges)
     }
 
     /// Marks an attempt as not charged (ERROR, rejected), once.
@@ -559,12 +548,38 @@ impl Ledger {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<JobRow>> {
+        // Each state read in id order from jobs_by_state, at most `limit` of each: with
+        // `state IN (...) ORDER BY id` SQLite sorted every sendable job on every call.
         let sql = format!(
-            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.state IN ('planned', 'held') AND j.id > ?1
-             AND (?2 IS NULL OR j.batch = ?2) ORDER BY j.id LIMIT ?3"
+            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id IN (
+                 SELECT id FROM (SELECT id FROM jobs WHERE state = 'planned' AND id > ?1
+                     AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
+                 UNION ALL
+                 SELECT id FROM (SELECT id FROM jobs WHERE state = 'held' AND id > ?1
+                     AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3))
+             ORDER BY j.id LIMIT ?3"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![after_id, batch, limit as i64], job_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The ids of [`Ledger::sendable`], without reading the jobs.
+    pub fn sendable_ids(
+        &self,
+        batch: Option<&str>,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id FROM (SELECT id FROM jobs WHERE state = 'planned' AND id > ?1
+                 AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
+             UNION ALL
+             SELECT id FROM (SELECT id FROM jobs WHERE state = 'held' AND id > ?1
+                 AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
+             ORDER BY 1 LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![after_id, batch, limit as i64], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -581,9 +596,14 @@ impl Ledger {
 
     /// Jobs the engine still has work for: to send, at the gateway, or owing post-processing.
     pub fn unfinished(&self, batch: Option<&str>) -> Result<i64> {
+        // Two counts, each from its index (jobs_by_state, jobs_post): one WHERE with `OR` made
+        // SQLite read every job of the ledger on each idle step of the engine.
         Ok(self.conn.prepare_cached(
-            "SELECT count(*) FROM jobs WHERE (state IN ('planned', 'submitting', 'queued', 'processing')
-             OR post IS NOT NULL) AND (?1 IS NULL OR batch = ?1)",
+            "SELECT (SELECT count(*) FROM jobs WHERE state IN ('planned', 'submitting', 'queued', 'processing')
+                     AND (?1 IS NULL OR batch = ?1))
+                  + (SELECT count(*) FROM jobs WHERE post IS NOT NULL
+                     AND state NOT IN ('planned', 'submitting', 'queued', 'processing')
+                     AND (?1 IS NULL OR batch = ?1))",
         )?
         .query_row([batch], |r| r.get(0))?)
     }
@@ -591,17 +611,26 @@ impl Ledger {
     /// Charged so far plus the estimates of attempts that may still be charged (sent and not
     /// final, or uncertain), for a budget.
     pub fn committed_spend(&self, batch: Option<&str>) -> Result<Decimal> {
-        let total: String = self.conn.query_row(
-            "SELECT decimal_sum(CASE
+        let sum = "SELECT decimal_sum(CASE
                  WHEN a.actual_cost IS NOT NULL THEN a.actual_cost
                  WHEN a.state IN ('submitting', 'queued', 'processing', 'uncertain', 'completed', 'failed', 'stalled')
                       OR (a.submitted_at IS NOT NULL AND a.state NOT IN ('rejected', 'error', 'planned', 'held'))
                    THEN a.estimated_cost
-                 ELSE NULL END)
-             FROM attempts a JOIN jobs j ON j.id = a.job_id WHERE (?1 IS NULL OR j.batch = ?1)",
-            [batch],
-            |r| r.get(0),
-        )?;
+                 ELSE NULL END)";
+        // Two statements, so that each can use its index: `?1 IS NULL OR batch = ?1` made
+        // SQLite join every attempt of the ledger to its job even for one small batch.
+        let total: String = match batch {
+            None => self
+                .conn
+                .prepare_cached(&format!("{sum} FROM attempts a"))?
+                .query_row([], |r| r.get(0))?,
+            Some(batch) => self
+                .conn
+                .prepare_cached(&format!(
+                    "{sum} FROM jobs j JOIN attempts a ON a.job_id = j.id WHERE j.batch = ?1"
+                ))?
+                .query_row([batch], |r| r.get(0))?,
+        };
         money::parse_exact(&total).map_err(|_| super::LedgerError::Corrupt {
             what: "attempts cost",
             value: total,
@@ -708,11 +737,19 @@ impl Ledger {
         hook_file: &str,
         function: &str,
     ) -> Result<i64> {
-        self.conn.execute(
-            "INSERT INTO hook_runs (job_id, attempt, batch, hook_file, function, started_at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
-            params![job.map(|j| j.0), job.map(|j| j.1), batch, hook_file, function, clock::now_stamp()],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO hook_runs (job_id, attempt, batch, hook_file, function, started_at, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'running')",
+            )?
+            .execute(params![
+                job.map(|j| j.0),
+                job.map(|j| j.1),
+                batch,
+                hook_file,
+                function,
+                clock::now_stamp()
+            ])?;
         Ok(self.conn.last_insert_rowid())
     }
 
@@ -726,26 +763,24 @@ impl Ledger {
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
-        let (job_id, _attempt): (Option<i64>, Option<i64>) = tx.query_row(
-            "SELECT job_id, attempt FROM hook_runs WHERE id = ?1",
-            [run_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        tx.execute(
+        let (job_id, _attempt): (Option<i64>, Option<i64>) = tx
+            .prepare_cached("SELECT job_id, attempt FROM hook_runs WHERE id = ?1")?
+            .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        tx.prepare_cached(
             "UPDATE hook_runs SET ended_at = ?2, status = ?3, error = ?4 WHERE id = ?1",
-            params![
-                run_id,
-                now,
-                if error.is_some() { "failed" } else { "ok" },
-                error
-            ],
-        )?;
+        )?
+        .execute(params![
+            run_id,
+            now,
+            if error.is_some() { "failed" } else { "ok" },
+            error
+        ])?;
         if let Some(job_id) = job_id {
             for (k, v) in tags {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO tags (job_id, key, value) VALUES (?1, ?2, ?3)",
-                    params![job_id, k, v],
-                )?;
+                )?
+                .execute(params![job_id, k, v])?;
             }
         }
         for event in events {
@@ -765,9 +800,11 @@ impl Ledger {
     ) -> Result<Option<String>> {
         Ok(self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT status FROM hook_runs WHERE job_id IS ?1 AND attempt IS ?2 AND batch IS ?3
                  AND hook_file = ?4 AND function = ?5 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(
                 params![
                     job.map(|j| j.0),
                     job.map(|j| j.1),
@@ -838,6 +875,52 @@ impl Ledger {
     }
 }
 
+fn download_in(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    files: &[super::OutputRow],
+    post_after: Option<&'static str>,
+    now: &str,
+) -> Result<Option<Decimal>> {
+    for f in files {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            job_id, attempt, f.idx, f.url, f.path, f.bytes, f.sha256, f.width, f.height
+        ])?;
+        insert_event(
+            tx,
+            Event::new(Some(job_id), Some(attempt), "download").detail(format!(
+                "{} -> {} ({} bytes, {}x{}, sha256 {})",
+                f.url,
+                f.path,
+                f.bytes,
+                f.width.unwrap_or(0),
+                f.height.unwrap_or(0),
+                f.sha256
+            )),
+            now,
+        )?;
+    }
+    let charge = charge_once(tx, job_id, attempt, files, now)?;
+    apply_change(
+        tx,
+        job_id,
+        attempt,
+        &Change {
+            post: Some(post_after),
+            next_poll_at: Some(None),
+            error: Some(None),
+            ..Change::default()
+        },
+        now,
+    )?;
+    Ok(charge)
+}
+
 fn charge_once(
     tx: &Transaction<'_>,
     job_id: i64,
@@ -845,11 +928,11 @@ fn charge_once(
     files: &[super::OutputRow],
     now: &str,
 ) -> Result<Option<Decimal>> {
-    let (rate, already): (Option<String>, Option<String>) = tx.query_row(
-        "SELECT price_per_mp, actual_cost FROM attempts WHERE job_id = ?1 AND attempt = ?2",
-        params![job_id, attempt],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (rate, already): (Option<String>, Option<String>) = tx
+        .prepare_cached(
+            "SELECT price_per_mp, actual_cost FROM attempts WHERE job_id = ?1 AND attempt = ?2",
+        )?
+        .query_row(params![job_id, attempt], |r| Ok((r.get(0)?, r.get(1)?)))?;
     if already.is_some() {
         return Ok(None);
     }
