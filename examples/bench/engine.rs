@@ -57,6 +57,8 @@ struct Measured {
     loop_cpu: Duration,
     /// Requests the client made: API calls and output downloads.
     requests: u64,
+    /// The in-process sandbox's threads.
+    sandbox_cpu: Duration,
 }
 
 fn measured_run(
@@ -89,6 +91,7 @@ fn measured_run(
         engine_cpu,
         loop_cpu,
         requests,
+        sandbox_cpu,
     })
 }
 
@@ -171,9 +174,10 @@ pub fn throughput(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
         let rate = n as f64 / m.wall.as_secs_f64();
         let cpu_per_k = m.client_cpu.as_secs_f64() * 1000.0 / n as f64;
         note(format!(
-            "   {rate:.0} jobs/s, client CPU {:.2} s ({:.2} s engine thread), {:.2} requests/job",
+            "   {rate:.0} jobs/s, client CPU {:.2} s ({:.2} s engine thread), sandbox CPU {:.2} s, {:.2} requests/job",
             m.client_cpu.as_secs_f64(),
             m.engine_cpu.as_secs_f64(),
+            m.sandbox_cpu.as_secs_f64(),
             m.requests as f64 / n as f64
         ));
         let jobs_target = if concurrency == 8 { "≥ 1,000" } else { "—" };

@@ -6,7 +6,6 @@ use crate::{verdict, Opts, Row};
 use codeformer_ledger::ledger::Ledger;
 use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Builds the ledger, times the commands, and returns a copy of the ledger as it was before
@@ -83,11 +82,11 @@ pub fn scale(opts: &Opts, rows: &mut Vec<Row>, want_copy: bool) -> Res<Option<(P
         let mut rss = 0;
         let mut lines = 0;
         for _ in 0..repeat {
+            let rss_file = dir.join("rss.txt");
+            let (mut cmd, timed) = util::timed_command(&opts.exe, &rss_file);
             let run = util::run_child(
-                Command::new(&opts.exe)
-                    .arg("--ledger")
-                    .arg(&path)
-                    .args(&args),
+                cmd.arg("--ledger").arg(&path).args(&args),
+                timed.then_some(rss_file.as_path()),
                 Duration::from_secs(120),
                 true,
             )?;
@@ -127,7 +126,7 @@ pub fn scale(opts: &Opts, rows: &mut Vec<Row>, want_copy: bool) -> Res<Option<(P
     rows.push(Row::new(
         "3",
         "  every command above".to_string(),
-        "peak RSS (wait4 ru_maxrss)",
+        "peak RSS (/usr/bin/time %M)",
         mib(peak),
         "≤ 100 MB",
         verdict(peak * 1024 <= 100_000_000),
@@ -149,7 +148,9 @@ fn run_startup(opts: &Opts, ledger: &Path, repeat: usize) -> Res<(Duration, u64)
         })?;
         let out = opts.work.join("scale").join("restored");
         let start = Instant::now();
-        let child = Command::new(&opts.exe)
+        let rss_file = opts.work.join("scale").join("run-rss.txt");
+        let (mut cmd, timed) = util::timed_command(&opts.exe, &rss_file);
+        let child = cmd
             .arg("--ledger")
             .arg(ledger)
             .arg("--base-url")
@@ -170,8 +171,18 @@ fn run_startup(opts: &Opts, ledger: &Path, repeat: usize) -> Res<(Duration, u64)
             }
             std::thread::sleep(Duration::from_micros(500));
         }
-        util::signal(pid, libc::SIGINT);
+        let engine = if timed {
+            util::only_child(pid)
+        } else {
+            Some(pid)
+        };
+        util::signal(engine.unwrap_or(pid), libc::SIGINT);
         let (status, rss) = util::wait_bounded(pid, Instant::now(), Duration::from_secs(30))?;
+        let rss = if timed {
+            util::rss_written(&rss_file).unwrap_or(rss)
+        } else {
+            rss
+        };
         std::mem::forget(child);
         sandbox.shutdown();
         let first = first.ok_or("`run` made no request within 60 s")?;

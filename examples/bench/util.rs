@@ -49,6 +49,33 @@ pub fn cpu_threads_named(prefix: &str) -> Duration {
     total
 }
 
+/// A command for `exe`, run under `/usr/bin/time -f %M -o RSS_FILE` when that exists. wait4's
+/// ru_maxrss of a child forked from this process counts this process's own memory (tens of
+/// MB after writing a large ledger); `time` is small, so the figure it reports is the
+/// command's. Returns the command and whether `time` wraps it.
+pub fn timed_command(exe: &Path, rss_file: &Path) -> (Command, bool) {
+    let time = Path::new("/usr/bin/time");
+    if time.exists() {
+        let mut cmd = Command::new(time);
+        cmd.arg("-f").arg("%M").arg("-o").arg(rss_file).arg(exe);
+        (cmd, true)
+    } else {
+        (Command::new(exe), false)
+    }
+}
+
+/// The peak RSS in KiB that `time -f %M -o FILE` wrote (its last line).
+pub fn rss_written(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    text.lines().last()?.trim().parse().ok()
+}
+
+/// The pid of the process `time` started (its only child).
+pub fn only_child(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// A child process's wall time, peak resident memory and exit status.
 pub struct ChildRun {
     pub wall: Duration,
@@ -58,8 +85,14 @@ pub struct ChildRun {
 }
 
 /// Runs a command to its end (bounded by `limit`, then SIGKILL), timing it and reading its
-/// peak RSS from wait4(2). Stdout is kept when `capture`, else discarded.
-pub fn run_child(cmd: &mut Command, limit: Duration, capture: bool) -> Res<ChildRun> {
+/// peak RSS from `rss_file` (see [`timed_command`]) or else from wait4(2). Stdout is kept when
+/// `capture`, else discarded.
+pub fn run_child(
+    cmd: &mut Command,
+    rss_file: Option<&Path>,
+    limit: Duration,
+    capture: bool,
+) -> Res<ChildRun> {
     use std::io::Read;
     cmd.stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -85,7 +118,7 @@ pub fn run_child(cmd: &mut Command, limit: Duration, capture: bool) -> Res<Child
     std::mem::forget(child);
     Ok(ChildRun {
         wall,
-        max_rss_kib: rss,
+        max_rss_kib: rss_file.and_then(rss_written).unwrap_or(rss),
         status,
         stdout,
     })

@@ -245,8 +245,10 @@ const REPORT_SQL: &str = "
     SELECT a.job_id, a.attempt, a.state, coalesce(a.submitted_at, j.created_at), j.batch,
            a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
            j.input_width, j.input_height, j.upscale,
-           (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3),
-           EXISTS (SELECT 1 FROM attempts b WHERE b.job_id = a.job_id AND b.attempt > a.attempt),
+           CASE WHEN ?3 IS NOT NULL
+                THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3) END,
+           CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM attempts b
+                WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END,
            (SELECT count(*) FROM outputs o WHERE o.job_id = a.job_id AND o.attempt = a.attempt)
     FROM attempts a JOIN jobs j ON j.id = a.job_id
     WHERE (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
