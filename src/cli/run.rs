@@ -360,6 +360,11 @@ fn explain_stop(
     reason: &engine::StopReason,
 ) -> Result<CliError, CliError> {
     let mut error = stop_error(reason);
+    if let (engine::StopReason::Interrupted, Some(batch)) = (reason, batch) {
+        error.message = format!(
+            "interrupted; what was in flight is recorded. `codeformer-ledger run --batch {batch}` resumes"
+        );
+    }
     let (held, total, unknown) = ledger.held_estimates(batch)?;
     match reason {
         engine::StopReason::InsufficientBalance { .. } if held > 0 => {
