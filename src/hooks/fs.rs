@@ -64,6 +64,25 @@ impl Confined {
     }
 
     /// Like [`Confined::resolve`], for operations that must not touch the directory itself.
+    /// The `from` and `to` arguments of a two-path function, as text and as confined paths.
+    fn resolve_pair(
+        &self,
+        lua: &Lua,
+        func: &str,
+        from: &Value,
+        to: &Value,
+    ) -> mlua::Result<(String, String, PathBuf, PathBuf)> {
+        let from = string_arg(lua, func, "from", from)?;
+        let to = string_arg(lua, func, "to", to)?;
+        let source = self
+            .resolve_entry(func, &from)
+            .map_err(|m| error_at_caller(lua, &m))?;
+        let target = self
+            .resolve_entry(func, &to)
+            .map_err(|m| error_at_caller(lua, &m))?;
+        Ok((from, to, source, target))
+    }
+
     fn resolve_entry(&self, func: &str, path: &str) -> Result<PathBuf, String> {
         if lexical(func, path)?.as_os_str().is_empty() {
             return Err(format!(
@@ -234,14 +253,7 @@ pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>) -> mlua::Result<Table> {
     let confined = Rc::clone(fs);
     let copy = lua.create_function(move |lua, (from, to): (Value, Value)| {
         const FUNC: &str = "fs.copy";
-        let from = string_arg(lua, FUNC, "from", &from)?;
-        let to = string_arg(lua, FUNC, "to", &to)?;
-        let source = confined
-            .resolve_entry(FUNC, &from)
-            .map_err(|m| error_at_caller(lua, &m))?;
-        let target = confined
-            .resolve_entry(FUNC, &to)
-            .map_err(|m| error_at_caller(lua, &m))?;
+        let (from, to, source, target) = confined.resolve_pair(lua, FUNC, &from, &to)?;
         let what = format!("copy '{from}' to '{to}'");
         let fail = |e| error_at_caller(lua, &io_failure(FUNC, &what, e));
         let mut file = std::fs::File::open(&source).map_err(fail)?;
@@ -265,14 +277,7 @@ pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>) -> mlua::Result<Table> {
     let confined = Rc::clone(fs);
     let rename = lua.create_function(move |lua, (from, to): (Value, Value)| {
         const FUNC: &str = "fs.rename";
-        let from = string_arg(lua, FUNC, "from", &from)?;
-        let to = string_arg(lua, FUNC, "to", &to)?;
-        let source = confined
-            .resolve_entry(FUNC, &from)
-            .map_err(|m| error_at_caller(lua, &m))?;
-        let target = confined
-            .resolve_entry(FUNC, &to)
-            .map_err(|m| error_at_caller(lua, &m))?;
+        let (from, to, source, target) = confined.resolve_pair(lua, FUNC, &from, &to)?;
         std::fs::rename(&source, &target).map_err(|e| {
             error_at_caller(
                 lua,
