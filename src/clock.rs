@@ -5,13 +5,28 @@
 //! Durations (timeouts, poll schedules) use [`std::time::Instant`] and are never pinned.
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use std::cell::Cell;
 
 /// Environment variable that pins the clock (RFC 3339).
 pub const PIN_ENV: &str = "CODEFORMER_LEDGER_NOW";
 
-/// The current time, or the pinned one.
+thread_local! {
+    static THREAD_PIN: Cell<Option<DateTime<Utc>>> = const { Cell::new(None) };
+}
+
+/// The current time, or the pinned one (this thread's pin first, then the environment's).
 pub fn now() -> DateTime<Utc> {
-    pinned().unwrap_or_else(Utc::now)
+    THREAD_PIN
+        .with(Cell::get)
+        .or_else(pinned)
+        .unwrap_or_else(Utc::now)
+}
+
+/// Pins the clock of the calling thread only (`None` unpins it), for tests that build a
+/// ledger through the library at chosen times without touching the process environment,
+/// which other threads and child processes share.
+pub fn pin_thread(t: Option<DateTime<Utc>>) {
+    THREAD_PIN.with(|pin| pin.set(t));
 }
 
 fn pinned() -> Option<DateTime<Utc>> {
@@ -57,5 +72,16 @@ mod tests {
         assert_eq!(stamp(a), "2026-05-22T13:17:32.110Z");
         assert_eq!(stamp(b), "2026-05-22T13:19:23.000Z");
         assert!(parse_remote("yesterday").is_none());
+    }
+
+    #[test]
+    fn a_thread_pin_wins_and_stays_on_its_thread() {
+        let t = parse_remote("2026-03-31T10:00:00Z").unwrap();
+        pin_thread(Some(t));
+        assert_eq!(now_stamp(), "2026-03-31T10:00:00.000Z");
+        let other = std::thread::spawn(now).join().unwrap();
+        assert_ne!(other, t);
+        pin_thread(None);
+        assert_ne!(now(), t);
     }
 }

@@ -376,6 +376,31 @@ mod tests {
     }
 
     #[test]
+    fn documented_rules() {
+        let price = Price::default_rate();
+        // "4 quadruples them": each dimension times the upscale.
+        assert_eq!(output_size(500, 500, 4), (2000, 2000));
+        assert_eq!(exact(price.estimate(500, 500, 4)), "0.0084");
+        // 1 MP is 10^6 pixels, not 2^20.
+        assert_eq!(exact(megapixels(1024, 1024)), "1.048576");
+        assert_eq!(exact(price.estimate(1024, 1024, 1)), "0.0022020096");
+        // The documentation's "1080p ≈ $0.00449735" does not follow its own rate; the stated
+        // rate wins.
+        assert_ne!(price.estimate(1920, 1080, 1), dec("0.00449735"));
+        // The smallest job, and the pricing pipeline's odd sizes, stay exact.
+        assert_eq!(exact(price.estimate(1, 1, 1)), "0.0000000021");
+        assert_eq!(exact(price.estimate(1, 1, 8)), "0.0000001344");
+        assert_eq!(exact(price.estimate(333, 517, 2)), "0.0014461524");
+        assert_eq!(exact(price.estimate(4000, 3000, 2)), "0.1008");
+        // A rate with 12 decimal places gives an 18-place cost, still exact.
+        let fine = Price {
+            per_megapixel: dec("0.002100000001"),
+            ..Price::default_rate()
+        };
+        assert_eq!(exact(fine.estimate(1, 1, 1)), "0.000000002100000001");
+    }
+
+    #[test]
     fn largest_job_does_not_overflow() {
         let (w, h) = output_size(65535, 65535, 8);
         let cost = Price::default_rate().checked_cost(w, h).unwrap();

@@ -2,10 +2,15 @@
 //! are parsed in two stages: clap structs that do no I/O, then a resolved [`Global`] (ledger
 //! path, gateway, key) that the commands use.
 
+pub mod config;
 pub mod demo;
+pub mod docs;
+pub mod doctor;
 pub mod estimate;
 pub mod hooks;
+pub mod ingest;
 pub mod jobs;
+pub mod listen;
 pub mod prices;
 pub mod report;
 pub mod run;
@@ -36,9 +41,18 @@ pub struct Cli {
     #[arg(long, global = true, env = "CODEFORMER_LEDGER", value_name = "PATH")]
     pub ledger: Option<PathBuf>,
 
-    /// The gateway's base URL.
-    #[arg(long, global = true, env = "PIXAZO_BASE_URL", value_name = "URL", default_value = DEFAULT_BASE_URL)]
-    pub base_url: String,
+    /// The gateway's base URL [default: https://gateway.pixazo.ai].
+    #[arg(long, global = true, env = "PIXAZO_BASE_URL", value_name = "URL")]
+    pub base_url: Option<String>,
+
+    /// The config file [default: the user's config directory, codeformer-ledger/config.toml].
+    #[arg(
+        long,
+        global = true,
+        env = "CODEFORMER_LEDGER_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
 
     /// Read the API key from this file instead of the PIXAZO_API_KEY environment variable.
     #[arg(long, global = true, value_name = "FILE")]
@@ -57,11 +71,17 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     Show(jobs::ShowArgs),
     Report(report::ReportArgs),
+    Ingest(ingest::IngestArgs),
+    Listen(listen::ListenArgs),
     Hooks(hooks::HooksArgs),
     Prices(prices::PricesArgs),
     Sandbox(sandbox::SandboxArgs),
     Demo(demo::DemoArgs),
     Verify(verify::VerifyArgs),
+    Doctor(doctor::DoctorArgs),
+    Config(config::ConfigArgs),
+    Completions(docs::CompletionsArgs),
+    Man(docs::ManArgs),
 }
 
 /// What a command that did not finish cleanly tells the user, with the exit code to leave with.
@@ -97,6 +117,14 @@ impl fmt::Display for CliError {
 
 impl From<LedgerError> for CliError {
     fn from(e: LedgerError) -> Self {
+        if let LedgerError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) = &e {
+            if f.code == rusqlite::ErrorCode::DiskFull {
+                return CliError::error(
+                    "the disk holding the ledger is full: the last change was not recorded, \
+                     and everything recorded before it is intact. Free some space, then run again",
+                );
+            }
+        }
         let code = match e {
             LedgerError::Busy { .. } => exit::LEDGER_BUSY,
             LedgerError::NoSuchJob(_) => exit::USAGE,
@@ -138,32 +166,64 @@ pub type CmdResult = Result<u8, CliError>;
 pub struct Global {
     pub ledger: PathBuf,
     pub base_url: String,
+    pub config: config::Config,
+    pub sources: config::Sources,
     api_key_file: Option<PathBuf>,
 }
 
 impl Global {
     pub fn resolve(cli: &Cli) -> Result<Global, CliError> {
-        let ledger = match &cli.ledger {
-            Some(path) => path.clone(),
-            None => dirs::data_dir()
-                .ok_or_else(|| {
-                    CliError::usage("no data directory is known for this user; pass --ledger PATH")
-                })?
-                .join("codeformer-ledger")
-                .join("ledger.db"),
+        let config = config::Config::load(cli.config.as_deref())?;
+        let (ledger, ledger_source) = match (&cli.ledger, &config.file.ledger) {
+            (Some(path), _) => (
+                path.clone(),
+                config::flag_or_env(&path.to_string_lossy(), "CODEFORMER_LEDGER", "--ledger"),
+            ),
+            (None, Some(path)) => (path.clone(), "config file".to_string()),
+            (None, None) => (
+                dirs::data_dir()
+                    .ok_or_else(|| {
+                        CliError::usage(
+                            "no data directory is known for this user; pass --ledger PATH",
+                        )
+                    })?
+                    .join("codeformer-ledger")
+                    .join("ledger.db"),
+                "built-in default".to_string(),
+            ),
         };
-        let base_url = cli.base_url.trim_end_matches('/').to_string();
+        let (given, base_source) = match (&cli.base_url, &config.file.base_url) {
+            (Some(url), _) => (
+                url.clone(),
+                config::flag_or_env(url, "PIXAZO_BASE_URL", "--base-url"),
+            ),
+            (None, Some(url)) => (url.clone(), "config file".to_string()),
+            (None, None) => (DEFAULT_BASE_URL.to_string(), "built-in default".to_string()),
+        };
+        let base_url = given.trim_end_matches('/').to_string();
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             return Err(CliError::usage(format!(
-                "--base-url `{}` is not an http(s) URL",
-                cli.base_url
+                "base URL `{given}` ({base_source}) is not an http(s) URL"
             )));
         }
         Ok(Global {
             ledger,
             base_url,
+            config,
+            sources: config::Sources {
+                ledger: ledger_source,
+                base_url: base_source,
+            },
             api_key_file: cli.api_key_file.clone(),
         })
+    }
+
+    /// Where the key comes from, without its value.
+    pub fn key_source(&self) -> String {
+        match &self.api_key_file {
+            Some(file) => format!("--api-key-file {}", file.display()),
+            None => format!("environment {KEY_ENV}"),
+        }
     }
 
     /// The API key, from --api-key-file or the environment; `None` when neither gives one.
@@ -199,8 +259,11 @@ impl Global {
 
 /// Runs the parsed command line.
 pub fn dispatch(cli: Cli) -> CmdResult {
-    if let Command::Sandbox(args) = cli.command {
-        return sandbox::run(args);
+    match cli.command {
+        Command::Sandbox(args) => return sandbox::run(args),
+        Command::Completions(args) => return docs::completions(args),
+        Command::Man(args) => return docs::man(args),
+        _ => {}
     }
     let global = Global::resolve(&cli)?;
     match cli.command {
@@ -211,11 +274,17 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Jobs(args) => jobs::list(&global, args),
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Ingest(args) => ingest::run(&global, args),
+        Command::Listen(args) => listen::run(&global, args),
         Command::Hooks(args) => hooks::run(&global, args),
         Command::Prices(args) => prices::run(&global, args),
         Command::Demo(args) => demo::run(&global, args),
         Command::Verify(args) => verify::run(&global, args),
-        Command::Sandbox(_) => unreachable!("handled above"),
+        Command::Doctor(args) => doctor::run(&global, args),
+        Command::Config(args) => config::run(&global, args),
+        Command::Sandbox(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -22,7 +22,7 @@ pub enum PricesAction {
     /// Record a new price.
     Set {
         /// USD per output megapixel (10^6 pixels), e.g. 0.0021.
-        #[arg(value_name = "USD_PER_MP")]
+        #[arg(value_name = "USD_PER_MP", allow_negative_numbers = true)]
         rate: String,
         /// In force from this date or time (YYYY-MM-DD or RFC 3339) [default: now].
         #[arg(long, value_name = "DATE")]

@@ -1,33 +1,44 @@
 //! `report`: the cost audit, read only and offline.
 
+mod html;
+
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::ledger::{GroupBy, Report, ReportRow};
 use codeformer_ledger::money;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 /// Cost audit: spend grouped by day, month, batch, state or tag.
 ///
-/// Per group: jobs, outcomes, output megapixels, estimated, charged and charge-unknown cost;
-/// a total that equals the sum of the rows to the last digit; and the attempts whose charge
-/// differs from their estimate. Read only; works offline and while an engine runs.
+/// Per group: attempts (a retry is a new attempt), outcomes, output megapixels, estimated,
+/// charged and charge-unknown cost; a total that equals the sum of the rows to the last digit;
+/// and a reconciliation that accounts for every estimate and lists the attempts whose charge
+/// differs from their estimate, with the reason. Read only; works offline and while an engine
+/// runs. Dates are UTC days: --since 2026-03-01 --until 2026-04-01 is March.
 ///
 /// Examples:
 ///   codeformer-ledger report --by month
 ///   codeformer-ledger report --since 2026-11-01 --by tag:client --format csv
+///   codeformer-ledger report --format html --output spend.html
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReportArgs {
-    /// From this date (YYYY-MM-DD) or time, inclusive.
+    /// From this date (YYYY-MM-DD, midnight UTC) or RFC 3339 time, inclusive.
     #[arg(long, value_name = "D")]
     pub since: Option<String>,
-    /// Until this date or time, exclusive.
+    /// Until this date (YYYY-MM-DD, midnight UTC) or RFC 3339 time, exclusive.
     #[arg(long, value_name = "D")]
     pub until: Option<String>,
     /// Grouping: day, month, batch, state or tag:KEY.
     #[arg(long, value_name = "BY", default_value = "day", value_parser = by)]
     pub by: GroupBy,
+    /// Output format; every amount is exact in all of them.
     #[arg(long, value_enum, default_value = "table")]
     pub format: ReportFormat,
+    /// Write the report to this file (through a temporary file and a rename) instead of
+    /// standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +46,8 @@ pub enum ReportFormat {
     Table,
     Csv,
     Json,
+    /// A self-contained page (inline CSS and SVG chart; no scripts, fonts or links).
+    Html,
 }
 
 fn by(text: &str) -> Result<GroupBy, String> {
@@ -58,20 +71,70 @@ fn bound(flag: &str, text: &Option<String>) -> Result<Option<String>, CliError> 
 pub fn run(global: &Global, args: ReportArgs) -> CmdResult {
     let since = bound("since", &args.since)?;
     let until = bound("until", &args.until)?;
+    if let (Some(s), Some(u)) = (&since, &until) {
+        if s >= u {
+            return Err(CliError::usage(format!(
+                "--since `{}` is not before --until `{}`: the period is empty",
+                args.since.as_deref().unwrap_or_default(),
+                args.until.as_deref().unwrap_or_default()
+            )));
+        }
+    }
     let ledger = global.open_ledger_read_only()?;
     let report = ledger.report(since.as_deref(), until.as_deref(), &args.by)?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match args.format {
+    let mut text = Vec::new();
+    render(&mut text, &report, args.format)?;
+    match &args.output {
+        Some(path) => write_file(path, &text)?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&text)?;
+            out.flush()?;
+        }
+    }
+    Ok(codeformer_ledger::exit::DONE)
+}
+
+/// Writes a report in one of the formats.
+pub fn render(out: &mut impl Write, report: &Report, format: ReportFormat) -> std::io::Result<()> {
+    match format {
         ReportFormat::Json => writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        )?,
-        ReportFormat::Csv => write_csv(&mut out, &report)?,
-        ReportFormat::Table => write_table(&mut out, &report)?,
+            serde_json::to_string_pretty(report).map_err(std::io::Error::other)?
+        ),
+        ReportFormat::Csv => write_csv(out, report),
+        ReportFormat::Table => write_table(out, report),
+        ReportFormat::Html => out.write_all(html::page(report).as_bytes()),
     }
-    out.flush()?;
-    Ok(codeformer_ledger::exit::DONE)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
+/// file is either the old one or the whole new one.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let fail = |e: &dyn std::fmt::Display| {
+        CliError::error(format!(
+            "--output {}: cannot write the report: {e}",
+            path.display()
+        ))
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".report-").suffix(".tmp");
+    #[cfg(unix)]
+    {
+        // A report is an ordinary file: readable as the umask allows, not owner-only.
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    let mut temp = builder.tempfile_in(dir).map_err(|e| fail(&e))?;
+    temp.write_all(bytes).map_err(|e| fail(&e))?;
+    temp.as_file().sync_all().map_err(|e| fail(&e))?;
+    temp.persist(path).map_err(|e| fail(&e.error))?;
+    Ok(())
 }
 
 const HEADER: [&str; 12] = [
@@ -122,7 +185,7 @@ fn write_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     let line = |out: &mut dyn Write, f: &[String]| {
         writeln!(
             out,
-            "{:<16} {:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>7} {:>12} {:>14} {:>14} {:>14}",
+            "{:<16} {:>6} {:>9} {:>6} {:>7} {:>8} {:>9} {:>7} {:>12} {:>14} {:>14} {:>18}",
             f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11]
         )
     };
@@ -131,29 +194,92 @@ fn write_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
     for row in report.rows.iter().chain(std::iter::once(&report.total)) {
         line(out, &fields(row))?;
     }
-    if report.total.charge_unknown > rust_decimal::Decimal::ZERO {
-        writeln!(out, "\ncharge unknown: FAILED, stalled and uncertain jobs may or may not be billed by the gateway; their estimates are shown as the worst case.")?;
+    for note in notes(report) {
+        writeln!(out, "\n{note}")?;
     }
-    if report.possible_double_charges > 0 {
-        writeln!(
-            out,
-            "possible double charges: {} uncertain attempt(s) were sent again.",
-            report.possible_double_charges
-        )?;
+    writeln!(out, "\nreconciliation (USD):")?;
+    for (label, amount) in reconciliation_lines(report) {
+        writeln!(out, "  {label:<46} {amount}")?;
     }
-    if !report.reconciliation.is_empty() {
-        writeln!(out, "\nreconciliation (charge differs from estimate):")?;
-        for d in &report.reconciliation {
-            writeln!(
-                out,
-                "  job {} attempt {}: estimated {} USD, charged {} USD: {}",
-                d.job_id,
-                d.attempt,
-                money::exact(d.estimated),
-                money::exact(d.charged),
-                d.reason
-            )?;
+    if !report.reconciliation.attempts.is_empty() {
+        writeln!(out, "\ncharges that differ from their estimate:")?;
+        for d in &report.reconciliation.attempts {
+            writeln!(out, "  {}", discrepancy_line(d))?;
         }
     }
     Ok(())
+}
+
+/// Warnings a reader of the totals must see.
+fn notes(report: &Report) -> Vec<String> {
+    let mut notes = Vec::new();
+    if report.total.charge_unknown > rust_decimal::Decimal::ZERO {
+        notes.push("charge unknown: FAILED, stalled, uncertain and unfinished attempts may or may not be billed by the gateway (completed ones not yet downloaded are); their estimates are shown as the worst case.".to_string());
+    }
+    if report.possible_double_charges > 0 {
+        notes.push(format!(
+            "possible double charges: {} uncertain attempt(s) were sent again.",
+            report.possible_double_charges
+        ));
+    }
+    notes
+}
+
+/// The reconciliation as label and exact amount: the estimates, where they went, and the
+/// differences, which add up exactly.
+fn reconciliation_lines(report: &Report) -> Vec<(&'static str, String)> {
+    let r = &report.reconciliation;
+    let signed = |d: rust_decimal::Decimal| {
+        if d.is_sign_negative() || d.is_zero() {
+            money::exact(d)
+        } else {
+            format!("+{}", money::exact(d))
+        }
+    };
+    vec![
+        ("estimated", money::exact(report.total.estimated)),
+        (
+            "- not sent (planned, held, skipped)",
+            money::exact(r.not_sent),
+        ),
+        (
+            "- not charged (ERROR, rejected)",
+            money::exact(r.not_charged),
+        ),
+        (
+            "- charge unknown (worst case)",
+            money::exact(report.total.charge_unknown),
+        ),
+        (
+            "+ charges above (-below) their estimates",
+            signed(r.difference),
+        ),
+        ("= charged", money::exact(report.total.charged)),
+    ]
+}
+
+/// A discrepancy's cells: job, attempt, estimated, charged, difference (signed), reason.
+fn discrepancy_cells(d: &codeformer_ledger::ledger::Discrepancy) -> [String; 6] {
+    let sign = if d.difference.is_sign_negative() {
+        ""
+    } else {
+        "+"
+    };
+    [
+        d.job_id.to_string(),
+        d.attempt.to_string(),
+        d.estimated
+            .map(money::exact)
+            .unwrap_or_else(|| "none".into()),
+        money::exact(d.charged),
+        format!("{sign}{}", money::exact(d.difference)),
+        d.reason.clone(),
+    ]
+}
+
+fn discrepancy_line(d: &codeformer_ledger::ledger::Discrepancy) -> String {
+    let [job, attempt, estimated, charged, difference, reason] = discrepancy_cells(d);
+    format!(
+        "job {job} attempt {attempt}: estimated {estimated}, charged {charged} ({difference}): {reason}"
+    )
 }

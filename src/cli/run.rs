@@ -15,21 +15,30 @@ use std::time::{Duration, Instant};
 /// Options of the engine, shared by `run` and `batch`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
-    /// Where outputs are written [default: the batch's folder from an earlier run, else ./restored].
+    /// Where outputs are written [default: the batch's folder from an earlier run, else the
+    /// config file's out_dir, else ./restored].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
-    /// HTTP requests in flight at most.
-    #[arg(long, value_name = "N", default_value = "4", value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: u16,
+    /// Output file names, from {key}, {job}, {stem} (of the input URL), {upscale}, {date},
+    /// {attempt}; a name already taken by another file gets " (2)" [default: {stem}-{job}].
+    #[arg(long, value_name = "PATTERN", value_parser = name_pattern)]
+    pub name_pattern: Option<String>,
+    /// HTTP requests in flight at most [default: 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
     /// Never send a job if what is charged, plus the estimates in flight, plus its own estimate would exceed this many USD.
-    #[arg(long, value_name = "USD", value_parser = super::parse_budget)]
+    #[arg(long, value_name = "USD", value_parser = super::parse_budget, allow_hyphen_values = true)]
     pub budget: Option<Decimal>,
     /// Stop polling jobs still unfinished this long after they were sent (they become `stalled`), e.g. 30m.
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     pub deadline: Option<Duration>,
-    /// The longest wait between two polls of one job (the schedule adapts below it).
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "5s")]
-    pub poll_interval: Duration,
+    /// The longest wait between two polls of one job (the schedule adapts below it) [default: 5s].
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// How often jobs that expect webhook callbacks are still polled, as a fallback for lost
+    /// callbacks [default: 60s].
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
+    pub callback_fallback: Option<Duration>,
     /// A Lua hook file (repeatable; run in the order given). Remembered per batch, so a
     /// resume runs the same hooks.
     #[arg(long = "hook", value_name = "FILE")]
@@ -75,10 +84,12 @@ impl RunArgs {
             batch,
             engine: EngineArgs {
                 out_dir: Some(out_dir),
-                concurrency: 4,
+                name_pattern: None,
+                concurrency: None,
                 budget: None,
                 deadline: None,
-                poll_interval,
+                poll_interval: Some(poll_interval),
+                callback_fallback: None,
                 hooks: Vec::new(),
                 trusted_hooks: false,
                 hook_timeout: Duration::from_secs(10),
@@ -122,6 +133,10 @@ pub struct BatchArgs {
     pub engine: EngineArgs,
 }
 
+fn name_pattern(text: &str) -> Result<String, String> {
+    engine::check_name_pattern(text).map(|_| text.to_string())
+}
+
 fn retry_state(text: &str) -> Result<JobState, String> {
     let state: JobState = text.trim().parse()?;
     if !state.is_retryable() {
@@ -137,6 +152,7 @@ pub fn run(global: &Global, args: RunArgs) -> CmdResult {
     let _lock = ledger.lock_engine()?;
     let gateway = global.gateway()?;
     drive(
+        global,
         &mut ledger,
         &gateway,
         args.batch,
@@ -174,7 +190,7 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         .rows
         .into_iter()
         .map(|row| {
-            let mut tags = args.params.tags.clone();
+            let mut tags = args.params.tags_or(&global.config);
             for (k, v) in row.tags {
                 tags.retain(|(key, _)| *key != k);
                 tags.push((k, v));
@@ -201,9 +217,21 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         println!("enqueued only; `codeformer-ledger run --batch {name}` sends them");
         return Ok(codeformer_ledger::exit::DONE);
     }
-    let _lock = ledger.lock_engine()?;
+    let _lock = match ledger.lock_engine() {
+        Ok(lock) => lock,
+        Err(codeformer_ledger::ledger::LedgerError::Busy { pid, .. }) => {
+            return Err(CliError {
+                code: codeformer_ledger::exit::LEDGER_BUSY,
+                message: format!(
+                    "the rows are recorded, but another engine (pid {pid}) holds the ledger; when it is done, `codeformer-ledger run --batch {name}` sends them"
+                ),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let gateway = global.gateway()?;
     drive(
+        global,
         &mut ledger,
         &gateway,
         Some(name),
@@ -223,6 +251,7 @@ fn batch_name(manifest: &Path) -> String {
 
 /// Runs the engine with the resolved options and prints the outcome.
 pub fn drive(
+    global: &Global,
     ledger: &mut Ledger,
     gateway: &codeformer_ledger::gateway::Gateway,
     batch: Option<String>,
@@ -234,6 +263,7 @@ pub fn drive(
         Some(name) => ledger.batch_settings(name)?,
         None => None,
     };
+    let config = &global.config;
     let out_dir = args
         .out_dir
         .clone()
@@ -242,7 +272,8 @@ pub fn drive(
                 .as_ref()
                 .and_then(|(_, dir)| dir.as_ref().map(PathBuf::from))
         })
-        .unwrap_or_else(|| PathBuf::from("restored"));
+        .or_else(|| config.file.out_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(super::config::DEFAULT_OUT_DIR));
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         CliError::error(format!(
             "cannot create the output folder {}: {e}",
@@ -250,18 +281,24 @@ pub fn drive(
         ))
     })?;
     let out_dir = out_dir.canonicalize()?;
-    let hook_files: Vec<PathBuf> = if args.hooks.is_empty() {
-        remembered
-            .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
-            .unwrap_or_default()
+    let given_hooks: Vec<PathBuf> = if args.hooks.is_empty() {
+        config.file.hooks.clone().unwrap_or_default()
     } else {
-        args.hooks
+        args.hooks.clone()
+    };
+    let remembered_hooks: Vec<PathBuf> = remembered
+        .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
+        .unwrap_or_default();
+    let hook_files: Vec<PathBuf> = if !args.hooks.is_empty() || remembered_hooks.is_empty() {
+        given_hooks
             .iter()
             .map(|h| {
                 h.canonicalize()
                     .map_err(|e| CliError::usage(format!("--hook {}: {e}", h.display())))
             })
             .collect::<Result<_, _>>()?
+    } else {
+        remembered_hooks
     };
     if let Some(name) = &batch {
         let names: Vec<String> = hook_files
@@ -270,17 +307,37 @@ pub fn drive(
             .collect();
         ledger.upsert_batch(
             name,
-            (!args.hooks.is_empty()).then_some(&names[..]),
+            (!names.is_empty()).then_some(&names[..]),
             Some(&out_dir.to_string_lossy()),
         )?;
     }
     let mut hooks = start_hooks(hook_files, &out_dir, args.trusted_hooks, args.hook_timeout)?;
     let mut options = EngineOptions::new(out_dir.clone());
+    if batch.is_none() && args.out_dir.is_none() {
+        // A run over every batch downloads each batch's outputs into its own folder.
+        options.batch_dirs = ledger.batch_out_dirs()?;
+    }
     options.batch = batch;
-    options.concurrency = args.concurrency as usize;
-    options.budget = args.budget;
+    options.concurrency = args
+        .concurrency
+        .or(config.file.concurrency)
+        .unwrap_or(super::config::DEFAULT_CONCURRENCY) as usize;
+    options.budget = args.budget.or(config.budget()?);
     options.deadline = args.deadline;
-    options.poll_interval = args.poll_interval;
+    options.poll_interval = args
+        .poll_interval
+        .or(config.poll_interval()?)
+        .unwrap_or(super::config::DEFAULT_POLL_INTERVAL);
+    if let Some(pattern) = args
+        .name_pattern
+        .clone()
+        .or(config.file.name_pattern.clone())
+    {
+        options.name_pattern = pattern;
+    }
+    if let Some(fallback) = args.callback_fallback {
+        options.callback_fallback = fallback;
+    }
     options.retry = retry;
     options.resubmit_uncertain = resubmit_uncertain;
     let stop = options.stop.clone();
@@ -291,9 +348,43 @@ pub fn drive(
     progress.finish();
     print_summary(&summary, &out_dir);
     match &summary.stop {
-        Some(reason) => Err(stop_error(reason)),
+        Some(reason) => Err(explain_stop(ledger, options.batch.as_deref(), reason)?),
         None => Ok(summary.exit_code()),
     }
+}
+
+/// The message of a stopped run, with what the held jobs need when a cap or a 402 held them.
+fn explain_stop(
+    ledger: &Ledger,
+    batch: Option<&str>,
+    reason: &engine::StopReason,
+) -> Result<CliError, CliError> {
+    let mut error = stop_error(reason);
+    let (held, total, unknown) = ledger.held_estimates(batch)?;
+    match reason {
+        engine::StopReason::InsufficientBalance { .. } if held > 0 => {
+            let unknown = match unknown {
+                0 => String::new(),
+                n => format!(" ({n} of them not yet estimated)"),
+            };
+            error.message.push_str(&format!(
+                ". The {held} held job(s) need {} USD{unknown}",
+                money::exact(total)
+            ));
+        }
+        engine::StopReason::Budget { needed } if unknown > 0 => {
+            let why = format!(
+                "{unknown} held job(s) have no estimate (their input size could not be read), so no budget can cover them; give their sizes (submit --size, or manifest columns width,height), or send them without --budget"
+            );
+            if needed.is_zero() {
+                error.message = format!("stopped by the budget cap: {why}");
+            } else {
+                error.message.push_str(&format!("; {why}"));
+            }
+        }
+        _ => {}
+    }
+    Ok(error)
 }
 
 /// Starts the hook worker for these files; a file that does not compile is a usage error.
@@ -350,6 +441,16 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
             "{} completed job(s) could not be downloaded (see `codeformer-ledger jobs --state completed` and `show`); `run` tries again",
             summary.owing_downloads
         );
+    }
+    for (batch, n) in &summary.owing_hooks {
+        match batch {
+            Some(name) => println!(
+                "{n} job(s) of batch {name} still owe their hooks; `codeformer-ledger run --batch {name}` runs the hooks remembered for it"
+            ),
+            None => println!(
+                "{n} job(s) in no batch still owe hooks; `codeformer-ledger run --hook FILE` runs them"
+            ),
+        }
     }
     if summary.hook_blocked > 0 {
         println!(

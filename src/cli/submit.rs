@@ -36,6 +36,21 @@ pub struct ParamArgs {
 }
 
 impl ParamArgs {
+    /// The tags given, or the config file's when none are.
+    pub fn tags_or(&self, config: &super::config::Config) -> Vec<(String, String)> {
+        if self.tags.is_empty() {
+            config
+                .file
+                .tags
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect()
+        } else {
+            self.tags.clone()
+        }
+    }
+
     pub fn params(&self, image: &str) -> Result<JobParams, CliError> {
         let params = JobParams {
             image: image.to_string(),
@@ -120,7 +135,7 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         batch: args.batch.clone(),
         size: args.size,
         size_source: args.size.map(|_| "given"),
-        tags: args.params.tags.clone(),
+        tags: args.params.tags_or(&global.config),
     };
     let enqueued = ledger.enqueue(std::slice::from_ref(&job))?[0];
     let row = ledger.job(enqueued.id)?.expect("job just recorded");
@@ -199,7 +214,7 @@ pub fn stop_error(reason: &StopReason) -> CliError {
             codeformer_ledger::money::exact(*needed)
         ),
         StopReason::InsufficientBalance { message } => format!(
-            "the gateway's wallet is empty (HTTP 402: {message}); the remaining jobs are held. Top up, then run again"
+            "the gateway's wallet cannot pay for the next job (HTTP 402: {message}); it and the jobs not yet sent are held. Top up the wallet, then run again"
         ),
         StopReason::Unauthorized { message } => message.clone(),
         StopReason::Unreachable { message } => message.clone(),

@@ -2,9 +2,11 @@
 
 use super::{CliError, CmdResult, Global};
 
-/// Check a ledger: SQLite's integrity check plus the ledger's invariants (every job's state
-/// matches its attempt and is explained by an event, every charge is counted once, completed
-/// jobs have their outputs). Read only. Exit 0 when sound, 1 with the list of problems.
+/// Check a ledger's integrity and invariants.
+///
+/// SQLite's own integrity check, plus the ledger's invariants: every job's state matches its
+/// attempt and is explained by an event, every charge is counted once, completed jobs have
+/// their outputs. Read only. Exit 0 when sound, 1 with the list of problems.
 ///
 /// Examples:
 ///   codeformer-ledger verify

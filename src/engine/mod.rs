@@ -13,7 +13,7 @@ mod worker;
 
 pub use post::{job_view_full, LuaHooks};
 pub use schedule::{backoff, PollSchedule};
-pub use worker::{hex, stem_of};
+pub use worker::{check_name_pattern, hex, render_name, stem_of, DEFAULT_NAME_PATTERN};
 
 use crate::clock;
 use crate::gateway::{Gateway, PollOutcome, RemoteStatus, SubmitOutcome};
@@ -35,6 +35,8 @@ pub struct EngineOptions {
     pub batch: Option<String>,
     /// Where outputs are written.
     pub out_dir: PathBuf,
+    /// Batches whose outputs go to their own folder instead of `out_dir`.
+    pub batch_dirs: std::collections::HashMap<String, PathBuf>,
     /// HTTP requests in flight at most.
     pub concurrency: usize,
     /// The longest wait between two polls of one job.
@@ -51,6 +53,11 @@ pub struct EngineOptions {
     pub stop: Arc<AtomicBool>,
     /// Consecutive failures to reach the gateway after which the run gives up.
     pub max_unreachable: u32,
+    /// Output file names: `{key}`, `{job}`, `{stem}`, `{upscale}`, `{date}`, `{attempt}`.
+    pub name_pattern: String,
+    /// The wait between two polls of a job that expects webhook callbacks: its callbacks
+    /// carry the news, and these rare polls only catch the ones that never arrive.
+    pub callback_fallback: Duration,
 }
 
 impl EngineOptions {
@@ -58,6 +65,7 @@ impl EngineOptions {
         EngineOptions {
             batch: None,
             out_dir,
+            batch_dirs: std::collections::HashMap::new(),
             concurrency: 4,
             poll_interval: Duration::from_secs(5),
             budget: None,
@@ -66,6 +74,8 @@ impl EngineOptions {
             resubmit_uncertain: false,
             stop: Arc::new(AtomicBool::new(false)),
             max_unreachable: 4,
+            name_pattern: DEFAULT_NAME_PATTERN.to_string(),
+            callback_fallback: Duration::from_secs(60),
         }
     }
 }
@@ -100,6 +110,8 @@ pub struct RunSummary {
     pub hook_blocked: u64,
     /// Completed jobs whose outputs could not be downloaded in this run.
     pub owing_downloads: i64,
+    /// Jobs (per batch) that still owe hooks because this run had none loaded.
+    pub owing_hooks: Vec<(Option<String>, i64)>,
 }
 
 impl RunSummary {
@@ -118,7 +130,12 @@ impl RunSummary {
                 crate::exit::BUDGET
             }
             Some(_) => crate::exit::ERROR,
-            None if self.hook_blocked > 0 || self.owing_downloads > 0 => crate::exit::SOME_FAILED,
+            None if self.hook_blocked > 0
+                || self.owing_downloads > 0
+                || !self.owing_hooks.is_empty() =>
+            {
+                crate::exit::SOME_FAILED
+            }
             None if [
                 JobState::Failed,
                 JobState::Error,
@@ -221,7 +238,7 @@ pub fn send_now(
     }
     if job.input_size().is_none() {
         let url = job.image_url.clone();
-        let result = worker::perform(gateway, Task::Probe { url }, job.id, job.attempt);
+        let result = worker::perform(gateway, Task::Probe { url }, job.attempt);
         engine.handle(Done {
             job_id: job.id,
             attempt: job.attempt,
@@ -238,7 +255,6 @@ pub fn send_now(
         Task::Submit {
             params: job.params(),
         },
-        job.id,
         job.attempt,
     );
     engine.handle(Done {
@@ -336,6 +352,15 @@ impl<'a> Engine<'a> {
     /// Start-up: interrupted submissions become uncertain; retries become new attempts.
     fn prepare(&mut self) -> Result<(), EngineError> {
         self.summary.recovered_uncertain = self.ledger.recover_interrupted()?;
+        let swept = worker::sweep_partials(&self.options.out_dir);
+        if !swept.is_empty() {
+            self.ledger
+                .append(vec![Event::new(None, None, "cleanup").detail(format!(
+                    "removed {} download(s) left unfinished by a stopped process: {}",
+                    swept.len(),
+                    swept.join(", ")
+                ))])?;
+        }
         if !self.options.retry.is_empty() {
             self.ledger
                 .new_attempts(&self.options.retry, self.scope(), "run --retry")?;
@@ -500,8 +525,17 @@ impl<'a> Engine<'a> {
                         job.attempt,
                         Task::Download {
                             urls: job.output_urls.clone(),
-                            dir: self.options.out_dir.clone(),
-                            stem: stem_of(&job.image_url),
+                            dir: job
+                                .batch
+                                .as_ref()
+                                .and_then(|b| self.options.batch_dirs.get(b))
+                                .unwrap_or(&self.options.out_dir)
+                                .clone(),
+                            name: render_name(
+                                &self.options.name_pattern,
+                                &job,
+                                &clock::now().format("%Y-%m-%d").to_string(),
+                            ),
                         },
                     );
                     dispatched = true;
@@ -556,6 +590,7 @@ impl<'a> Engine<'a> {
         let mut intents = Vec::new();
         let mut to_hold = Vec::new();
         let mut dispatched = false;
+        let mut rewind = None;
         for job in candidates {
             if intents.len() + self.in_flight.len() >= self.limit {
                 break;
@@ -573,7 +608,8 @@ impl<'a> Engine<'a> {
                         0,
                         Some((job.id, job.attempt, job.upscale)),
                     )?;
-                    self.send_cursor = job.id - 1;
+                    // Come back to it on the next pass, after later jobs moved the cursor.
+                    rewind.get_or_insert(job.id - 1);
                     continue;
                 }
                 self.in_flight.insert(job.id, "probe");
@@ -602,6 +638,9 @@ impl<'a> Engine<'a> {
             }
             self.spent += record.estimate.unwrap_or_default();
             intents.push((record, job));
+        }
+        if let Some(rewind) = rewind {
+            self.send_cursor = self.send_cursor.min(rewind);
         }
         self.held_some = !to_hold.is_empty() && intents.is_empty();
         self.hold(to_hold)?;
@@ -808,7 +847,7 @@ impl<'a> Engine<'a> {
                 });
                 change.request_id = Some(request_id.clone());
                 change.remote_status = Some(remote.as_str().to_string());
-                let delay = self.schedule.next_delay(Duration::ZERO, 0);
+                let delay = self.next_poll_delay(&job, Duration::ZERO, 0);
                 change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
             }
             SubmitOutcome::Rejected { status, message } => {
@@ -878,6 +917,10 @@ impl<'a> Engine<'a> {
             }
         }
         self.ledger.record(vec![(job_id, attempt, change, event)])?;
+        if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
+            // A callback can beat the 202 to the ledger; it was kept as an orphan.
+            self.ledger.adopt_orphans(request_id)?;
+        }
         if final_state == Some(JobState::Rejected) {
             self.ledger.record_no_charge(
                 job_id,
@@ -886,6 +929,16 @@ impl<'a> Engine<'a> {
             )?;
         }
         Ok(())
+    }
+
+    /// The wait before the next poll of a job still at the gateway, sent `elapsed` ago and
+    /// polled `polls` times. A job that expects callbacks is polled only as a fallback.
+    fn next_poll_delay(&self, job: &JobRow, elapsed: Duration, polls: u32) -> Duration {
+        if job.expects_callbacks {
+            self.options.callback_fallback
+        } else {
+            self.schedule.next_delay(elapsed, polls)
+        }
     }
 
     fn post_after(&self, state: JobState) -> Option<&'static str> {
@@ -918,6 +971,7 @@ impl<'a> Engine<'a> {
             .body(exchange.body.clone());
         let mut change = Change {
             count_poll: true,
+            expect: Some((job.state, attempt)),
             ..Change::default()
         };
         let mut final_state = None;
@@ -941,7 +995,7 @@ impl<'a> Engine<'a> {
                         } else {
                             JobState::Processing
                         });
-                        let delay = self.schedule.next_delay(elapsed, job.polls as u32 + 1);
+                        let delay = self.next_poll_delay(&job, elapsed, job.polls as u32 + 1);
                         change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
                     }
                     RemoteStatus::Completed => {
@@ -1252,7 +1306,23 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// After a 402, the jobs still planned are held with the reason, as a budget cap holds them.
+    fn hold_unsent_after_402(&mut self) -> Result<(), EngineError> {
+        let reason = "insufficient balance (HTTP 402) on an earlier job: not sent; top up the wallet, then `run` again";
+        let planned = self.ledger.sendable(self.scope(), 0, usize::MAX >> 1)?;
+        let items = planned
+            .iter()
+            .filter(|j| j.state == JobState::Planned && !self.passed.contains(&j.id))
+            .map(|j| self.state_change(j, JobState::Held, reason))
+            .collect();
+        self.ledger.record(items)?;
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<RunSummary, EngineError> {
+        if matches!(self.stop, Some(StopReason::InsufficientBalance { .. })) {
+            self.hold_unsent_after_402()?;
+        }
         if let (Some(hooks), Some(batch)) = (self.hooks.as_mut(), self.options.batch.as_deref()) {
             if self.ledger.unfinished(Some(batch))? == 0 && self.stop.is_none() {
                 hooks.batch_done(self.ledger, batch)?;
@@ -1260,7 +1330,7 @@ impl<'a> Engine<'a> {
         }
         if self.stop.is_none() && self.options.budget.is_some() {
             // Summed in SQL: the held jobs may be most of a large ledger.
-            let (held, rest) = self.ledger.held_estimates(self.scope())?;
+            let (held, rest, _) = self.ledger.held_estimates(self.scope())?;
             if held > 0 {
                 let budget = self.options.budget.unwrap_or_default();
                 let committed = self.ledger.committed_spend(self.scope())?;
@@ -1272,6 +1342,9 @@ impl<'a> Engine<'a> {
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
         self.summary.hook_blocked = self.hook_blocked;
         self.summary.owing_downloads = self.ledger.owing_downloads(self.scope())?;
+        if self.hooks.is_none() {
+            self.summary.owing_hooks = self.ledger.owing_hooks_by_batch(self.scope())?;
+        }
         self.summary.stop = self.stop.clone();
         self.ledger
             .append(vec![Event::new(None, None, "engine_stop").detail(format!(

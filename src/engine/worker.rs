@@ -23,10 +23,11 @@ pub enum Task {
     Poll {
         request_id: String,
     },
+    /// `name` is the file name without extension, from the output name pattern.
     Download {
         urls: Vec<String>,
         dir: PathBuf,
-        stem: String,
+        name: String,
     },
 }
 
@@ -94,7 +95,7 @@ fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway:
         let Ok(Ok((job_id, attempt, task))) = next else {
             return;
         };
-        let result = perform(&gateway, task, job_id, attempt);
+        let result = perform(&gateway, task, attempt);
         if done
             .send(Done {
                 job_id,
@@ -109,15 +110,15 @@ fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway:
 }
 
 /// Runs one task on the calling thread.
-pub fn perform(gateway: &Gateway, task: Task, job_id: i64, attempt: i64) -> TaskResult {
+pub fn perform(gateway: &Gateway, task: Task, attempt: i64) -> TaskResult {
     match task {
         Task::Probe { url } => TaskResult::Probe(
             crate::probe::probe_url(gateway.file_agent(), &url).map_err(|e| e.to_string()),
         ),
         Task::Submit { params } => TaskResult::Submit(gateway.submit(&params)),
         Task::Poll { request_id } => TaskResult::Poll(gateway.status(&request_id)),
-        Task::Download { urls, dir, stem } => TaskResult::Download(
-            download_all(gateway, &urls, &dir, &stem, job_id, attempt).map_err(|e| e.to_string()),
+        Task::Download { urls, dir, name } => TaskResult::Download(
+            download_all(gateway, &urls, &dir, &name, attempt).map_err(|e| e.to_string()),
         ),
     }
 }
@@ -126,20 +127,17 @@ fn download_all(
     gateway: &Gateway,
     urls: &[String],
     dir: &Path,
-    stem: &str,
-    job_id: i64,
+    base: &str,
     attempt: i64,
 ) -> Result<Vec<OutputRow>, DownloadError> {
     std::fs::create_dir_all(dir)?;
     let mut rows = Vec::with_capacity(urls.len());
     for (idx, url) in urls.iter().enumerate() {
-        let mut name = format!("{stem}-{job_id}");
-        if attempt > 1 {
-            name.push_str(&format!("-a{attempt}"));
-        }
-        if idx > 0 {
-            name.push_str(&format!("-{idx}"));
-        }
+        let name = if idx > 0 {
+            format!("{base}-{idx}")
+        } else {
+            base.to_string()
+        };
         rows.push(download_one(gateway, url, dir, &name, idx as i64, attempt)?);
     }
     Ok(rows)
@@ -172,7 +170,7 @@ fn download_one(
     attempt: i64,
 ) -> Result<OutputRow, DownloadError> {
     let mut temp = tempfile::Builder::new()
-        .prefix(".partial-")
+        .prefix(&format!("{PARTIAL_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)?;
     let (bytes, sha) = {
         let mut writer = HashingWriter {
@@ -244,6 +242,50 @@ fn place(
     ))))
 }
 
+/// Temporary downloads are named `.partial-<pid>-<random>`: the pid tells the leftovers of a
+/// killed process from the downloads of a live one.
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Removes the temporary downloads in `dir` whose process is gone (killed mid-download), and
+/// returns their names. A crash cannot run the temporary file's own clean-up.
+pub fn sweep_partials(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix(PARTIAL_PREFIX)
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !process_alive(pid)) && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    removed
+}
+
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 || pid as u32 == std::process::id() {
+        return true;
+    }
+    // Signal 0 only checks: ESRCH means no such process; EPERM means someone else's.
+    let sent = unsafe { libc::kill(pid, 0) };
+    sent == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
 fn file_sha(path: &Path) -> std::io::Result<String> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = Sha256::new();
@@ -260,6 +302,69 @@ fn file_sha(path: &Path) -> std::io::Result<String> {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default output name pattern.
+pub const DEFAULT_NAME_PATTERN: &str = "{stem}-{job}";
+
+/// The fields an output name pattern may use.
+pub const NAME_FIELDS: [&str; 6] = ["key", "job", "stem", "upscale", "date", "attempt"];
+
+/// Checks a name pattern: only known `{fields}`, and something to name.
+pub fn check_name_pattern(pattern: &str) -> Result<(), String> {
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("name pattern `{pattern}`: an unclosed `{{`"))?;
+        let field = &rest[open + 1..open + close];
+        if !NAME_FIELDS.contains(&field) {
+            return Err(format!(
+                "name pattern `{pattern}`: unknown field `{{{field}}}` (use {})",
+                NAME_FIELDS.map(|f| format!("{{{f}}}")).join(", ")
+            ));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if pattern.trim().is_empty() {
+        return Err("the name pattern is empty".into());
+    }
+    Ok(())
+}
+
+/// An output's file name (without extension) from the pattern; every character outside
+/// `[A-Za-z0-9._-]` becomes `_`, so a name never leaves the output folder. Attempts after the
+/// first get `-aN` unless the pattern names `{attempt}`.
+pub fn render_name(pattern: &str, job: &crate::ledger::JobRow, date: &str) -> String {
+    let mut name = pattern.to_string();
+    for (field, value) in [
+        ("{key}", job.key.clone()),
+        ("{job}", job.id.to_string()),
+        ("{stem}", stem_of(&job.image_url)),
+        ("{upscale}", job.upscale.to_string()),
+        ("{date}", date.to_string()),
+        ("{attempt}", job.attempt.to_string()),
+    ] {
+        name = name.replace(field, &value);
+    }
+    let mut safe: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(120)
+        .collect();
+    if safe.trim_matches(['.', '_']).is_empty() {
+        safe = format!("output-{}", job.id);
+    }
+    if job.attempt > 1 && !pattern.contains("{attempt}") {
+        safe.push_str(&format!("-a{}", job.attempt));
+    }
+    safe
 }
 
 /// A file-name stem from an image URL: its last path segment without extension, reduced to

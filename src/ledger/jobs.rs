@@ -264,6 +264,20 @@ impl Ledger {
         Ok(())
     }
 
+    /// Every batch's remembered output folder.
+    pub fn batch_out_dirs(&self) -> Result<std::collections::HashMap<String, std::path::PathBuf>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, out_dir FROM batches WHERE out_dir IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (name, dir) = row?;
+            out.insert(name, std::path::PathBuf::from(dir));
+        }
+        Ok(out)
+    }
+
     /// The hooks and output folder remembered for a batch.
     pub fn batch_settings(&self, name: &str) -> Result<Option<(Vec<String>, Option<String>)>> {
         let row: Option<(String, Option<String>)> = self

@@ -8,6 +8,7 @@
 //! - a file that is not a ledger, or a ledger from a newer version, is refused and left untouched;
 //! - the API key is never written here (nothing in this module ever receives it).
 
+mod deliveries;
 mod jobs;
 mod lock;
 mod migrations;
@@ -16,16 +17,20 @@ mod report;
 mod state;
 mod verify;
 
+pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
 pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
-pub use report::{Discrepancy, GroupBy, Report, ReportRow};
+pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
 pub use state::JobState;
 pub use verify::Problem;
 
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Environment variable that caps the ledger's size in pages, so tests can fill the "disk".
+pub const MAX_PAGES_ENV: &str = "CODEFORMER_LEDGER_MAX_PAGES";
 
 /// Errors of the ledger boundary.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,9 @@ pub enum LedgerError {
     /// A value stored in the ledger could not be read back.
     #[error("the ledger holds a bad value in {what}: {value}")]
     Corrupt { what: &'static str, value: String },
+    /// An amount in the ledger could not be summed exactly.
+    #[error("ledger money error: {0}")]
+    Money(#[from] crate::money::MoneyError),
     /// SQLite reported an error.
     #[error("ledger database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -113,6 +121,13 @@ impl Ledger {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Tests stand in for a full disk by capping the file's size in pages.
+        if let Some(pages) = std::env::var(MAX_PAGES_ENV)
+            .ok()
+            .and_then(|v| v.parse::<i64>().ok())
+        {
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
         // Checkpoint every 32 MB of WAL rather than every 4 MB: the engine rewrites the same
         // hot pages (recent jobs, index leaves) over and over, and each checkpoint copies
         // them back and syncs the file.
@@ -174,42 +189,80 @@ fn check_header(path: &Path) -> Result<()> {
 
 /// SQL functions for exact money, so that sums over many rows never pass through floats.
 mod money_sql {
+    use crate::money::DecimalSum;
     use rusqlite::functions::{Aggregate, Context, FunctionFlags};
     use rusqlite::Connection;
-    use rust_decimal::Decimal;
-    use std::str::FromStr;
 
-    struct DecimalSum;
+    struct ExactSum;
 
-    impl Aggregate<Decimal, Option<String>> for DecimalSum {
-        fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<Decimal> {
-            Ok(Decimal::ZERO)
+    impl Aggregate<DecimalSum, Option<String>> for ExactSum {
+        fn init(&self, _: &mut Context<'_>) -> rusqlite::Result<DecimalSum> {
+            Ok(DecimalSum::new())
         }
-        fn step(&self, ctx: &mut Context<'_>, sum: &mut Decimal) -> rusqlite::Result<()> {
+        fn step(&self, ctx: &mut Context<'_>, sum: &mut DecimalSum) -> rusqlite::Result<()> {
             let value: Option<String> = ctx.get(0)?;
             if let Some(text) = value {
-                let d = Decimal::from_str(&text)
+                // A value that is not an exact amount, or a sum that would need rounding,
+                // fails the query: a total that silently drops or rounds a row is worse.
+                sum.add_exact(&text)
                     .map_err(|e| rusqlite::Error::UserFunctionError(Box::new(e)))?;
-                *sum += d;
             }
             Ok(())
         }
         fn finalize(
             &self,
             _: &mut Context<'_>,
-            sum: Option<Decimal>,
+            sum: Option<DecimalSum>,
         ) -> rusqlite::Result<Option<String>> {
-            Ok(Some(crate::money::exact(sum.unwrap_or(Decimal::ZERO))))
+            Ok(Some(crate::money::exact(sum.unwrap_or_default().total())))
         }
     }
 
-    /// `decimal_sum(text)`: the exact sum of decimal strings, as a decimal string.
+    /// `decimal_sum(text)`: the exact sum of decimal strings, as a decimal string; an
+    /// unparsable value or an overflow is an error, never a rounded total.
     pub fn register(conn: &Connection) -> rusqlite::Result<()> {
         conn.create_aggregate_function(
             "decimal_sum",
             1,
             FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-            DecimalSum,
+            ExactSum,
         )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn sum_of(values: &[&str]) -> rusqlite::Result<String> {
+            let conn = Connection::open_in_memory().unwrap();
+            register(&conn).unwrap();
+            conn.execute_batch("CREATE TABLE t (v TEXT)").unwrap();
+            for v in values {
+                conn.execute("INSERT INTO t VALUES (?1)", [v]).unwrap();
+            }
+            conn.query_row("SELECT decimal_sum(v) FROM t", [], |r| r.get(0))
+        }
+
+        #[test]
+        fn sums_exactly() {
+            assert_eq!(sum_of(&[]).unwrap(), "0");
+            assert_eq!(sum_of(&["0.0084", "0.00435456"]).unwrap(), "0.01275456");
+            // 28 significant digits on both sides of the point: exact, not rounded.
+            assert_eq!(
+                sum_of(&["1000000000000000000", "0.000000001"]).unwrap(),
+                "1000000000000000000.000000001"
+            );
+        }
+
+        #[test]
+        fn overflow_and_bad_values_fail_loudly() {
+            // Decimal's own `+=` would round this sum to 10^28 without a word.
+            let err = sum_of(&["10000000000000000000000000000", "0.1"]).unwrap_err();
+            assert!(err.to_string().contains("does not fit"), "{err}");
+            let err = sum_of(&["0.0084", "0.0O84"]).unwrap_err();
+            assert!(err.to_string().contains("`0.0O84`"), "{err}");
+            let err = sum_of(&["1e-3"]).unwrap_err();
+            assert!(err.to_string().contains("`1e-3`"), "{err}");
+        }
     }
 }

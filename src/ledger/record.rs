@@ -71,6 +71,9 @@ pub struct Change {
     pub submitted: Option<(Decimal, Option<Decimal>)>,
     pub finished: bool,
     pub input_size: Option<(u32, u32, &'static str)>,
+    /// Apply only if the job is still in this state and attempt (a poll answer must not undo
+    /// what a callback recorded while the poll was in flight). The event is kept either way.
+    pub expect: Option<(JobState, i64)>,
 }
 
 /// A job that is about to be sent, with what it is expected to cost.
@@ -155,7 +158,7 @@ pub(super) fn price_in_force(tx: &rusqlite::Connection, at: &str) -> Result<Pric
     })
 }
 
-fn apply_change(
+pub(super) fn apply_change(
     tx: &Transaction<'_>,
     job_id: i64,
     attempt: i64,
@@ -166,8 +169,9 @@ fn apply_change(
         .output_urls
         .as_ref()
         .map(|u| serde_json::to_string(u).unwrap_or_default());
-    tx.prepare_cached(
-        "UPDATE jobs SET
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET
             state = coalesce(?2, state),
             request_id = coalesce(?3, request_id),
             remote_status = coalesce(?4, remote_status),
@@ -181,28 +185,33 @@ fn apply_change(
             input_height = coalesce(?16, input_height),
             size_source = coalesce(?17, size_source),
             updated_at = ?18
-         WHERE id = ?1",
-    )?
-    .execute(params![
-        job_id,
-        c.state.map(JobState::as_str),
-        c.request_id,
-        c.remote_status,
-        c.next_poll_at.is_some(),
-        c.next_poll_at.flatten(),
-        c.count_poll as i64,
-        c.post.is_some(),
-        c.post.flatten(),
-        c.reason.is_some(),
-        c.reason.clone().flatten(),
-        c.error.is_some(),
-        c.error.clone().flatten(),
-        urls,
-        c.input_size.map(|s| s.0),
-        c.input_size.map(|s| s.1),
-        c.input_size.map(|s| s.2),
-        now,
-    ])?;
+         WHERE id = ?1 AND (?19 IS NULL OR (state = ?19 AND attempt = ?20))",
+        )?
+        .execute(params![
+            job_id,
+            c.state.map(JobState::as_str),
+            c.request_id,
+            c.remote_status,
+            c.next_poll_at.is_some(),
+            c.next_poll_at.flatten(),
+            c.count_poll as i64,
+            c.post.is_some(),
+            c.post.flatten(),
+            c.reason.is_some(),
+            c.reason.clone().flatten(),
+            c.error.is_some(),
+            c.error.clone().flatten(),
+            urls,
+            c.input_size.map(|s| s.0),
+            c.input_size.map(|s| s.1),
+            c.input_size.map(|s| s.2),
+            now,
+            c.expect.map(|e| e.0.as_str()),
+            c.expect.map(|e| e.1),
+        ])?;
+    if changed == 0 {
+        return Ok(());
+    }
     let (price, estimate) = match c.submitted {
         Some((price, estimate)) => (Some(money::exact(price)), estimate.map(money::exact)),
         None => (None, None),
@@ -465,7 +474,8 @@ impl Ledger {
         let now = clock::now_stamp();
         let n = tx
             .prepare_cached(
-                "UPDATE attempts SET actual_cost = '0' WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
+                "UPDATE attempts SET actual_cost = '0'
+                 WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
             )?
             .execute(params![job_id, attempt])?;
         if n == 1 {
@@ -521,6 +531,16 @@ impl Ledger {
         )?)
     }
 
+    /// Jobs that still owe hook runs, counted per batch (`None`: jobs in no batch).
+    pub fn owing_hooks_by_batch(&self, batch: Option<&str>) -> Result<Vec<(Option<String>, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT batch, count(*) FROM jobs WHERE post = 'hooks' AND (?1 IS NULL OR batch = ?1)
+             GROUP BY batch ORDER BY batch",
+        )?;
+        let rows = stmt.query_map([batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Jobs ready to send (planned, or held by an earlier cap), oldest first, after `after_id`.
     pub fn sendable(
         &self,
@@ -561,23 +581,6 @@ impl Ledger {
         )?;
         let rows = stmt.query_map(params![after_id, batch, limit as i64], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// How many jobs are held, and the sum of their current attempts' estimates.
-    pub fn held_estimates(&self, batch: Option<&str>) -> Result<(i64, Decimal)> {
-        let (count, total): (i64, String) = self
-            .conn
-            .prepare_cached(
-                "SELECT count(*), decimal_sum(a.estimated_cost) FROM jobs j
-                 LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
-                 WHERE j.state = 'held' AND (?1 IS NULL OR j.batch = ?1)",
-            )?
-            .query_row([batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        let total = Decimal::from_str(&total).map_err(|_| super::LedgerError::Corrupt {
-            what: "attempts.estimated_cost",
-            value: total,
-        })?;
-        Ok((count, total))
     }
 
     /// Jobs that still owe hook runs.
@@ -628,10 +631,27 @@ impl Ledger {
                 ))?
                 .query_row([batch], |r| r.get(0))?,
         };
-        Decimal::from_str(&total).map_err(|_| super::LedgerError::Corrupt {
+        money::parse_exact(&total).map_err(|_| super::LedgerError::Corrupt {
             what: "attempts cost",
             value: total,
         })
+    }
+
+    /// Jobs held (by a budget cap or a 402), in a batch or all: how many, the exact sum of
+    /// their estimates, and how many of them have no estimate.
+    pub fn held_estimates(&self, batch: Option<&str>) -> Result<(u64, Decimal, u64)> {
+        let (held, total, unknown): (i64, String, i64) = self.conn.query_row(
+            "SELECT count(*), decimal_sum(a.estimated_cost), count(*) - count(a.estimated_cost)
+             FROM jobs j JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt
+             WHERE j.state = 'held' AND (?1 IS NULL OR j.batch = ?1)",
+            [batch],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        let total = money::parse_exact(&total).map_err(|_| super::LedgerError::Corrupt {
+            what: "attempts.estimated_cost",
+            value: total,
+        })?;
+        Ok((held as u64, total, unknown as u64))
     }
 
     /// At engine start: jobs left `submitting` by a process that died become `uncertain`.
@@ -916,22 +936,26 @@ fn charge_once(
     if already.is_some() {
         return Ok(None);
     }
-    let price = match rate.as_deref().map(Decimal::from_str) {
-        Some(Ok(rate)) => Price {
-            per_megapixel: rate,
+    let price = match rate {
+        Some(text) => Price {
+            per_megapixel: money::parse_exact(&text).map_err(|_| super::LedgerError::Corrupt {
+                what: "attempts.price_per_mp",
+                value: text.clone(),
+            })?,
             ..Price::default_rate()
         },
-        _ => price_in_force(tx, now)?,
+        None => price_in_force(tx, now)?,
     };
-    let mut cost = Decimal::ZERO;
+    let mut cost = money::DecimalSum::new();
     let (mut width, mut height) = (None, None);
     for f in files {
         if let (Some(w), Some(h)) = (f.width, f.height) {
-            cost += price.cost(w as u64, h as u64);
+            cost.add(price.checked_cost(u64::from(w), u64::from(h))?)?;
             width.get_or_insert(w);
             height.get_or_insert(h);
         }
     }
+    let cost = cost.total();
     tx.prepare_cached(
         "UPDATE attempts SET actual_cost = ?3, output_width = ?4, output_height = ?5
          WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",

@@ -1,9 +1,23 @@
 //! Cost reports: every attempt in a period, grouped, with exact sums.
+//!
+//! The gateway bills attempts (a retry is a new submission), so a report counts attempts; its
+//! `jobs` column is the number of attempts in the group. An attempt belongs to the period and
+//! the day of the time it was sent (or, if it never was, recorded), in UTC.
+//!
+//! Invariants kept here:
+//! - every sum is exact ([`DecimalSum`]): a total equals the sum of its rows to the last digit,
+//!   and an amount that does not fit, or a stored amount that does not parse, is an error,
+//!   never a rounded or dropped number;
+//! - each attempt's estimate lands in exactly one place, so that for the totals
+//!   `estimated = charged + charge_unknown + not_charged + not_sent - difference` holds
+//!   exactly, and `difference` is the sum of the attempts listed in the reconciliation.
 
-use super::{Ledger, Result};
+use super::{Ledger, LedgerError, Result};
+use crate::money::{self, DecimalSum, MoneyError};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::str::FromStr;
 
 /// How rows are grouped.
@@ -34,10 +48,23 @@ impl FromStr for GroupBy {
     }
 }
 
-/// One group's figures. Money is exact.
+impl fmt::Display for GroupBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GroupBy::Day => f.write_str("day"),
+            GroupBy::Month => f.write_str("month"),
+            GroupBy::Batch => f.write_str("batch"),
+            GroupBy::State => f.write_str("state"),
+            GroupBy::Tag(key) => write!(f, "tag:{key}"),
+        }
+    }
+}
+
+/// One group's figures. Money is exact (USD).
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct ReportRow {
     pub group: String,
+    /// Attempts in the group (a retried job counts once per attempt).
     pub jobs: u64,
     pub completed: u64,
     pub failed: u64,
@@ -45,44 +72,105 @@ pub struct ReportRow {
     pub rejected: u64,
     pub uncertain: u64,
     pub stalled: u64,
+    /// Megapixels of the downloaded outputs.
     #[serde(serialize_with = "exact")]
     pub output_megapixels: Decimal,
+    /// Estimates of every attempt, sent or not.
     #[serde(serialize_with = "exact")]
     pub estimated: Decimal,
+    /// Recorded charges (from the downloaded outputs; ERROR and rejected are 0).
     #[serde(serialize_with = "exact")]
     pub charged: Decimal,
-    /// Worst case of attempts whose charge the gateway decides (FAILED, stalled, uncertain).
+    /// Worst case (the estimate) of attempts the gateway may bill that have no recorded charge:
+    /// FAILED, stalled, uncertain, still at the gateway, or completed and not yet downloaded.
     #[serde(serialize_with = "exact")]
     pub charge_unknown: Decimal,
 }
 
-/// An attempt whose charge differs from its estimate.
+/// An attempt whose recorded charge differs from its estimate.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Discrepancy {
     pub job_id: i64,
     pub attempt: i64,
-    #[serde(serialize_with = "exact")]
-    pub estimated: Decimal,
+    /// `None` when there was no estimate (the input size was unknown).
+    #[serde(serialize_with = "exact_opt")]
+    pub estimated: Option<Decimal>,
     #[serde(serialize_with = "exact")]
     pub charged: Decimal,
+    /// `charged - estimated`.
+    #[serde(serialize_with = "exact")]
+    pub difference: Decimal,
     pub reason: String,
 }
 
+/// Where the estimates went: `estimated = charged + charge_unknown + not_charged + not_sent -
+/// difference`, exactly, for the report's totals.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Reconciliation {
+    /// Estimates of attempts never sent (planned, held, skipped).
+    #[serde(serialize_with = "exact")]
+    pub not_sent: Decimal,
+    /// Estimates of attempts the gateway does not bill (ERROR, rejected).
+    #[serde(serialize_with = "exact")]
+    pub not_charged: Decimal,
+    /// Charged minus estimated, over the attempts listed in `attempts`.
+    #[serde(serialize_with = "exact")]
+    pub difference: Decimal,
+    /// Every attempt whose charge differs from its estimate, with the reason.
+    pub attempts: Vec<Discrepancy>,
+}
+
+/// Spend attributed to one UTC day.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct DaySpend {
+    pub day: String,
+    #[serde(serialize_with = "exact")]
+    pub charged: Decimal,
+    #[serde(serialize_with = "exact")]
+    pub charge_unknown: Decimal,
+}
+
+/// A cost report.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Report {
+    /// The period, as ledger timestamps: `[since, until)`.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub group_by: String,
     pub rows: Vec<ReportRow>,
     pub total: ReportRow,
-    pub reconciliation: Vec<Discrepancy>,
+    pub reconciliation: Reconciliation,
     /// Attempts that may have been charged twice (uncertain, then sent again).
     pub possible_double_charges: u64,
+    /// Charged and charge-unknown spend per day with any, oldest first (for charts; the
+    /// same figures as `--by day`).
+    #[serde(skip)]
+    pub spend_by_day: Vec<DaySpend>,
 }
 
 fn exact<S: serde::Serializer>(d: &Decimal, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&crate::money::exact(*d))
+    s.serialize_str(&money::exact(*d))
+}
+
+fn exact_opt<S: serde::Serializer>(
+    d: &Option<Decimal>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&money::exact(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+/// `a + b`, exactly or not at all.
+fn plus(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {
+    money::exact_add(a, b).ok_or(MoneyError::Overflow {
+        what: "a report sum",
+    })
 }
 
 impl ReportRow {
-    fn add(&mut self, other: &ReportRow) {
+    fn add(&mut self, other: &ReportRow) -> Result<(), MoneyError> {
         self.jobs += other.jobs;
         self.completed += other.completed;
         self.failed += other.failed;
@@ -90,114 +178,363 @@ impl ReportRow {
         self.rejected += other.rejected;
         self.uncertain += other.uncertain;
         self.stalled += other.stalled;
-        self.output_megapixels += other.output_megapixels;
-        self.estimated += other.estimated;
-        self.charged += other.charged;
-        self.charge_unknown += other.charge_unknown;
+        self.output_megapixels = plus(self.output_megapixels, other.output_megapixels)?;
+        self.estimated = plus(self.estimated, other.estimated)?;
+        self.charged = plus(self.charged, other.charged)?;
+        self.charge_unknown = plus(self.charge_unknown, other.charge_unknown)?;
+        Ok(())
     }
 }
 
+/// One attempt as the report reads it.
+struct Attempt {
+    job_id: i64,
+    attempt: i64,
+    state: String,
+    at: String,
+    batch: Option<String>,
+    tag: Option<String>,
+    estimated: Option<Decimal>,
+    charged: Option<Decimal>,
+    output: Option<(u32, u32)>,
+    outputs: i64,
+    input: Option<(u32, u32)>,
+    upscale: u32,
+    resent: bool,
+}
+
+/// Where one attempt's money goes.
+#[derive(Debug, Default, PartialEq)]
+struct Placed {
+    charged: Decimal,
+    charge_unknown: Decimal,
+    not_charged: Decimal,
+    not_sent: Decimal,
+}
+
+/// Places an attempt's estimate and charge by its state.
+fn place(state: &str, estimated: Decimal, charged: Option<Decimal>) -> Placed {
+    let mut placed = Placed {
+        charged: charged.unwrap_or_default(),
+        ..Placed::default()
+    };
+    match state {
+        // Not billed by the gateway, whether or not the zero charge was recorded yet.
+        "error" | "rejected" => placed.not_charged = estimated,
+        "planned" | "held" | "skipped" if charged.is_none() => placed.not_sent = estimated,
+        _ if charged.is_none() => placed.charge_unknown = estimated,
+        _ => {}
+    }
+    placed
+}
+
+impl Placed {
+    /// What the charge added to or saved on the estimate beyond the expected buckets.
+    fn difference(&self, estimated: Decimal) -> Result<Decimal, MoneyError> {
+        let accounted = plus(
+            plus(self.charged, self.charge_unknown)?,
+            plus(self.not_charged, self.not_sent)?,
+        )?;
+        money::exact_add(accounted, -estimated).ok_or(MoneyError::Overflow {
+            what: "a report difference",
+        })
+    }
+}
+
+const REPORT_SQL: &str = "
+    SELECT a.job_id, a.attempt, a.state, coalesce(a.submitted_at, j.created_at), j.batch,
+           a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
+           j.input_width, j.input_height, j.upscale,
+           CASE WHEN ?3 IS NOT NULL
+                THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3) END,
+           CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM attempts b
+                WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END,
+           (SELECT count(*) FROM outputs o WHERE o.job_id = a.job_id AND o.attempt = a.attempt)
+    FROM attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
+      AND (?2 IS NULL OR coalesce(a.submitted_at, j.created_at) < ?2)
+    ORDER BY a.job_id, a.attempt";
+
+fn amount(what: &'static str, text: Option<String>) -> Result<Option<Decimal>> {
+    text.map(|t| money::parse_exact(&t).map_err(|_| LedgerError::Corrupt { what, value: t }))
+        .transpose()
+}
+
+fn read_attempt(r: &rusqlite::Row<'_>) -> Result<Attempt> {
+    let pair = |a: Option<u32>, b: Option<u32>| a.zip(b);
+    Ok(Attempt {
+        job_id: r.get(0)?,
+        attempt: r.get(1)?,
+        state: r.get(2)?,
+        at: r.get(3)?,
+        batch: r.get(4)?,
+        estimated: amount("attempts.estimated_cost", r.get(5)?)?,
+        charged: amount("attempts.actual_cost", r.get(6)?)?,
+        output: pair(r.get(7)?, r.get(8)?),
+        input: pair(r.get(9)?, r.get(10)?),
+        upscale: r.get(11)?,
+        tag: r.get(12)?,
+        resent: r.get(13)?,
+        outputs: r.get(14)?,
+    })
+}
+
+/// Accumulates attempts into groups and totals.
+#[derive(Default)]
+struct Builder {
+    groups: BTreeMap<String, ReportRow>,
+    days: BTreeMap<String, DaySpend>,
+    report: Report,
+}
+
+impl Builder {
+    fn add(&mut self, ledger: &Ledger, a: Attempt, by: &GroupBy) -> Result<()> {
+        let estimated = a.estimated.unwrap_or_default();
+        let placed = place(&a.state, estimated, a.charged);
+        let mut row = ReportRow {
+            jobs: 1,
+            estimated,
+            charged: placed.charged,
+            charge_unknown: placed.charge_unknown,
+            ..ReportRow::default()
+        };
+        match a.state.as_str() {
+            "completed" => row.completed = 1,
+            "failed" => row.failed = 1,
+            "error" => row.errored = 1,
+            "rejected" => row.rejected = 1,
+            "uncertain" => row.uncertain = 1,
+            "stalled" => row.stalled = 1,
+            _ => {}
+        }
+        if a.charged.is_some() {
+            row.output_megapixels = ledger.output_megapixels(&a)?;
+        }
+        if a.state == "uncertain" && a.resent {
+            self.report.possible_double_charges += 1;
+        }
+        let difference = placed.difference(estimated)?;
+        let rec = &mut self.report.reconciliation;
+        rec.not_sent = plus(rec.not_sent, placed.not_sent)?;
+        rec.not_charged = plus(rec.not_charged, placed.not_charged)?;
+        if !difference.is_zero() {
+            rec.difference = plus(rec.difference, difference)?;
+            rec.attempts.push(Discrepancy {
+                job_id: a.job_id,
+                attempt: a.attempt,
+                estimated: a.estimated,
+                charged: placed.charged,
+                difference: difference.normalize(),
+                reason: reason(&a),
+            });
+        }
+        let day = a.at.get(..10).unwrap_or(&a.at).to_string();
+        let spend = self.days.entry(day.clone()).or_insert_with(|| DaySpend {
+            day,
+            ..DaySpend::default()
+        });
+        spend.charged = plus(spend.charged, row.charged)?;
+        spend.charge_unknown = plus(spend.charge_unknown, row.charge_unknown)?;
+        let key = match by {
+            GroupBy::Day => a.at.get(..10).unwrap_or(&a.at).to_string(),
+            GroupBy::Month => a.at.get(..7).unwrap_or(&a.at).to_string(),
+            GroupBy::Batch => a.batch.unwrap_or_else(|| "(none)".into()),
+            GroupBy::State => a.state,
+            GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
+        };
+        self.report.total.add(&row)?;
+        self.groups
+            .entry(key.clone())
+            .or_insert_with(|| ReportRow {
+                group: key,
+                ..ReportRow::default()
+            })
+            .add(&row)?;
+        Ok(())
+    }
+
+    fn finish(mut self) -> Report {
+        self.report.total.group = "total".into();
+        self.report.rows = self.groups.into_values().collect();
+        self.report.spend_by_day = self.days.into_values().collect();
+        self.report
+    }
+}
+
+/// Why an attempt's charge differs from its estimate, as far as the ledger can tell.
+fn reason(a: &Attempt) -> String {
+    if a.estimated.is_none() {
+        return "there was no estimate: the input size was not known when it was sent".into();
+    }
+    if a.outputs > 1 {
+        return format!(
+            "the gateway returned {} output files and each is charged",
+            a.outputs
+        );
+    }
+    if let (Some((iw, ih)), Some((ow, oh))) = (a.input, a.output) {
+        let expected = money::output_size(iw, ih, a.upscale);
+        if expected != (u64::from(ow), u64::from(oh)) {
+            return format!(
+                "the output is {ow}x{oh}, not the {}x{} expected from the {iw}x{ih} input at upscale {}: the image at the URL may have changed since its size was read",
+                expected.0, expected.1, a.upscale
+            );
+        }
+    }
+    if matches!(a.state.as_str(), "error" | "rejected") {
+        return format!("a charge was recorded although {} is not billed", a.state);
+    }
+    format!(
+        "the estimate and the charge were made at different rates; `codeformer-ledger show {}` has both",
+        a.job_id
+    )
+}
+
 impl Ledger {
-    /// Attempts created in `[since, until)` (ledger timestamps), grouped.
+    /// Attempts placed in `[since, until)` (ledger timestamps, compared as text), grouped.
     pub fn report(&self, since: Option<&str>, until: Option<&str>, by: &GroupBy) -> Result<Report> {
         let tag = match by {
             GroupBy::Tag(key) => Some(key.as_str()),
             _ => None,
         };
-        let mut stmt = self.conn.prepare(
-            "SELECT a.job_id, a.attempt, a.state, coalesce(a.submitted_at, j.created_at), j.batch,
-                    a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
-                    j.input_width, j.input_height, j.upscale,
-                    CASE WHEN ?3 IS NOT NULL
-                         THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3) END,
-                    CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM attempts b
-                         WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END
-             FROM attempts a JOIN jobs j ON j.id = a.job_id
-             WHERE (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
-               AND (?2 IS NULL OR coalesce(a.submitted_at, j.created_at) < ?2)
-             ORDER BY a.job_id, a.attempt",
-        )?;
-        let mut groups: BTreeMap<String, ReportRow> = BTreeMap::new();
-        let mut report = Report::default();
+        let mut stmt = self.conn.prepare(REPORT_SQL)?;
         let mut rows = stmt.query(rusqlite::params![since, until, tag])?;
+        let mut builder = Builder::default();
+        builder.report.since = since.map(str::to_string);
+        builder.report.until = until.map(str::to_string);
+        builder.report.group_by = by.to_string();
         while let Some(r) = rows.next()? {
-            let state: String = r.get(2)?;
-            let at: String = r.get(3)?;
-            let batch: Option<String> = r.get(4)?;
-            let estimated = dec(r.get(5)?);
-            let charged = dec(r.get(6)?);
-            let (ow, oh): (Option<u64>, Option<u64>) = (
-                r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
-                r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
-            );
-            let key = match by {
-                GroupBy::Day => at.get(..10).unwrap_or(&at).to_string(),
-                GroupBy::Month => at.get(..7).unwrap_or(&at).to_string(),
-                GroupBy::Batch => batch.unwrap_or_else(|| "(none)".into()),
-                GroupBy::State => state.clone(),
-                GroupBy::Tag(_) => r
-                    .get::<_, Option<String>>(12)?
-                    .unwrap_or_else(|| "(untagged)".into()),
-            };
-            let mut row = ReportRow {
-                jobs: 1,
-                ..ReportRow::default()
-            };
-            match state.as_str() {
-                "completed" => row.completed = 1,
-                "failed" => row.failed = 1,
-                "error" => row.errored = 1,
-                "rejected" => row.rejected = 1,
-                "uncertain" => row.uncertain = 1,
-                "stalled" => row.stalled = 1,
-                _ => {}
-            }
-            if let (Some(w), Some(h)) = (ow, oh) {
-                row.output_megapixels = crate::money::megapixels(w, h);
-            }
-            row.estimated = estimated.unwrap_or_default();
-            row.charged = charged.unwrap_or_default();
-            if charged.is_none() && matches!(state.as_str(), "failed" | "stalled" | "uncertain") {
-                row.charge_unknown = estimated.unwrap_or_default();
-            }
-            if state == "uncertain" && r.get::<_, bool>(13)? {
-                report.possible_double_charges += 1;
-            }
-            if let (Some(e), Some(c)) = (estimated, charged) {
-                if e != c && state == "completed" {
-                    let input: (Option<u32>, Option<u32>, u32) =
-                        (r.get(9)?, r.get(10)?, r.get(11)?);
-                    let reason = match (input, ow, oh) {
-                        ((Some(iw), Some(ih), up), Some(w), Some(h)) if (iw as u64 * up as u64, ih as u64 * up as u64) != (w, h) => format!(
-                            "the output is {w}x{h}, not the {}x{} expected from the {iw}x{ih} input: the image at the URL may have changed",
-                            iw as u64 * up as u64, ih as u64 * up as u64
-                        ),
-                        _ => "the price changed between the estimate and the charge".to_string(),
-                    };
-                    report.reconciliation.push(Discrepancy {
-                        job_id: r.get(0)?,
-                        attempt: r.get(1)?,
-                        estimated: e,
-                        charged: c,
-                        reason,
-                    });
-                }
-            }
-            report.total.add(&row);
-            groups
-                .entry(key.clone())
-                .or_insert_with(|| ReportRow {
-                    group: key,
-                    ..ReportRow::default()
-                })
-                .add(&row);
+            builder.add(self, read_attempt(r)?, by)?;
         }
-        report.total.group = "total".into();
-        report.rows = groups.into_values().collect();
-        Ok(report)
+        Ok(builder.finish())
+    }
+
+    /// Megapixels of an attempt's outputs: the recorded size, or every file's when the gateway
+    /// returned more than one.
+    fn output_megapixels(&self, a: &Attempt) -> Result<Decimal> {
+        if a.outputs <= 1 {
+            return Ok(a
+                .output
+                .map(|(w, h)| money::megapixels(w.into(), h.into()))
+                .unwrap_or_default());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT width, height FROM outputs WHERE job_id = ?1 AND attempt = ?2
+             AND width IS NOT NULL AND height IS NOT NULL",
+        )?;
+        let sizes = stmt.query_map([a.job_id, a.attempt], |r| {
+            Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
+        })?;
+        let mut sum = DecimalSum::new();
+        for size in sizes {
+            let (w, h) = size?;
+            sum.add(money::megapixels(w.into(), h.into()))?;
+        }
+        Ok(sum.total())
     }
 }
 
-fn dec(text: Option<String>) -> Option<Decimal> {
-    text.and_then(|t| Decimal::from_str(&t).ok())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dec(s: &str) -> Decimal {
+        Decimal::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn every_state_places_its_estimate_once() {
+        let e = dec("0.0084");
+        let placed = |state, charged| place(state, e, charged);
+        assert_eq!(placed("completed", Some(e)).charged, e);
+        assert_eq!(placed("completed", None).charge_unknown, e);
+        assert_eq!(placed("failed", None).charge_unknown, e);
+        assert_eq!(placed("uncertain", None).charge_unknown, e);
+        assert_eq!(placed("queued", None).charge_unknown, e);
+        assert_eq!(placed("error", Some(Decimal::ZERO)).not_charged, e);
+        assert_eq!(placed("error", None).not_charged, e);
+        assert_eq!(placed("rejected", Some(Decimal::ZERO)).not_charged, e);
+        assert_eq!(placed("held", None).not_sent, e);
+        assert_eq!(placed("skipped", None).not_sent, e);
+        // Whatever is placed, estimate + difference = what the buckets hold.
+        for state in ["completed", "failed", "error", "held", "queued"] {
+            for charged in [None, Some(Decimal::ZERO), Some(e), Some(dec("0.0126"))] {
+                let p = place(state, e, charged);
+                let d = p.difference(e).unwrap();
+                let held = p.charged + p.charge_unknown + p.not_charged + p.not_sent;
+                assert_eq!(e + d, held, "{state} {charged:?}");
+            }
+        }
+        // Only a recorded charge makes a difference, and only against the expected bucket.
+        assert!(place("completed", e, Some(e))
+            .difference(e)
+            .unwrap()
+            .is_zero());
+        assert!(place("error", e, Some(Decimal::ZERO))
+            .difference(e)
+            .unwrap()
+            .is_zero());
+        assert!(place("failed", e, None).difference(e).unwrap().is_zero());
+        assert!(place("held", e, None).difference(e).unwrap().is_zero());
+    }
+
+    #[test]
+    fn a_charge_above_its_estimate_is_a_difference() {
+        let p = place("completed", dec("0.0084"), Some(dec("0.0126")));
+        assert_eq!(p.difference(dec("0.0084")).unwrap(), dec("0.0042"));
+    }
+
+    fn ledger_with_one_job() -> (tempfile::TempDir, Ledger, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let mut job =
+            super::super::NewJob::new(crate::params::JobParams::new("https://x.test/a.png"));
+        job.size = Some((1000, 1000));
+        let id = ledger.enqueue(&[job]).unwrap()[0].id;
+        (dir, ledger, id)
+    }
+
+    /// Regression: a completed attempt whose output was not downloaded yet was reported as
+    /// charged 0 and not as charge unknown, so the report understated what the gateway bills.
+    #[test]
+    fn a_completed_attempt_not_yet_downloaded_is_charge_unknown() {
+        let (_dir, mut ledger, id) = ledger_with_one_job();
+        let change = super::super::Change {
+            state: Some(super::super::JobState::Completed),
+            finished: true,
+            ..Default::default()
+        };
+        let event = super::super::Event::new(Some(id), Some(1), "poll");
+        ledger.record(vec![(id, 1, change, event)]).unwrap();
+        let report = ledger.report(None, None, &GroupBy::State).unwrap();
+        assert_eq!(report.total.completed, 1);
+        assert_eq!(report.total.charged, Decimal::ZERO);
+        assert_eq!(report.total.charge_unknown, dec("0.0084"));
+        assert!(report.reconciliation.attempts.is_empty());
+    }
+
+    /// Regression: an amount that did not parse was dropped from the sums without a word.
+    #[test]
+    fn a_corrupt_amount_is_an_error_not_a_zero() {
+        let (_dir, ledger, _) = ledger_with_one_job();
+        ledger
+            .conn
+            .execute("UPDATE attempts SET estimated_cost = '0.0O84'", [])
+            .unwrap();
+        let err = ledger.report(None, None, &GroupBy::Day).unwrap_err();
+        assert!(err.to_string().contains("0.0O84"), "{err}");
+        assert!(matches!(err, LedgerError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn groupings_read_back_from_their_names() {
+        for by in ["day", "month", "batch", "state", "tag:client"] {
+            assert_eq!(GroupBy::from_str(by).unwrap().to_string(), by);
+        }
+        assert_eq!(
+            GroupBy::from_str("foo").unwrap_err(),
+            "`foo` is not a grouping (day, month, batch, state or tag:KEY)"
+        );
+        assert!(GroupBy::from_str("tag:").is_err());
+    }
 }

@@ -3,7 +3,7 @@
 
 use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_codeformer-ledger");
 
@@ -19,13 +19,20 @@ impl World {
     }
 
     pub fn with(config: SandboxConfig) -> World {
+        World::timed(SandboxConfig {
+            queue_ms: 10,
+            processing_ms: (20, 40),
+            ..config
+        })
+    }
+
+    /// Like [`World::with`], but keeps the configuration's own timings.
+    pub fn timed(config: SandboxConfig) -> World {
         let dir = tempfile::tempdir().expect("temp dir");
         let static_dir = dir.path().join("static");
         std::fs::create_dir_all(&static_dir).unwrap();
         let sandbox = Sandbox::start(SandboxConfig {
             static_dir: Some(static_dir),
-            queue_ms: 10,
-            processing_ms: (20, 40),
             ..config
         })
         .expect("sandbox starts");
@@ -56,30 +63,59 @@ impl World {
     }
 
     pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = Command::new(BIN);
-        cmd.current_dir(self.dir.path())
-            .env_remove("PIXAZO_API_KEY")
-            .env("CODEFORMER_LEDGER", self.ledger())
-            .env("PIXAZO_BASE_URL", self.sandbox.base_url())
-            .args(args);
+        let mut cmd = self.command(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
         cmd.output().expect("binary runs")
     }
 
+    /// The binary with this world's ledger and sandbox, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(self.dir.path())
+            .env_remove("PIXAZO_API_KEY")
+            .env("CODEFORMER_LEDGER", self.ledger())
+            .env("PIXAZO_BASE_URL", self.sandbox.base_url())
+            .args(args);
+        cmd
+    }
+
+    /// The arguments of [`World::run`]: `run` with fast polling into the output folder.
+    pub fn run_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["run", "--quiet", "--poll-interval", "50ms", "--out-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(self.out_dir().to_string_lossy().into_owned());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    }
+
+    /// Starts `run` (as [`World::run`] would) as a child process whose output goes to `log`.
+    pub fn spawn_run(&self, extra: &[&str], log: &Path) -> Child {
+        let args = self.run_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let file = std::fs::File::create(log).expect("log file");
+        self.command(&args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("binary starts")
+    }
+
+    /// Writes a text manifest of these URLs and returns its path.
+    pub fn manifest(&self, name: &str, urls: &[String]) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, urls.join("\n") + "\n").unwrap();
+        path
+    }
+
     /// `run` with fast polling into this world's output folder.
     pub fn run(&self, extra: &[&str]) -> Output {
-        let out = self.out_dir();
-        let mut args = vec![
-            "run",
-            "--quiet",
-            "--poll-interval",
-            "50ms",
-            "--out-dir",
-            out.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
+        let args = self.run_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         self.cli(&args)
     }
 

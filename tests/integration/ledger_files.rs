@@ -119,3 +119,75 @@ fn a_truncated_ledger_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn a_full_disk_mid_run_is_a_clear_error_and_loses_nothing_committed() {
+    let w = World::new();
+    let urls: Vec<String> = (0..40)
+        .map(|i| w.png(&format!("f{i}.png"), 8 + i, 8))
+        .collect();
+    let manifest = w.dir.path().join("full.txt");
+    std::fs::write(&manifest, urls.join("\n")).unwrap();
+    let out = w.cli(&["batch", manifest.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let pages: i64 = w
+        .db()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+
+    // The "disk" holds only a few more pages: the run stops with a clear error.
+    let out_dir = w.out_dir();
+    let args = [
+        "run",
+        "--quiet",
+        "--poll-interval",
+        "50ms",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ];
+    let cap = (pages + 4).to_string();
+    let out = w.cli_env(&args, &[("CODEFORMER_LEDGER_MAX_PAGES", cap.as_str())]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("disk holding the ledger is full"),
+        "{}",
+        text(&out)
+    );
+    let events_before: Vec<i64> = {
+        let db = w.db();
+        let mut s = db.prepare("SELECT id FROM events ORDER BY id").unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    verify_sound(&w);
+
+    // Space again: the next run finishes, every committed event is still there, and nothing
+    // was sent twice except what the ledger marks uncertain.
+    let out = w.cli(&args);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(3)),
+        "{}",
+        text(&out)
+    );
+    let db = w.db();
+    for id in &events_before {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM events WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1, "event {id} survived");
+    }
+    let done = w.count("SELECT count(*) FROM jobs WHERE state = 'completed' AND post IS NULL");
+    let uncertain = w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'");
+    assert_eq!(done + uncertain, 40);
+    assert!(w.sandbox.stats().submissions <= 40 + uncertain as u64);
+    verify_sound(&w);
+}
+
+fn verify_sound(w: &World) {
+    let out = w.cli(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

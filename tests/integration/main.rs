@@ -2,8 +2,14 @@
 //! HTTP on loopback against the project's own sandbox gateway.
 
 mod common;
+mod config;
+mod cost;
+mod help;
 mod hooks_e2e;
 mod hostile;
 mod ledger_files;
+mod report_output;
+mod report_totals;
+mod resume;
 mod secrets;
 mod skeleton;

@@ -223,3 +223,38 @@ fn gateway_refusals_reach_the_user() {
         1
     );
 }
+
+#[test]
+fn regression_run_without_batch_downloads_into_each_batchs_own_folder() {
+    let w = World::new();
+    let url = w.png("a.png", 8, 8);
+    let manifest = w.dir.path().join("shoot.txt");
+    std::fs::write(&manifest, &url).unwrap();
+    let own = w.dir.path().join("shoot-out");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    // The first attempt cannot reach the gateway; the batch's folder is remembered.
+    let out = w.cli_env(
+        &[
+            "batch",
+            manifest.to_str().unwrap(),
+            "--quiet",
+            "--out-dir",
+            own.to_str().unwrap(),
+        ],
+        &[("PIXAZO_BASE_URL", &format!("http://{closed}"))],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let out = w.cli(&["run", "--quiet", "--poll-interval", "50ms"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let path: String = w
+        .db()
+        .query_row("SELECT path FROM outputs", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        path.starts_with(own.canonicalize().unwrap().to_str().unwrap()),
+        "{path}"
+    );
+}

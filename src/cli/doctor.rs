@@ -1,0 +1,212 @@
+//! `doctor`: checks the set-up, each with its result and a fix.
+
+use super::{CliError, CmdResult, Global};
+use codeformer_ledger::gateway::PollOutcome;
+use codeformer_ledger::ledger::Ledger;
+use codeformer_ledger::KEY_ENV;
+use std::path::PathBuf;
+
+/// Check the set-up: the key, the gateway, the ledger, the output folder and hook files.
+///
+/// The gateway check asks for the status of a request id that does not exist: it tells
+/// whether the gateway answers and accepts the key without submitting anything.
+///
+/// Examples:
+///   codeformer-ledger doctor
+///   codeformer-ledger doctor --out-dir restored --hook hooks/sidecar.lua
+#[derive(clap::Args, Debug)]
+#[command(verbatim_doc_comment)]
+pub struct DoctorArgs {
+    /// The output folder to check.
+    #[arg(long, value_name = "DIR", default_value = "restored")]
+    pub out_dir: PathBuf,
+    /// Hook files to compile (repeatable).
+    #[arg(long = "hook", value_name = "FILE")]
+    pub hooks: Vec<PathBuf>,
+}
+
+struct Check {
+    name: &'static str,
+    ok: bool,
+    result: String,
+    fix: Option<String>,
+}
+
+pub fn run(global: &Global, args: DoctorArgs) -> CmdResult {
+    let checks = vec![
+        key_check(global),
+        gateway_check(global),
+        ledger_check(global),
+        out_dir_check(&args.out_dir),
+        hooks_check(&args.hooks, &args.out_dir),
+    ];
+    let mut failed = 0;
+    for c in &checks {
+        println!(
+            "{} {:<12} {}",
+            if c.ok { "ok  " } else { "FAIL" },
+            c.name,
+            c.result
+        );
+        if let Some(fix) = &c.fix {
+            println!("     {:<12} fix: {fix}", "");
+        }
+        failed += usize::from(!c.ok);
+    }
+    if failed > 0 {
+        return Err(CliError::error(format!("{failed} check(s) failed")));
+    }
+    Ok(codeformer_ledger::exit::DONE)
+}
+
+fn key_check(global: &Global) -> Check {
+    match global.api_key() {
+        Ok(Some(_)) => Check {
+            name: "api key",
+            ok: true,
+            result: "set (not shown)".into(),
+            fix: None,
+        },
+        Ok(None) => Check {
+            name: "api key",
+            ok: false,
+            result: "not set".into(),
+            fix: Some(format!("export {KEY_ENV}=... or pass --api-key-file FILE")),
+        },
+        Err(e) => Check {
+            name: "api key",
+            ok: false,
+            result: e.message,
+            fix: None,
+        },
+    }
+}
+
+fn gateway_check(global: &Global) -> Check {
+    let gateway = match global.gateway() {
+        Ok(g) => g,
+        Err(e) => {
+            return Check {
+                name: "gateway",
+                ok: false,
+                result: e.message,
+                fix: None,
+            }
+        }
+    };
+    let probe_id = "codeformer-ledger-doctor-probe";
+    let exchange = gateway.status(probe_id);
+    let base = &global.base_url;
+    let (ok, result, fix) = match exchange.outcome {
+        PollOutcome::NotFound | PollOutcome::Status(_) | PollOutcome::BadAnswer { .. } => (
+            true,
+            format!(
+                "{base} answers (HTTP {}) in {} ms and accepts the key",
+                exchange.http_status.unwrap_or(0),
+                exchange.latency_ms
+            ),
+            None,
+        ),
+        PollOutcome::Unauthorized { status } => (
+            false,
+            format!("{base} refused the key (HTTP {status})"),
+            Some(format!("check {KEY_ENV}")),
+        ),
+        PollOutcome::RateLimited { .. } => (
+            true,
+            format!("{base} answers but rate-limits (HTTP 429)"),
+            None,
+        ),
+        PollOutcome::Unreachable { reason } | PollOutcome::Transient { reason } => (
+            false,
+            format!("{base} cannot be reached: {reason}"),
+            Some("check the network and --base-url / PIXAZO_BASE_URL".into()),
+        ),
+        _ => (false, format!("{base}: unexpected answer"), None),
+    };
+    Check {
+        name: "gateway",
+        ok,
+        result,
+        fix,
+    }
+}
+
+fn ledger_check(global: &Global) -> Check {
+    let path = &global.ledger;
+    if !path.exists() {
+        return Check {
+            name: "ledger",
+            ok: true,
+            result: format!(
+                "{} does not exist yet; the first submit or batch creates it",
+                path.display()
+            ),
+            fix: None,
+        };
+    }
+    match Ledger::open_read_only(path).and_then(|l| l.verify(false).map(|p| (l, p))) {
+        Ok((_, problems)) if problems.is_empty() => Check {
+            name: "ledger",
+            ok: true,
+            result: format!("{} opens and verifies", path.display()),
+            fix: None,
+        },
+        Ok((_, problems)) => Check {
+            name: "ledger",
+            ok: false,
+            result: format!("{} has {} problem(s)", path.display(), problems.len()),
+            fix: Some("run `codeformer-ledger verify` for the list".into()),
+        },
+        Err(e) => Check {
+            name: "ledger",
+            ok: false,
+            result: e.to_string(),
+            fix: None,
+        },
+    }
+}
+
+fn out_dir_check(dir: &PathBuf) -> Check {
+    let result = std::fs::create_dir_all(dir).and_then(|_| tempfile::tempfile_in(dir).map(|_| ()));
+    match result {
+        Ok(()) => Check {
+            name: "output dir",
+            ok: true,
+            result: format!("{} is writable", dir.display()),
+            fix: None,
+        },
+        Err(e) => Check {
+            name: "output dir",
+            ok: false,
+            result: format!("{}: {e}", dir.display()),
+            fix: Some("pass --out-dir with a folder you can write to".into()),
+        },
+    }
+}
+
+fn hooks_check(hooks: &[PathBuf], out_dir: &std::path::Path) -> Check {
+    if hooks.is_empty() {
+        return Check {
+            name: "hooks",
+            ok: true,
+            result: "none given".into(),
+            fix: None,
+        };
+    }
+    let config = codeformer_ledger::hooks::HookConfig::new(hooks.to_vec(), out_dir);
+    match codeformer_ledger::hooks::HookHost::start(config) {
+        Ok(_) => Check {
+            name: "hooks",
+            ok: true,
+            result: format!("{} file(s) compile", hooks.len()),
+            fix: None,
+        },
+        Err(e) => Check {
+            name: "hooks",
+            ok: false,
+            result: e.to_string(),
+            fix: Some("fix the script at the line named".into()),
+        },
+    }
+}
