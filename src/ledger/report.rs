@@ -164,6 +164,19 @@ fn exact_opt<S: serde::Serializer>(
 
 /// `a + b`, exactly or not at all.
 fn plus(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {
+    // The common case in integers at the larger scale, without the normalising that
+    // exact_add does on every call (a third of `report`'s time over a million attempts).
+    // Amounts are shown through money::exact or money::display, which normalise.
+    let scale = a.scale().max(b.scale());
+    let widen = |d: Decimal| {
+        d.mantissa()
+            .checked_mul(10i128.checked_pow(scale - d.scale())?)
+    };
+    if let (Some(x), Some(y)) = (widen(a), widen(b)) {
+        if let Some(sum) = x.checked_add(y).filter(|s| s.unsigned_abs() < 1u128 << 96) {
+            return Ok(Decimal::from_i128_with_scale(sum, scale));
+        }
+    }
     money::exact_add(a, b).ok_or(MoneyError::Overflow {
         what: "a report sum",
     })
