@@ -346,11 +346,15 @@ impl Builder {
                 reason: reason(&a),
             });
         }
-        let day = a.at.get(..10).unwrap_or(&a.at).to_string();
-        let spend = self.days.entry(day.clone()).or_insert_with(|| DaySpend {
-            day,
-            ..DaySpend::default()
-        });
+        let day = a.at.get(..10).unwrap_or(&a.at);
+        if !self.days.contains_key(day) {
+            let spend = DaySpend {
+                day: day.to_string(),
+                ..DaySpend::default()
+            };
+            self.days.insert(day.to_string(), spend);
+        }
+        let spend = self.days.get_mut(day).expect("inserted above");
         spend.charged = plus(spend.charged, row.charged)?;
         spend.charge_unknown = plus(spend.charge_unknown, row.charge_unknown)?;
         let key = match by {
@@ -361,13 +365,17 @@ impl Builder {
             GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
         };
         self.report.total.add(&row)?;
-        self.groups
-            .entry(key.clone())
-            .or_insert_with(|| ReportRow {
-                group: key,
-                ..ReportRow::default()
-            })
-            .add(&row)?;
+        match self.groups.get_mut(&key) {
+            Some(group) => group.add(&row)?,
+            None => {
+                let mut group = ReportRow {
+                    group: key.clone(),
+                    ..ReportRow::default()
+                };
+                group.add(&row)?;
+                self.groups.insert(key, group);
+            }
+        }
         Ok(())
     }
 
