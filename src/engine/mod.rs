@@ -1309,14 +1309,23 @@ impl<'a> Engine<'a> {
     /// After a 402, the jobs still planned are held with the reason, as a budget cap holds them.
     fn hold_unsent_after_402(&mut self) -> Result<(), EngineError> {
         let reason = "insufficient balance (HTTP 402) on an earlier job: not sent; top up the wallet, then `run` again";
-        let planned = self.ledger.sendable(self.scope(), 0, usize::MAX >> 1)?;
-        let items = planned
-            .iter()
-            .filter(|j| j.state == JobState::Planned && !self.passed.contains(&j.id))
-            .map(|j| self.state_change(j, JobState::Held, reason))
-            .collect();
-        self.ledger.record(items)?;
-        Ok(())
+        // A page at a time: the jobs not yet sent may be most of a large ledger.
+        let mut after = 0;
+        loop {
+            let page = self.ledger.sendable(self.scope(), after, 512)?;
+            let Some(last) = page.last().map(|j| j.id) else {
+                return Ok(());
+            };
+            let items: Vec<_> = page
+                .iter()
+                .filter(|j| j.state == JobState::Planned && !self.passed.contains(&j.id))
+                .map(|j| self.state_change(j, JobState::Held, reason))
+                .collect();
+            if !items.is_empty() {
+                self.ledger.record(items)?;
+            }
+            after = last;
+        }
     }
 
     fn finish(mut self) -> Result<RunSummary, EngineError> {

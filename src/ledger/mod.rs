@@ -108,7 +108,7 @@ impl Ledger {
         Ok(ledger)
     }
 
-    fn configure(conn: Connection, path: &Path) -> Result<Ledger> {
+    fn configure(mut conn: Connection, path: &Path) -> Result<Ledger> {
         conn.busy_timeout(Duration::from_secs(10))?;
         let not_a_ledger = |e: rusqlite::Error| LedgerError::NotALedger {
             path: path.to_path_buf(),
@@ -118,6 +118,11 @@ impl Ledger {
         if !conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false) {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(not_a_ledger)?;
+            // Write transactions take the write lock when they begin. A deferred one that
+            // reads first (enqueue reads the price) and then writes fails at once with
+            // "database is locked" when the engine commits meanwhile: SQLite cannot wait for a
+            // snapshot that is already stale.
+            conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
