@@ -106,6 +106,24 @@ impl Config {
             .transpose()
     }
 
+    /// Where outputs go, resolved in one place for every command that writes or touches them:
+    /// the flag, else the batch's remembered folder, else the config file's out_dir, else
+    /// ./restored.
+    pub fn out_dir(&self, flag: Option<&Path>, remembered: Option<&str>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| remembered.map(PathBuf::from))
+            .or_else(|| self.file.out_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_DIR))
+    }
+
+    /// The longest wait between two polls: the flag, else the config file's, else 5 s.
+    pub fn poll_interval_or(&self, flag: Option<Duration>) -> Result<Duration, CliError> {
+        Ok(match flag {
+            Some(d) => d,
+            None => self.poll_interval()?.unwrap_or(DEFAULT_POLL_INTERVAL),
+        })
+    }
+
     fn origin(&self) -> String {
         format!(
             "config file {}",

@@ -79,16 +79,18 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn for_wait(batch: Option<String>, out_dir: PathBuf, poll_interval: Duration) -> Self {
+    /// The run of `submit --wait`: every option unset, so the config file and the batch's
+    /// remembered settings apply as they do for `run`.
+    pub fn for_wait(batch: Option<String>) -> Self {
         RunArgs {
             batch,
             engine: EngineArgs {
-                out_dir: Some(out_dir),
+                out_dir: None,
                 name_pattern: None,
                 concurrency: None,
                 budget: None,
                 deadline: None,
-                poll_interval: Some(poll_interval),
+                poll_interval: None,
                 callback_fallback: None,
                 hooks: Vec::new(),
                 trusted_hooks: false,
@@ -264,16 +266,10 @@ pub fn drive(
         None => None,
     };
     let config = &global.config;
-    let out_dir = args
-        .out_dir
-        .clone()
-        .or_else(|| {
-            remembered
-                .as_ref()
-                .and_then(|(_, dir)| dir.as_ref().map(PathBuf::from))
-        })
-        .or_else(|| config.file.out_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(super::config::DEFAULT_OUT_DIR));
+    let out_dir = config.out_dir(
+        args.out_dir.as_deref(),
+        remembered.as_ref().and_then(|(_, dir)| dir.as_deref()),
+    );
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         CliError::error(format!(
             "cannot create the output folder {}: {e}",
@@ -324,10 +320,7 @@ pub fn drive(
         .unwrap_or(super::config::DEFAULT_CONCURRENCY) as usize;
     options.budget = args.budget.or(config.budget()?);
     options.deadline = args.deadline;
-    options.poll_interval = args
-        .poll_interval
-        .or(config.poll_interval()?)
-        .unwrap_or(super::config::DEFAULT_POLL_INTERVAL);
+    options.poll_interval = config.poll_interval_or(args.poll_interval)?;
     if let Some(pattern) = args
         .name_pattern
         .clone()

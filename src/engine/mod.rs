@@ -383,14 +383,15 @@ impl<'a> Engine<'a> {
         self.ledger
             .append(vec![Event::new(None, None, "engine_start").detail(
                 format!(
-                    "pid {}, batch {}, concurrency {}, budget {}",
+                    "pid {}, batch {}, concurrency {}, budget {}, poll interval {} ms",
                     std::process::id(),
                     self.scope().unwrap_or("(all)"),
                     self.limit,
                     self.options
                         .budget
                         .map(money::exact)
-                        .unwrap_or_else(|| "none".into())
+                        .unwrap_or_else(|| "none".into()),
+                    self.options.poll_interval.as_millis()
                 ),
             )])?;
         Ok(())

@@ -13,3 +13,4 @@ mod report_totals;
 mod resume;
 mod secrets;
 mod skeleton;
+mod submit;
