@@ -14,4 +14,5 @@ mod report_totals;
 mod resume;
 mod secrets;
 mod skeleton;
+mod small_things;
 mod submit;
