@@ -769,7 +769,7 @@ impl<'a> Engine<'a> {
             self.held_estimates.insert(job.id, estimate);
             let reason = match estimate {
                 Some(e) => format!(
-                    "budget: {} USD committed + {} USD for this job would exceed the {} USD cap",
+                    "budget: {} USD spent (charged + in flight) + {} USD for this job would exceed the {} USD cap",
                     money::exact(self.spent),
                     money::exact(e),
                     money::exact(budget)

@@ -242,6 +242,11 @@ fn a_budget_written_as_a_number_in_the_config_file_is_exact() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'held'"), 1);
     assert_eq!(w.sandbox.stats().submissions, 0);
+    // The reason speaks of what was spent, not of a "committed" amount.
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE reason LIKE 'budget: 0 USD spent (charged + in flight) + 0.0084 USD for this job would exceed the 0.001 USD cap'"),
+        1
+    );
 }
 
 #[test]
