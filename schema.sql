@@ -119,6 +119,14 @@ CREATE TABLE prices (
     note            TEXT
 );
 
+-- Prices withdrawn by `prices remove`: the price row stays as it was, and is no longer in
+-- force for jobs sent from now on (jobs already priced keep their rate).
+CREATE TABLE price_removals (
+    price_id    INTEGER PRIMARY KEY REFERENCES prices(id),
+    removed_at  TEXT NOT NULL,
+    reason      TEXT
+);
+
 -- Input sizes read from image headers, so an image is probed once.
 CREATE TABLE image_sizes (
     url         TEXT PRIMARY KEY,

@@ -397,7 +397,7 @@ mod ingest_cli {
     }
 
     #[test]
-    fn json_lines_report_each_line_and_a_malformed_one_exits_2() {
+    fn json_lines_report_each_line_and_a_malformed_one_among_applied_ones_exits_3() {
         let place = Place::new();
         let mut ledger = place.ledger();
         queued_job(&mut ledger, "req-1", None);
@@ -414,7 +414,8 @@ mod ingest_cli {
         let out = ingest(&place, &[file.to_str().unwrap()], None);
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+        // Not 2: exit 2 promises nothing was written, and the good lines were.
+        assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
         assert!(
             stdout.contains("line 1: applied: queued -> completed (req-1 COMPLETED, job 1)"),
             "{stdout}"
@@ -437,6 +438,12 @@ mod ingest_cli {
             "{stderr}"
         );
         assert!(stderr.contains("(line 6, 7)"), "{stderr}");
+        assert_eq!(place.count("SELECT count(*) FROM deliveries"), 4);
+
+        // Only malformed lines: nothing was written, so exit 2.
+        let file = place.write("bad.jsonl", "[1, 2\n{\"status\": \"QUEUED\"}\n");
+        let out = ingest(&place, &[file.to_str().unwrap()], None);
+        assert_eq!(out.status.code(), Some(2));
         assert_eq!(place.count("SELECT count(*) FROM deliveries"), 4);
     }
 

@@ -26,7 +26,8 @@ pub struct ConfigFile {
     pub concurrency: Option<u16>,
     pub poll_interval: Option<String>,
     pub hooks: Option<Vec<PathBuf>>,
-    pub budget: Option<String>,
+    /// USD, as a string (`"5"`) or a number (`5`, `0.3`); see [`Config::budget`].
+    pub budget: Option<toml::Spanned<toml::Value>>,
     pub tags: Option<BTreeMap<String, String>>,
 }
 
@@ -35,6 +36,9 @@ pub struct ConfigFile {
 pub struct Config {
     pub path: Option<PathBuf>,
     pub file: ConfigFile,
+    /// The budget exactly as written in the file: a string's content, or a number's own
+    /// text (so `0.3` is 0.3, never the nearest binary float).
+    budget_text: Option<String>,
 }
 
 impl Config {
@@ -62,9 +66,29 @@ impl Config {
                 e.to_string().trim()
             ))
         })?;
+        let budget_text = match &file.budget {
+            None => None,
+            Some(spanned) => Some(match spanned.get_ref() {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(_) | toml::Value::Float(_) => text
+                    .get(spanned.span())
+                    .unwrap_or_default()
+                    .trim()
+                    .trim_start_matches('+')
+                    .replace('_', ""),
+                other => {
+                    return Err(CliError::usage(format!(
+                        "config file {}: budget: a {} is not an amount in USD (write budget = 5 or budget = \"5\")",
+                        path.display(),
+                        other.type_str()
+                    )))
+                }
+            }),
+        };
         let config = Config {
             path: Some(path),
             file,
+            budget_text,
         };
         config.validate()?;
         Ok(config)
@@ -99,11 +123,34 @@ impl Config {
     }
 
     pub fn budget(&self) -> Result<Option<rust_decimal::Decimal>, CliError> {
-        self.file
-            .budget
+        self.budget_text
             .as_deref()
-            .map(|t| super::parse_budget(t).map_err(|e| self.bad("budget", e)))
+            .map(|t| {
+                // The money error already names the field.
+                super::parse_budget(t).map_err(|e| {
+                    let path = self.path.as_deref().unwrap_or(Path::new("?"));
+                    CliError::usage(format!("config file {}: {e}", path.display()))
+                })
+            })
             .transpose()
+    }
+
+    /// Where outputs go, resolved in one place for every command that writes or touches them:
+    /// the flag, else the batch's remembered folder, else the config file's out_dir, else
+    /// ./restored.
+    pub fn out_dir(&self, flag: Option<&Path>, remembered: Option<&str>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| remembered.map(PathBuf::from))
+            .or_else(|| self.file.out_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_DIR))
+    }
+
+    /// The longest wait between two polls: the flag, else the config file's, else 5 s.
+    pub fn poll_interval_or(&self, flag: Option<Duration>) -> Result<Duration, CliError> {
+        Ok(match flag {
+            Some(d) => d,
+            None => self.poll_interval()?.unwrap_or(DEFAULT_POLL_INTERVAL),
+        })
     }
 
     fn origin(&self) -> String {
@@ -127,7 +174,7 @@ impl Config {
 ///   concurrency = 8
 ///   poll_interval = "5s"
 ///   hooks = ["/home/me/hooks/sidecar.lua"]
-///   budget = "20"
+///   budget = 20                (USD: a number, or a string such as "20")
 ///   tags = { client = "acme" }
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
@@ -226,7 +273,10 @@ pub fn run(global: &Global, args: ConfigArgs) -> CmdResult {
         ),
         (
             "budget",
-            c.file.budget.clone().unwrap_or_else(|| "(none)".into()),
+            match c.budget()? {
+                Some(b) => codeformer_ledger::money::exact(b),
+                None => "(none)".into(),
+            },
             from_config(c.file.budget.is_some()),
         ),
         (

@@ -142,12 +142,30 @@ pub fn run(_global: &Global, args: DemoArgs) -> CmdResult {
             money::exact(row.charged)
         );
     }
-    println!(
-        "\nexplore the ledger:\n  codeformer-ledger --ledger {} jobs\n  codeformer-ledger --ledger {} show 1\n  codeformer-ledger --ledger {} report --by tag:client",
-        ledger_path.display(),
-        ledger_path.display(),
-        ledger_path.display()
-    );
+    // The binary's own path, so the hints work after `cargo run` as well as after install.
+    let bin = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .map(|p| shell_quote(&p.to_string_lossy()))
+        .unwrap_or_else(|| "codeformer-ledger".into());
+    let ledger_arg = shell_quote(&ledger_path.to_string_lossy());
+    println!("\nexplore the ledger:");
+    for command in ["jobs", "show 1", "report --by tag:client"] {
+        println!("  {bin} --ledger {ledger_arg} {command}");
+    }
     sandbox.shutdown();
     Ok(summary.exit_code())
+}
+
+/// A path as a shell reads it: as is when it is plain, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%".contains(c))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }

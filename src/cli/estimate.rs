@@ -29,6 +29,7 @@ pub struct EstimateArgs {
     /// Enlargement factor.
     #[arg(long, value_name = "N", value_parser = super::submit::upscale, default_value = "2")]
     pub upscale: u32,
+    /// table for reading; json and csv (one header row, one row) with the same fields.
     #[arg(long, value_enum, default_value = "table")]
     pub format: super::Format,
 }
@@ -87,7 +88,20 @@ pub fn run(global: &Global, args: EstimateArgs) -> CmdResult {
                 "cost": money::exact(cost), "currency": "USD",
             })
         ),
-        _ => {
+        super::Format::Csv => {
+            println!("input_width,input_height,size_source,upscale,output_width,output_height,megapixels,price_per_mp,cost,currency");
+            println!(
+                "{},{},{},{},{ow},{oh},{},{},{},USD",
+                size.0,
+                size.1,
+                super::jobs::csv_field(&source),
+                args.upscale,
+                money::exact(mp),
+                money::exact(price.per_megapixel),
+                money::exact(cost)
+            );
+        }
+        super::Format::Table => {
             println!("input    {}x{} ({source})", size.0, size.1);
             println!(
                 "output   {ow}x{oh} at upscale {} = {} MP",

@@ -26,7 +26,7 @@ pub enum HooksAction {
     },
     /// Run every failed hook again (the hook file as it is now).
     Retry {
-        /// The output folder hooks may touch [default: the batch's remembered folder, else ./restored].
+        /// The output folder hooks may touch [default: the batch's remembered folder, else the config file's out_dir, else ./restored].
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
         /// Give hooks the full Lua standard library.
@@ -89,9 +89,9 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
                 Some(b) => ledger.batch_settings(b)?.and_then(|(_, dir)| dir),
                 None => None,
             };
-            let dir = out_dir
-                .or(remembered.map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from("restored"));
+            let dir = global
+                .config
+                .out_dir(out_dir.as_deref(), remembered.as_deref());
             std::fs::create_dir_all(&dir)?;
             let files: Vec<PathBuf> = files.into_iter().map(PathBuf::from).collect();
             let Some(mut hooks) =

@@ -78,12 +78,20 @@ pub fn run(global: &Global, args: IngestArgs) -> CmdResult {
         return Ok(exit::DONE);
     }
     let lines: Vec<String> = malformed.iter().map(|l| l.to_string()).collect();
-    Err(CliError::usage(format!(
-        "{} malformed line(s) in {} (line {}) changed nothing; the other lines were applied",
+    let message = format!(
+        "{} malformed line(s) in {} (line {}) changed nothing",
         malformed.len(),
         args.input.display(),
         lines.join(", ")
-    )))
+    );
+    if counts.values().sum::<u64>() == 0 {
+        // Exit 2 promises that nothing was written: true only when no line was recorded.
+        return Err(CliError::usage(message));
+    }
+    Err(CliError {
+        code: exit::SOME_FAILED,
+        message: format!("{message}; the other lines were applied"),
+    })
 }
 
 fn read_input(path: &PathBuf) -> Result<Vec<u8>, CliError> {

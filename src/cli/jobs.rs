@@ -35,8 +35,17 @@ pub struct JobsArgs {
 pub struct ShowArgs {
     #[arg(value_name = "JOB")]
     pub job: String,
+    /// table for reading, or json (the job, its tags, outputs and events). A job with its
+    /// events is not one table, so there is no csv: `jobs --format csv` lists jobs.
     #[arg(long, value_enum, default_value = "table")]
-    pub format: Format,
+    pub format: ShowFormat,
+}
+
+/// The formats of `show`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShowFormat {
+    Table,
+    Json,
 }
 
 fn state(text: &str) -> Result<JobState, String> {
@@ -190,7 +199,7 @@ pub fn show(global: &Global, args: ShowArgs) -> CmdResult {
     let outputs = ledger.outputs_of(job.id)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     match args.format {
-        Format::Json | Format::Csv => {
+        ShowFormat::Json => {
             let value = serde_json::json!({
                 "job": job_json(&job),
                 "tags": tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
@@ -203,7 +212,7 @@ pub fn show(global: &Global, args: ShowArgs) -> CmdResult {
                 serde_json::to_string_pretty(&value).unwrap_or_default()
             )?;
         }
-        Format::Table => {
+        ShowFormat::Table => {
             writeln!(
                 out,
                 "job {} ({}), attempt {}, {}",

@@ -79,16 +79,18 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn for_wait(batch: Option<String>, out_dir: PathBuf, poll_interval: Duration) -> Self {
+    /// The run of `submit --wait`: every option unset, so the config file and the batch's
+    /// remembered settings apply as they do for `run`.
+    pub fn for_wait(batch: Option<String>) -> Self {
         RunArgs {
             batch,
             engine: EngineArgs {
-                out_dir: Some(out_dir),
+                out_dir: None,
                 name_pattern: None,
                 concurrency: None,
                 budget: None,
                 deadline: None,
-                poll_interval: Some(poll_interval),
+                poll_interval: None,
                 callback_fallback: None,
                 hooks: Vec::new(),
                 trusted_hooks: false,
@@ -264,16 +266,10 @@ pub fn drive(
         None => None,
     };
     let config = &global.config;
-    let out_dir = args
-        .out_dir
-        .clone()
-        .or_else(|| {
-            remembered
-                .as_ref()
-                .and_then(|(_, dir)| dir.as_ref().map(PathBuf::from))
-        })
-        .or_else(|| config.file.out_dir.clone())
-        .unwrap_or_else(|| PathBuf::from(super::config::DEFAULT_OUT_DIR));
+    let out_dir = config.out_dir(
+        args.out_dir.as_deref(),
+        remembered.as_ref().and_then(|(_, dir)| dir.as_deref()),
+    );
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         CliError::error(format!(
             "cannot create the output folder {}: {e}",
@@ -324,10 +320,7 @@ pub fn drive(
         .unwrap_or(super::config::DEFAULT_CONCURRENCY) as usize;
     options.budget = args.budget.or(config.budget()?);
     options.deadline = args.deadline;
-    options.poll_interval = args
-        .poll_interval
-        .or(config.poll_interval()?)
-        .unwrap_or(super::config::DEFAULT_POLL_INTERVAL);
+    options.poll_interval = config.poll_interval_or(args.poll_interval)?;
     if let Some(pattern) = args
         .name_pattern
         .clone()
@@ -347,6 +340,7 @@ pub fn drive(
     let summary = engine::run(ledger, gateway, &options, post, &mut progress)?;
     progress.finish();
     print_summary(&summary, &out_dir);
+    print_retry_hint(&summary, options.batch.as_deref());
     match &summary.stop {
         Some(reason) => Err(explain_stop(ledger, options.batch.as_deref(), reason)?),
         None => Ok(summary.exit_code()),
@@ -471,69 +465,155 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
     }
 }
 
-/// Progress on a terminal (a bar) or in a log (a line every few seconds).
+/// The `--retry` command that would retry what failed, when something did.
+fn print_retry_hint(summary: &RunSummary, batch: Option<&str>) {
+    let states: Vec<&str> = [
+        JobState::Failed,
+        JobState::Error,
+        JobState::Rejected,
+        JobState::Stalled,
+    ]
+    .iter()
+    .filter(|s| summary.count(**s) > 0)
+    .map(|s| s.as_str())
+    .collect();
+    if states.is_empty() {
+        return;
+    }
+    let n: i64 = states
+        .iter()
+        .filter_map(|s| s.parse::<JobState>().ok())
+        .map(|s| summary.count(s))
+        .sum();
+    println!(
+        "{n} job(s) ended {}; to send them again as new attempts: `codeformer-ledger run{} --retry {}`",
+        states.join(" or "),
+        batch.map(|b| format!(" --batch {b}")).unwrap_or_default(),
+        states.join(",")
+    );
+}
+
+/// Progress on a terminal (a bar) or in a log (a line every few seconds, and a last one).
 struct Display {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
     last_line: Option<Instant>,
+    started: Instant,
+    last: Option<Progress>,
+    printed: Option<Progress>,
 }
+
+/// Time between two lines of progress in a log.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
 impl Display {
     fn new(quiet: bool) -> Self {
+        let mut display = Display {
+            bar: None,
+            plain: false,
+            last_line: None,
+            started: Instant::now(),
+            last: None,
+            printed: None,
+        };
         if quiet {
-            return Display {
-                bar: None,
-                plain: false,
-                last_line: None,
-            };
+            return display;
         }
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(0);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} done · {msg} · ETA {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template("{bar:30} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            return Display {
-                bar: Some(bar),
-                plain: false,
-                last_line: None,
-            };
+            display.bar = Some(bar);
+        } else {
+            display.plain = true;
         }
-        Display {
-            bar: None,
-            plain: true,
-            last_line: None,
-        }
+        display
     }
 
     fn finish(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+        if self.plain && self.last != self.printed {
+            if let Some(p) = &self.last {
+                eprintln!("{}", progress_line(p, self.started.elapsed()));
+            }
+        }
     }
 }
 
 impl ProgressSink for Display {
     fn update(&mut self, p: &Progress) {
-        let msg = format!(
-            "{} in flight · {} failed · {} USD committed",
-            p.in_flight,
-            p.failed,
-            money::exact(p.spent)
-        );
+        let newly_rate_limited =
+            p.rate_limited.is_some() && self.last.as_ref().is_none_or(|l| l.rate_limited.is_none());
+        self.last = Some(p.clone());
         if let Some(bar) = &self.bar {
             bar.set_length(p.total);
             bar.set_position(p.done);
-            bar.set_message(msg);
+            bar.set_message(progress_line(p, self.started.elapsed()));
         } else if self.plain
-            && self
-                .last_line
-                .is_none_or(|t| t.elapsed() >= Duration::from_secs(5))
+            && (newly_rate_limited || self.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY))
         {
             self.last_line = Some(Instant::now());
-            eprintln!("{}/{} done · {msg}", p.done, p.total);
+            self.printed = Some(p.clone());
+            eprintln!("{}", progress_line(p, self.started.elapsed()));
         }
+    }
+}
+
+/// One line of progress: jobs by where they stand, what was spent, and an ETA once some jobs
+/// finished in this run (or the wait a 429 imposes).
+fn progress_line(p: &Progress, elapsed: Duration) -> String {
+    let mut ends = vec![
+        format!("{} completed", p.completed),
+        format!("{} failed", p.failed),
+        format!("{} error", p.errored),
+    ];
+    if p.other_trouble > 0 {
+        ends.push(format!(
+            "{} rejected, stalled or uncertain",
+            p.other_trouble
+        ));
+    }
+    if p.held > 0 {
+        ends.push(format!("{} held", p.held));
+    }
+    let mut parts = vec![
+        format!("{}/{} done", p.done, p.total),
+        format!(
+            "at the gateway {} queued, {} processing",
+            p.queued, p.processing
+        ),
+        ends.join(", "),
+        format!("{} USD spent", money::exact(p.spent)),
+    ];
+    if let Some(wait) = p.rate_limited {
+        parts.push(format!(
+            "rate limited by the gateway: waiting {} s",
+            wait.as_secs_f64().ceil() as u64
+        ));
+    } else if let Some(eta) = eta(p, elapsed) {
+        parts.push(format!("ETA {}", human_duration(eta)));
+    }
+    parts.join(" · ")
+}
+
+/// The time left at this run's pace; none before a job finished in this run.
+fn eta(p: &Progress, elapsed: Duration) -> Option<Duration> {
+    let left = p.total.saturating_sub(p.done);
+    if p.done_this_run == 0 || left == 0 {
+        return None;
+    }
+    Some(elapsed.mul_f64(left as f64 / p.done_this_run as f64))
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }

@@ -98,15 +98,18 @@ pub struct SubmitArgs {
     /// Record only; send nothing (works offline; `run` sends it later).
     #[arg(long)]
     pub no_send: bool,
-    /// After sending, run the engine (like `run`, for the job's batch) until it is done.
+    /// After sending, run the engine (like `run`) until it is done: over the job's batch
+    /// with --batch, else over every unfinished job in the ledger.
     #[arg(long)]
     pub wait: bool,
-    /// With --wait: where outputs are written.
-    #[arg(long, value_name = "DIR", default_value = "restored")]
-    pub out_dir: std::path::PathBuf,
-    /// With --wait: the longest wait between two polls.
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "5s")]
-    pub poll_interval: std::time::Duration,
+    /// With --wait: where outputs are written [default: the batch's folder from an earlier
+    /// run, else the config file's out_dir, else ./restored].
+    #[arg(long, value_name = "DIR", requires = "wait")]
+    pub out_dir: Option<std::path::PathBuf>,
+    /// With --wait: the longest wait between two polls [default: the config file's
+    /// poll_interval, else 5s].
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, requires = "wait")]
+    pub poll_interval: Option<std::time::Duration>,
 }
 
 pub fn fidelity(text: &str) -> Result<Decimal, String> {
@@ -139,35 +142,48 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     };
     let enqueued = ledger.enqueue(std::slice::from_ref(&job))?[0];
     let row = ledger.job(enqueued.id)?.expect("job just recorded");
-    if !enqueued.added {
+    if enqueued.added {
+        println!("job {} recorded (key {})", row.id, row.key);
+    } else if row.state == JobState::Planned && !args.no_send {
+        // Recorded earlier and never sent (offline, or an earlier submit could not send it).
+        println!(
+            "job {} (key {}) is already in the ledger, planned; sending it",
+            row.id, row.key
+        );
+    } else {
         println!(
             "job {} (key {}) is already in the ledger, {}; nothing added",
             row.id, row.key, row.state
         );
         return Ok(codeformer_ledger::exit::DONE);
     }
-    println!("job {} recorded (key {})", row.id, row.key);
     if args.no_send {
-        println!("not sent (--no-send); `codeformer-ledger run` will send it");
+        println!("not sent (--no-send); `codeformer-ledger run` sends it");
         return Ok(codeformer_ledger::exit::DONE);
     }
     let lock = match ledger.lock_engine() {
         Ok(lock) => lock,
         Err(LedgerError::Busy { pid, .. }) => {
-            println!("an engine (pid {pid}) is running on this ledger and will send it");
+            println!("{}", beside_engine(&pid, row.batch.as_deref()));
             return Ok(codeformer_ledger::exit::DONE);
         }
         Err(e) => return Err(e.into()),
     };
     let stop = engine::send_now(&mut ledger, &gateway, row.id)?;
     let row = ledger.job(row.id)?.expect("job just recorded");
-    print_outcome(&row);
     if let Some(reason) = stop {
+        println!("job {} not sent; it stays {}", row.id, row.state);
         return Err(stop_error(&reason));
     }
-    if args.wait && row.state != JobState::Planned {
+    if row.state == JobState::Planned {
+        return Err(not_sent(global, &row));
+    }
+    print_outcome(&row, args.wait);
+    if args.wait {
         drop(lock);
-        let run_args = super::run::RunArgs::for_wait(args.batch, args.out_dir, args.poll_interval);
+        let mut run_args = super::run::RunArgs::for_wait(args.batch);
+        run_args.engine.out_dir = args.out_dir;
+        run_args.engine.poll_interval = args.poll_interval;
         return super::run::run(global, run_args);
     }
     Ok(match row.state {
@@ -176,22 +192,46 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     })
 }
 
-fn print_outcome(row: &codeformer_ledger::ledger::JobRow) {
+/// What happens to a job recorded while another engine holds the ledger. That engine sends
+/// it only if its run covers the job (a `run` over every job, or over the job's batch, that
+/// has not yet decided to stop), so the message promises no more than `run` does.
+fn beside_engine(pid: &str, batch: Option<&str>) -> String {
+    let covers = match batch {
+        Some(b) => format!("a `run` over every job or over batch {b}"),
+        None => "a `run` over every job".to_string(),
+    };
+    format!(
+        "not sent now: another engine (pid {pid}) holds the ledger. If it is {covers}, it sends this job; \
+         otherwise `codeformer-ledger run{}` sends it once that engine is done",
+        batch.map(|b| format!(" --batch {b}")).unwrap_or_default()
+    )
+}
+
+/// The error of a job that could not be sent (the gateway was not reached): it stays planned.
+fn not_sent(global: &Global, row: &codeformer_ledger::ledger::JobRow) -> CliError {
+    let reason = row.reason.as_deref().unwrap_or("no answer");
+    let reason = reason.strip_prefix("not sent: ").unwrap_or(reason);
+    CliError::error(format!(
+        "job {} not sent: the gateway at {} cannot be reached ({reason}); the job stays planned and `codeformer-ledger run` sends it (check --base-url / PIXAZO_BASE_URL and the network)",
+        row.id, global.base_url
+    ))
+}
+
+fn print_outcome(row: &codeformer_ledger::ledger::JobRow, wait: bool) {
     let estimate = row
         .estimated_cost
         .map(|c| format!("estimate {} USD", codeformer_ledger::money::exact(c)))
         .unwrap_or_else(|| "no estimate (size unknown)".into());
     match row.state {
         JobState::Queued | JobState::Processing => println!(
-            "sent: request {} {}; {estimate}; `codeformer-ledger run` polls and downloads it",
+            "sent: request {} {}; {estimate}; {}",
             row.request_id.as_deref().unwrap_or("?"),
             row.remote_status.as_deref().unwrap_or("QUEUED"),
-        ),
-        JobState::Planned => println!(
-            "not sent: {}; it stays planned and `codeformer-ledger run` will send it",
-            row.reason
-                .as_deref()
-                .unwrap_or("the gateway could not be reached")
+            if wait {
+                "waiting for it"
+            } else {
+                "`codeformer-ledger run` polls and downloads it"
+            }
         ),
         state => println!(
             "{state}: {}",

@@ -153,14 +153,35 @@ impl RunSummary {
     }
 }
 
-/// A snapshot for progress displays.
-#[derive(Debug, Clone, Default)]
+/// The longest the engine waits on a 429's `Retry-After` before asking again.
+pub const MAX_RATE_LIMIT_WAIT: Duration = Duration::from_secs(300);
+
+/// A snapshot for progress displays: jobs counted by where they stand, not HTTP requests.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
+    /// Jobs in a final state (completed, failed, error, rejected, stalled, skipped).
     pub done: u64,
+    /// Every job in scope.
     pub total: u64,
-    pub in_flight: usize,
+    /// Jobs finished since this run started (an ETA needs at least one).
+    pub done_this_run: u64,
+    /// Jobs at the gateway, waiting (QUEUED) or being worked on (PROCESSING).
+    pub queued: u64,
+    pub processing: u64,
+    pub completed: u64,
+    /// FAILED at the gateway.
     pub failed: u64,
+    /// ERROR at the gateway (not charged).
+    pub errored: u64,
+    /// Rejected, stalled or uncertain.
+    pub other_trouble: u64,
+    /// Held by the budget or a 402.
+    pub held: u64,
+    /// What the budget counts: charged so far plus the estimates of jobs sent and not yet
+    /// charged, in USD.
     pub spent: Decimal,
+    /// The gateway answered 429: nothing is sent for this long.
+    pub rate_limited: Option<Duration>,
 }
 
 /// Called with progress snapshots, at most a few times a second.
@@ -303,6 +324,10 @@ struct Engine<'a> {
     /// The last dispatch held jobs for the budget and sent none: there may be more to look
     /// at right away.
     held_some: bool,
+    /// Sending is paused by a 429 until then.
+    rate_limited_until: Option<Instant>,
+    /// Jobs in a final state when the run started.
+    done_at_start: Option<u64>,
 }
 
 impl<'a> Engine<'a> {
@@ -342,6 +367,8 @@ impl<'a> Engine<'a> {
             total_in_scope: 0,
             hook_blocked: 0,
             held_some: false,
+            rate_limited_until: None,
+            done_at_start: None,
         })
     }
 
@@ -383,14 +410,15 @@ impl<'a> Engine<'a> {
         self.ledger
             .append(vec![Event::new(None, None, "engine_start").detail(
                 format!(
-                    "pid {}, batch {}, concurrency {}, budget {}",
+                    "pid {}, batch {}, concurrency {}, budget {}, poll interval {} ms",
                     std::process::id(),
                     self.scope().unwrap_or("(all)"),
                     self.limit,
                     self.options
                         .budget
                         .map(money::exact)
-                        .unwrap_or_else(|| "none".into())
+                        .unwrap_or_else(|| "none".into()),
+                    self.options.poll_interval.as_millis()
                 ),
             )])?;
         Ok(())
@@ -410,6 +438,9 @@ impl<'a> Engine<'a> {
             let dispatched = self.dispatch(&workers)?;
             self.report_progress(progress)?;
             if self.in_flight.is_empty() && !dispatched && (self.halted || self.nothing_left()?) {
+                // A last snapshot, so a display ends on the final counts.
+                self.last_progress = Instant::now() - Duration::from_secs(3600);
+                self.report_progress(progress)?;
                 break;
             }
             let wait = self.wait_time()?;
@@ -738,7 +769,7 @@ impl<'a> Engine<'a> {
             self.held_estimates.insert(job.id, estimate);
             let reason = match estimate {
                 Some(e) => format!(
-                    "budget: {} USD committed + {} USD for this job would exceed the {} USD cap",
+                    "budget: {} USD spent (charged + in flight) + {} USD for this job would exceed the {} USD cap",
                     money::exact(self.spent),
                     money::exact(e),
                     money::exact(budget)
@@ -894,7 +925,7 @@ impl<'a> Engine<'a> {
                 change.reason = Some(Some("not sent: HTTP 429, will be sent again".into()));
                 self.spent -= estimate;
                 self.send_cursor = self.send_cursor.min(job_id - 1);
-                self.on_rate_limited(*retry_after);
+                self.on_rate_limited(*retry_after)?;
             }
             SubmitOutcome::NotSent { reason } => {
                 change.state = Some(JobState::Planned);
@@ -1028,9 +1059,10 @@ impl<'a> Engine<'a> {
                 }
             }
             PollOutcome::RateLimited { retry_after } => {
-                self.on_rate_limited(retry_after);
+                self.on_rate_limited(retry_after)?;
                 let delay = retry_after
                     .unwrap_or(self.options.poll_interval)
+                    .min(MAX_RATE_LIMIT_WAIT)
                     .max(self.schedule.min);
                 change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
             }
@@ -1162,14 +1194,34 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn on_rate_limited(&mut self, retry_after: Option<Duration>) {
+    /// A 429: fewer requests at once, and no sending until `Retry-After` (capped) has passed.
+    /// A wait long enough to notice is recorded, and shown by the progress display.
+    fn on_rate_limited(&mut self, retry_after: Option<Duration>) -> Result<(), EngineError> {
         self.successes_since_429 = 0;
         self.limit = (self.limit / 2).max(1);
         let pause = retry_after
             .unwrap_or(Duration::from_secs(1))
-            .min(Duration::from_secs(300));
+            .min(MAX_RATE_LIMIT_WAIT);
         let until = Instant::now() + pause;
         self.send_paused_until = Some(self.send_paused_until.map_or(until, |u| u.max(until)));
+        let extends = self
+            .rate_limited_until
+            .is_none_or(|u| until > u + Duration::from_secs(1));
+        self.rate_limited_until = Some(self.rate_limited_until.map_or(until, |u| u.max(until)));
+        if pause >= Duration::from_secs(2) && extends {
+            let asked = retry_after
+                .map(|d| format!("Retry-After {} s", d.as_secs()))
+                .unwrap_or_else(|| "no Retry-After".into());
+            self.ledger
+                .append(vec![Event::new(None, None, "rate_limited").detail(
+                    format!(
+                    "rate limited by the gateway: waiting {} s ({asked}; waits are capped at {} s)",
+                    pause.as_secs(),
+                    MAX_RATE_LIMIT_WAIT.as_secs()
+                ),
+                )])?;
+        }
+        Ok(())
     }
 
     fn reachable(&mut self) {
@@ -1278,20 +1330,19 @@ impl<'a> Engine<'a> {
                 .map(|(_, n)| *n as u64)
                 .unwrap_or(0)
         };
-        let done = JobState::ALL
+        let done: u64 = JobState::ALL
             .iter()
             .filter(|s| s.is_final())
             .map(|s| get(*s))
             .sum();
-        let failed = [
-            JobState::Failed,
-            JobState::Error,
-            JobState::Rejected,
-            JobState::Stalled,
-        ]
-        .iter()
-        .map(|s| get(*s))
-        .sum();
+        let done_at_start = *self.done_at_start.get_or_insert(done);
+        let rate_limited = self
+            .rate_limited_until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero());
+        if rate_limited.is_none() {
+            self.rate_limited_until = None;
+        }
         sink.update(&Progress {
             done,
             total: counts
@@ -1299,9 +1350,18 @@ impl<'a> Engine<'a> {
                 .map(|(_, n)| *n as u64)
                 .sum::<u64>()
                 .max(self.total_in_scope),
-            in_flight: self.in_flight.len(),
-            failed,
+            done_this_run: done.saturating_sub(done_at_start),
+            queued: get(JobState::Queued),
+            processing: get(JobState::Processing),
+            completed: get(JobState::Completed),
+            failed: get(JobState::Failed),
+            errored: get(JobState::Error),
+            other_trouble: get(JobState::Rejected)
+                + get(JobState::Stalled)
+                + get(JobState::Uncertain),
+            held: get(JobState::Held),
             spent: self.spent,
+            rate_limited,
         });
         Ok(())
     }

@@ -10,7 +10,11 @@ use std::path::Path;
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// Upgrades, in order: `MIGRATIONS[i]` takes a ledger from version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[
+    // A price recorded by mistake could only be outvoted by a later one; `prices remove`
+    // withdraws it instead, as a new row here, so the price table itself is never edited.
+    // The text is schema.sql's, byte for byte, so a migrated ledger has the same schema.
+    "CREATE TABLE price_removals (\n    price_id    INTEGER PRIMARY KEY REFERENCES prices(id),\n    removed_at  TEXT NOT NULL,\n    reason      TEXT\n);",];
 
 /// The version this program writes.
 pub const CURRENT: i64 = 1 + MIGRATIONS.len() as i64;

@@ -11,7 +11,7 @@
 mod deliveries;
 mod jobs;
 mod lock;
-mod migrations;
+pub mod migrations;
 mod record;
 mod report;
 mod state;
@@ -55,6 +55,9 @@ pub enum LedgerError {
     /// A job named on the command line is not in the ledger.
     #[error("no job `{0}` in the ledger (give a job id, key or request id)")]
     NoSuchJob(String),
+    /// `prices remove` was refused.
+    #[error("price {id} cannot be removed: {reason}")]
+    PriceNotRemovable { id: i64, reason: String },
     /// A value stored in the ledger could not be read back.
     #[error("the ledger holds a bad value in {what}: {value}")]
     Corrupt { what: &'static str, value: String },

@@ -139,6 +139,7 @@ pub(super) fn price_in_force(tx: &rusqlite::Connection, at: &str) -> Result<Pric
         .prepare_cached(
             "SELECT model, per_megapixel, effective_from FROM prices
              WHERE model = ?1 AND effective_from <= ?2
+               AND id NOT IN (SELECT price_id FROM price_removals)
              ORDER BY effective_from DESC, id DESC LIMIT 1",
         )?
         .query_row(params![money::MODEL, at], |r| {
@@ -334,6 +335,69 @@ impl Ledger {
             ));
         }
         Ok(out)
+    }
+
+    /// The prices withdrawn by `prices remove`: price id, when, and why.
+    pub fn price_removals(&self) -> Result<Vec<(i64, String, Option<String>)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT price_id, removed_at, reason FROM price_removals ORDER BY price_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Withdraws a price: a new row in `price_removals` and a `price` event; the price row
+    /// itself is kept. The last price of the model in force cannot be removed.
+    pub fn remove_price(&mut self, id: i64, reason: Option<&str>) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let refuse = |reason: &str| super::LedgerError::PriceNotRemovable {
+            id,
+            reason: reason.to_string(),
+        };
+        let row: Option<(String, String, String)> = tx
+            .query_row(
+                "SELECT model, per_megapixel, effective_from FROM prices WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let Some((model, rate, from)) = row else {
+            return Err(refuse("there is no such price (see `prices list`)"));
+        };
+        let removed: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM price_removals WHERE price_id = ?1)",
+            [id],
+            |r| r.get(0),
+        )?;
+        if removed {
+            return Err(refuse("it was already removed"));
+        }
+        let others: i64 = tx.query_row(
+            "SELECT count(*) FROM prices WHERE model = ?1 AND id != ?2
+               AND id NOT IN (SELECT price_id FROM price_removals)",
+            params![model, id],
+            |r| r.get(0),
+        )?;
+        if others == 0 {
+            return Err(refuse(
+                "it is the only price left; record the right one first (`prices set USD_PER_MP --from DATE`)",
+            ));
+        }
+        let now = clock::now_stamp();
+        tx.execute(
+            "INSERT INTO price_removals (price_id, removed_at, reason) VALUES (?1, ?2, ?3)",
+            params![id, now, reason],
+        )?;
+        insert_event(
+            &tx,
+            Event::new(None, None, "price").detail(format!(
+                "price {id} ({rate} USD per megapixel for {model} from {from}) removed{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+            &now,
+        )?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records a new price, in force from its date.

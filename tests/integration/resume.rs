@@ -893,7 +893,7 @@ fn a_second_engine_exits_5_while_readers_and_submit_work() {
     let out = w.cli(&["submit", &late]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
-        stdout(&out).contains(&format!("an engine (pid {pid}) is running")),
+        stdout(&out).contains(&format!("another engine (pid {pid}) holds the ledger")),
         "{}",
         text(&out)
     );

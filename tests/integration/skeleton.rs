@@ -170,9 +170,10 @@ fn an_unreachable_gateway_leaves_the_job_planned_for_run() {
         &["submit", &url, "--size", "8x8"],
         &[("PIXAZO_BASE_URL", &format!("http://{closed}"))],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Exit 1 (README: an unreachable gateway is an error), with the job kept for `run`.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("run` will send it"),
+        String::from_utf8_lossy(&out.stderr).contains("run` sends it"),
         "{}",
         text(&out)
     );

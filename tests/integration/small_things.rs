@@ -1,0 +1,296 @@
+//! Small things a user trips on: formats that are offered work, a number is a budget, prices
+//! can be superseded and removed on the record, the demo's hints run, the repository is tidy.
+
+use crate::common::{text, World, BIN};
+use std::path::Path;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The cost `estimate` gives for 1000x1000 at upscale 1 (1 MP): the rate in force.
+fn rate_in_force(w: &World) -> String {
+    let out = w.cli(&[
+        "estimate",
+        "--size",
+        "1000x1000",
+        "--upscale",
+        "1",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    value["cost"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_price_is_superseded_by_one_of_the_same_date_and_removed_on_the_record() {
+    let w = World::new();
+    let out = w.cli(&["prices", "set", "0.003", "--from", "2020-01-01"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.cli(&["prices", "set", "0.004", "--from", "2020-01-01"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("price 3: 0.004 USD per megapixel from 2020-01-01T00:00:00.000Z; supersedes price 2 (same date)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rate_in_force(&w), "0.004");
+    let list = stdout(&w.cli(&["prices", "list"]));
+    assert!(list.contains("[superseded by 3]"), "{list}");
+    assert!(
+        list.lines().any(|l| l.starts_with("*   3 ")),
+        "3 is in force: {list}"
+    );
+
+    let out = w.cli(&["prices", "remove", "3", "--reason", "typo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("price 3 removed; in force now: 0.003 USD per megapixel"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(rate_in_force(&w), "0.003");
+    let list = stdout(&w.cli(&["prices", "list"]));
+    assert!(list.contains("[removed "), "{list}");
+    assert!(list.contains(": typo]"), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("*   2 ")), "{list}");
+
+    // Nothing was edited: every price row is still there, and each change is an event.
+    assert_eq!(w.count("SELECT count(*) FROM prices"), 3);
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'price' AND detail LIKE 'price 3 (0.004 USD per megapixel%removed: typo'"),
+        1
+    );
+
+    // Refusals change nothing and exit 2.
+    for (args, says) in [
+        (vec!["prices", "remove", "3"], "already removed"),
+        (vec!["prices", "remove", "99"], "no such price"),
+    ] {
+        let out = w.cli(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(stderr(&out).contains(says), "{}", text(&out));
+    }
+    let out = w.cli(&["prices", "remove", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.cli(&["prices", "remove", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("the only price left"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.count("SELECT count(*) FROM price_removals"), 2);
+}
+
+#[test]
+fn prices_set_takes_a_dollar_sign_as_usd_and_explains_one_the_shell_ate() {
+    let w = World::new();
+    let out = w.cli(&["prices", "set", "$0.0025"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("0.0025 USD per megapixel"),
+        "{}",
+        text(&out)
+    );
+    // Unquoted in a shell, `$0.002` arrives as the shell's name followed by `.002`.
+    for eaten in ["bash.002", "/bin/bash.002"] {
+        let out = w.cli(&["prices", "set", eaten]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            stderr(&out).contains("the shell replaced `$0`"),
+            "{}",
+            text(&out)
+        );
+        assert!(stderr(&out).contains("'$0.002'"), "{}", text(&out));
+    }
+    assert_eq!(w.count("SELECT count(*) FROM prices"), 2);
+}
+
+fn schema_of(path: &Path) -> Vec<(String, String, Option<String>)> {
+    let db = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = db
+        .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn a_version_1_ledger_migrates_to_the_schema_of_a_new_one() {
+    let w = World::new();
+    let old = w.dir.path().join("v1.db");
+    {
+        let db = rusqlite::Connection::open(&old).unwrap();
+        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
+            .unwrap();
+        db.execute_batch(
+            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
+             VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let out = w.cli(&["--ledger", old.to_str().unwrap(), "prices", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.cli(&["prices", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(schema_of(&old), schema_of(&w.ledger()));
+    let version = |p: &Path| -> i64 {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        version(&old),
+        codeformer_ledger::ledger::migrations::CURRENT
+    );
+    assert_eq!(
+        version(&w.ledger()),
+        codeformer_ledger::ledger::migrations::CURRENT
+    );
+}
+
+#[test]
+fn estimate_csv_works_and_show_offers_no_csv() {
+    let w = World::new();
+    let out = w.cli(&[
+        "estimate",
+        "--size",
+        "1000x500",
+        "--upscale",
+        "2",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        stdout(&out),
+        "input_width,input_height,size_source,upscale,output_width,output_height,megapixels,price_per_mp,cost,currency\n\
+         1000,500,given,2,2000,1000,2,0.0021,0.0042,USD\n"
+    );
+    let url = w.png("a.png", 10, 10);
+    let out = w.cli(&["submit", &url, "--no-send"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.cli(&["show", "1", "--format", "csv"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        stderr(&out).contains("[possible values: table, json]"),
+        "{}",
+        text(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn a_budget_written_as_a_number_in_the_config_file_is_exact() {
+    let w = World::new();
+    let config = w.dir.path().join("config.toml");
+    for (written, shown) in [
+        ("5", "5"),
+        ("0.3", "0.3"),
+        ("\"0.3\"", "0.3"),
+        ("1_000", "1000"),
+    ] {
+        std::fs::write(&config, format!("budget = {written}\n")).unwrap();
+        let out = w.cli(&["--config", config.to_str().unwrap(), "config", "show"]);
+        assert_eq!(out.status.code(), Some(0), "{written}: {}", text(&out));
+        let line = stdout(&out)
+            .lines()
+            .find(|l| l.starts_with("budget "))
+            .unwrap()
+            .to_string();
+        assert!(
+            line.starts_with(&format!("budget         {shown} ")),
+            "{written}: {line}"
+        );
+    }
+    for bad in ["true", "1e-3", "-2"] {
+        std::fs::write(&config, format!("budget = {bad}\n")).unwrap();
+        let out = w.cli(&["--config", config.to_str().unwrap(), "config", "show"]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", text(&out));
+        assert!(stderr(&out).contains("budget"), "{bad}: {}", text(&out));
+        assert!(
+            !stderr(&out).contains("budget: budget"),
+            "{bad}: {}",
+            text(&out)
+        );
+    }
+
+    // The number caps a run: a 4 MP job (0.0084 USD) does not fit under 0.001.
+    std::fs::write(&config, "budget = 0.001\n").unwrap();
+    let url = w.png("a.png", 10, 10);
+    let out = w.cli(&["submit", &url, "--no-send", "--size", "1000x1000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.cli(&[
+        "--config",
+        config.to_str().unwrap(),
+        "run",
+        "--quiet",
+        "--out-dir",
+        "out",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(w.count("SELECT count(*) FROM jobs WHERE state = 'held'"), 1);
+    assert_eq!(w.sandbox.stats().submissions, 0);
+    // The reason speaks of what was spent, not of a "committed" amount.
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE reason LIKE 'budget: 0 USD spent (charged + in flight) + 0.0084 USD for this job would exceed the 0.001 USD cap'"),
+        1
+    );
+}
+
+#[test]
+fn the_demo_hints_name_the_binary_that_ran_and_work() {
+    let w = World::new();
+    let out = w.cli(&["demo", "--dir", "demo-here"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let bin = Path::new(BIN).canonicalize().unwrap();
+    let printed = stdout(&out);
+    let hints: Vec<&str> = printed
+        .lines()
+        .skip_while(|l| !l.starts_with("explore the ledger:"))
+        .skip(1)
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(hints.len(), 3, "{printed}");
+    for hint in hints {
+        let words: Vec<&str> = hint.split_whitespace().collect();
+        assert_eq!(Path::new(words[0]), bin, "{hint}");
+        let out = std::process::Command::new(words[0])
+            .args(&words[1..])
+            .current_dir(w.dir.path())
+            .env_remove("CODEFORMER_LEDGER")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{hint}: {}", text(&out));
+    }
+}
+
+#[test]
+fn the_repository_ignores_demo_folders_and_the_readme_has_one_performance_section() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ignore = std::fs::read_to_string(root.join(".gitignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "/codeformer-demo/"),
+        "{ignore}"
+    );
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert_eq!(
+        readme
+            .lines()
+            .filter(|l| l.trim() == "## Performance")
+            .count(),
+        1
+    );
+    assert!(readme.contains("C compiler"));
+}
