@@ -8,6 +8,7 @@ mod help;
 mod hooks_e2e;
 mod hostile;
 mod ledger_files;
+mod report_html;
 mod report_output;
 mod report_totals;
 mod resume;
