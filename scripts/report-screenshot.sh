@@ -5,7 +5,9 @@
 # pinned days, tags, a price change, some FAILED jobs), renders `report --format html` and
 # takes a 1200 px wide screenshot of each page with headless Chromium:
 #   day.png, batch.png, tag-client.png   one ledger: 7 batches over 5 days, one with a
-#                                        60-character name, clients by tag, one 60 characters
+#                                        60-character name, clients by tag, one 60 characters;
+#                                        two batches run with --budget (drawn on batch.png
+#                                        when the ledger remembers a batch's budget)
 #   month.png                            the same ledger --by month
 #   many-batches.png                     30 batches
 #   one-batch.png                        a single batch (and a single day)
@@ -15,12 +17,11 @@
 #
 # Needs bash, cargo and Chromium; it installs nothing. Not part of `cargo test`.
 # REPORT_BIN=path/to/codeformer-ledger skips the build; REPORT_HEIGHT=2400 takes taller
-# screenshots (default 900 px, one screen).
+# screenshots (default 900 px, one screen); REPORT_KEEP=1 keeps the ledgers.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 HEIGHT=${REPORT_HEIGHT:-900}
-OUT=${1:-$(mktemp -d "${TMPDIR:-/tmp}/codeformer-report.XXXXXX")}
 
 BROWSER=
 for candidate in chromium chromium-browser google-chrome; do
@@ -37,6 +38,8 @@ On Debian or Ubuntu:  sudo apt-get update && sudo apt-get install -y chromium
 EOF
     exit 1
 fi
+
+OUT=${1:-$(mktemp -d "${TMPDIR:-/tmp}/codeformer-report.XXXXXX")}
 
 if [ -n "${REPORT_BIN:-}" ]; then
     BIN=$REPORT_BIN
@@ -55,7 +58,11 @@ cleanup() {
         kill "$SANDBOX_PID" 2>/dev/null || true
         wait "$SANDBOX_PID" 2>/dev/null || true
     fi
-    rm -rf "$WORK"
+    if [ "${REPORT_KEEP:-0}" = 1 ]; then
+        echo "kept the ledgers in $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
 }
 trap cleanup EXIT
 
@@ -81,10 +88,12 @@ touch "$CODEFORMER_LEDGER_CONFIG"
 
 IMAGES=(portrait-small.png couple-landscape.jpg avatar.png tall-333x517.jpg grayscale-ish.webp)
 
-# batch LEDGER DAY NAME CLIENT JOBS: a batch of JOBS images tagged client=CLIENT, run to the
-# end on DAY (the clock pinned to 10:00 UTC that day).
+# batch LEDGER DAY NAME CLIENT JOBS [BUDGET]: a batch of JOBS images tagged client=CLIENT, run
+# to the end on DAY (the clock pinned to 10:00 UTC that day), with --budget BUDGET if given.
 batch() {
     local ledger=$1 day=$2 name=$3 client=$4 jobs=$5 manifest="$WORK/manifest.csv" i
+    local budget=()
+    [ -n "${6:-}" ] && budget=(--budget "$6")
     echo "image,upscale,key,tags" >"$manifest"
     for i in $(seq 0 $((jobs - 1))); do
         printf '%s%s,%d,%s,"client=%s"\n' "$STATIC_URL" "${IMAGES[$((i % 5))]}" \
@@ -92,7 +101,7 @@ batch() {
     done
     local code=0
     CODEFORMER_LEDGER_NOW="${day}T10:00:00Z" "$BIN" --ledger "$ledger" batch "$manifest" \
-        --name "$name" --out-dir "$WORK/out" --poll-interval 50ms --quiet \
+        --name "$name" --out-dir "$WORK/out" --poll-interval 50ms --quiet "${budget[@]}" \
         >>"$WORK/runs.log" 2>&1 || code=$?
     # 3: some jobs FAILED, as the sandbox was asked to make some.
     if [ "$code" -ne 0 ] && [ "$code" -ne 3 ]; then
@@ -118,15 +127,15 @@ shoot() {
 
 echo "running batches against the sandbox..." >&2
 MAIN="$WORK/main.db"
-LONG_CLIENT="Northwind Traders and Partners, Restoration Services Division"
+LONG_CLIENT="Northwind Traders and Partners, Restoration Service Division"
 batch "$MAIN" 2026-11-02 wedding-smith acme 6
 batch "$MAIN" 2026-11-02 passport-renewals globex 3
-batch "$MAIN" 2026-11-04 family-archive-1998 acme 8
+batch "$MAIN" 2026-11-04 family-archive-1998 acme 8 0.01
 CODEFORMER_LEDGER_NOW=2026-11-04T12:00:00Z "$BIN" --ledger "$MAIN" prices set 0.0025 \
     --from 2026-11-05 --note "new rate" >>"$WORK/runs.log" 2>&1
-batch "$MAIN" 2026-11-05 scanned-negatives-box-3-of-12-from-the-attic-at-grandmas-house \
+batch "$MAIN" 2026-11-05 scanned-negatives-box-3-of-12-from-the-attic-at-grandmas-hou \
     "$LONG_CLIENT" 10
-batch "$MAIN" 2026-11-07 school-portraits initech 12
+batch "$MAIN" 2026-11-07 school-portraits initech 12 0.02
 batch "$MAIN" 2026-11-09 museum-loan globex 4
 batch "$MAIN" 2026-11-09 reprints acme 2
 shoot "$MAIN" day day

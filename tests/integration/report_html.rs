@@ -1,7 +1,8 @@
 //! `report --format html`, pinned by structure (no browser): headers are words, every rounded
 //! amount keeps its exact value in a title attribute and the table an exact column, the chart
 //! follows `--by` (a bar per group, spend over time for day and month) with round y ticks and
-//! date labels that do not overlap, and the page has no script and no URL.
+//! date labels that do not overlap, the running total as a line and each batch's budget, and
+//! the page has no script and no URL.
 
 use crate::common::*;
 use crate::report_output::{build, download, job, pin, report, send, set_state};
@@ -159,10 +160,8 @@ fn html_chart_follows_by_with_a_bar_per_group_and_round_y_ticks() {
         .skip(1)
         .map(|t| texts(t, "<text")[0].clone())
         .collect();
-    assert_eq!(
-        tick_labels,
-        ["$0", "$0.005", "$0.01", "$0.015", "$0.02", "$0.025"]
-    );
+    // The axis covers the running total (0.03847648 with the charge unknown).
+    assert_eq!(tick_labels, ["$0", "$0.01", "$0.02", "$0.03", "$0.04"]);
     assert_eq!(
         texts(chart, "<text class=\"x-label\""),
         ["2026-03-30", "2026-03-31"]
@@ -313,4 +312,86 @@ fn html_with_one_group_and_with_nothing_spent() {
             "{page}"
         );
     }
+}
+
+#[test]
+fn html_spend_over_time_has_a_running_total_line() {
+    let w = World::new();
+    build(&w);
+    let page = html(&w, "day");
+    let chart = section(&page, "<svg", "</svg>");
+    assert_eq!(
+        chart.matches("<polyline class=\"cumulative\"").count(),
+        1,
+        "{chart}"
+    );
+    // with a dashed line including the charge unknown, as there is some
+    assert_eq!(
+        chart.matches("<polyline class=\"cumulative-all\"").count(),
+        1,
+        "{chart}"
+    );
+    assert!(page.contains("spent so far (charged)"), "{page}");
+    // One month: a running total of one bar would only repeat it.
+    let month = html(&w, "month");
+    assert!(
+        !month.contains("<polyline") && !month.contains("spent so far"),
+        "{month}"
+    );
+    let titles: Vec<String> = page
+        .split("<circle class=\"point\"")
+        .skip(1)
+        .map(|c| texts(c, "<title>")[0].clone())
+        .collect();
+    assert_eq!(
+        titles,
+        [
+            "spent through 2026-03-30: charged 0.01275456 USD; with the charge unknown 0.02307648 USD",
+            "spent through 2026-03-31: charged 0.01695456 USD; with the charge unknown 0.03847648 USD",
+        ]
+    );
+    let points = attributes(&page, "<polyline class=\"cumulative\"", "points");
+    assert_eq!(points[0].split(' ').count(), 2, "{points:?}");
+}
+
+/// A batch's remembered budget (`batches.budget`, the last `--budget` given) is drawn as a
+/// line across its bar, named in its title and label, and inside the value axis.
+#[test]
+fn html_by_batch_draws_each_remembered_budget() {
+    let w = World::new();
+    build(&w);
+    let page = html(&w, "batch");
+    assert!(!page.contains("class=\"budget\""), "{page}");
+    let db = w.db();
+    db.execute(
+        "UPDATE batches SET budget = '0.02' WHERE name = 'shoot'",
+        [],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE batches SET budget = '0.05' WHERE name = 'portraits'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let page = html(&w, "batch");
+    assert_eq!(page.matches("<line class=\"budget\"").count(), 2, "{page}");
+    for needle in [
+        "<title>shoot: charged 0.01275456 USD, charge unknown 0.01032192 USD, budget 0.02 USD</title>",
+        ">$0.0231 of $0.0200 budget</text>",
+        "<title>portraits: charged 0.003 USD, charge unknown 0 USD, budget 0.05 USD</title>",
+        ">$0.0030 of $0.0500 budget</text>",
+        "</span>budget</p>",
+    ] {
+        assert!(page.contains(needle), "{needle}\n{page}");
+    }
+    let chart = section(&page, "<svg", "</svg>");
+    let ticks: Vec<String> = chart
+        .split("<g class=\"tick\">")
+        .skip(1)
+        .filter_map(|t| texts(t, "<text").first().cloned())
+        .collect();
+    assert_eq!(ticks.last().unwrap(), "$0.05", "{ticks:?}");
+    // Budgets belong to batches: other groupings draw none.
+    assert!(!html(&w, "tag:client").contains("class=\"budget\""));
 }

@@ -4,7 +4,8 @@
 //! Invariants: every value from the ledger is escaped; every amount shown rounded for reading
 //! carries its exact value in a `title` attribute, and the tables keep an exact column, so
 //! nothing an audit needs is lost to rounding. The chart follows `--by`: spend over time for
-//! day and month, a bar per group otherwise. Geometry is computed here, not by a browser, so
+//! day and month (bars per day or month and the running total as a line), a bar per group
+//! otherwise (with each batch's remembered budget marked on its bar). Geometry is computed here, not by a browser, so
 //! labels are placed (or left out) so that they never overlap.
 
 use super::{notes, reconciliation_lines};
@@ -12,6 +13,7 @@ use codeformer_ledger::clock;
 use codeformer_ledger::ledger::{DaySpend, Discrepancy, Report, ReportRow};
 use codeformer_ledger::money;
 use rust_decimal::{Decimal, RoundingStrategy};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::str::FromStr;
 
@@ -64,7 +66,7 @@ pub fn page(report: &Report) -> String {
     html.push_str(&match grouping {
         Grouping::Day => time_chart(&buckets(&report.spend_by_day, false)),
         Grouping::Month => time_chart(&buckets(&report.spend_by_day, true)),
-        Grouping::Other(_) => group_chart(&report.rows),
+        Grouping::Other(_) => group_chart(&report.rows, &report.budgets),
     });
     groups(&mut html, report, &grouping);
     reconciliation(&mut html, report);
@@ -403,6 +405,12 @@ fn buckets(days: &[DaySpend], monthly: bool) -> Vec<DaySpend> {
 
 const CHARGED: &str = "#2563eb";
 const UNKNOWN: &str = "#f59e0b";
+const CHARGED_LINE: &str = "#1e3a8a";
+const UNKNOWN_LINE: &str = "#b45309";
+const BUDGET: &str = "#dc2626";
+const LINE_KEY: &str = "height:0;border-top:3px solid #1e3a8a";
+const DASHED_KEY: &str = "height:0;border-top:3px dashed #b45309";
+const BUDGET_KEY: &str = "width:3px;background:#dc2626";
 const GRID: &str = "#e4e7eb";
 const AXIS: &str = "#9aa5b1";
 /// The chart's drawing width; the page shows it at about this many CSS pixels at 1200 px.
@@ -462,21 +470,39 @@ fn label_stride(n: usize, slot: f64, chars: usize) -> usize {
     ((needed / slot).ceil() as usize).clamp(1, n.max(1))
 }
 
-fn legend() -> String {
-    format!(
+/// The chart's key: the two bar colours, then `extra` entries (swatch style, label).
+fn legend(extra: &[(&str, &str)]) -> String {
+    let mut key = format!(
         "<p class=\"key muted\"><span style=\"background:{CHARGED}\"></span>charged\
-         <span style=\"background:{UNKNOWN}\"></span>charge unknown (worst case)</p>\n"
-    )
+         <span style=\"background:{UNKNOWN}\"></span>charge unknown (worst case)"
+    );
+    for (style, label) in extra {
+        let _ = write!(key, "<span style=\"{style}\"></span>{}", escape(label));
+    }
+    key.push_str("</p>\n");
+    key
+}
+
+/// Running totals after each bucket: (charged, charged + charge unknown).
+fn cumulative(buckets: &[DaySpend]) -> Vec<(Decimal, Decimal)> {
+    let mut charged = Decimal::ZERO;
+    let mut all = Decimal::ZERO;
+    buckets
+        .iter()
+        .map(|b| {
+            charged = money::exact_add(charged, b.charged).unwrap_or(Decimal::MAX);
+            all = money::exact_add(all, total(b.charged, b.charge_unknown)).unwrap_or(Decimal::MAX);
+            (charged, all)
+        })
+        .collect()
 }
 
 /// Spend over time: stacked vertical bars of charged and charge-unknown spend per day or
-/// month, a y axis of round ticks, and as many date labels as fit without overlapping.
+/// month, the running total as a line (charged, and with the charge unknown when there is
+/// any), a y axis of round ticks, and as many date labels as fit without overlapping.
 fn time_chart(buckets: &[DaySpend]) -> String {
-    let max = buckets
-        .iter()
-        .map(|b| total(b.charged, b.charge_unknown))
-        .max()
-        .unwrap_or_default();
+    let running = cumulative(buckets);
+    let max = running.last().map(|r| r.1).unwrap_or_default();
     if buckets.is_empty() || max.is_zero() {
         return NOTHING_SPENT.into();
     }
@@ -556,8 +582,55 @@ fn time_chart(buckets: &[DaySpend]) -> String {
             );
         }
     }
+    if buckets.len() == 1 {
+        // A running total of one bar is the bar.
+        svg.push_str("</svg>\n");
+        svg.push_str(&legend(&[]));
+        return svg;
+    }
+    let with_unknown = running.iter().any(|(c, a)| c != a);
+    let at = |i: usize| num(left + slot * (i as f64 + 0.5));
+    let line = |class: &str, style: &str, value: &dyn Fn(&(Decimal, Decimal)) -> Decimal| {
+        let points: Vec<String> = running
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("{},{}", at(i), num(y(to_f64(value(r))))))
+            .collect();
+        format!(
+            "<polyline class=\"{class}\" fill=\"none\" stroke-width=\"2\" {style} points=\"{}\"/>\n",
+            points.join(" ")
+        )
+    };
+    if with_unknown {
+        svg.push_str(&line(
+            "cumulative-all",
+            &format!("stroke=\"{UNKNOWN_LINE}\" stroke-dasharray=\"6 4\""),
+            &|r| r.1,
+        ));
+    }
+    svg.push_str(&line(
+        "cumulative",
+        &format!("stroke=\"{CHARGED_LINE}\""),
+        &|r| r.0,
+    ));
+    for (i, (b, (charged, all))) in buckets.iter().zip(&running).enumerate() {
+        let _ = writeln!(
+            svg,
+            "<circle class=\"point\" cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"{CHARGED_LINE}\">\
+             <title>spent through {}: charged {} USD; with the charge unknown {} USD</title></circle>",
+            at(i),
+            num(y(to_f64(*charged))),
+            escape(&b.day),
+            money::exact(*charged),
+            money::exact(*all)
+        );
+    }
     svg.push_str("</svg>\n");
-    svg.push_str(&legend());
+    let mut extra = vec![(LINE_KEY, "spent so far (charged)")];
+    if with_unknown {
+        extra.push((DASHED_KEY, "spent so far, with the charge unknown"));
+    }
+    svg.push_str(&legend(&extra));
     svg
 }
 
@@ -597,12 +670,14 @@ fn bars(rows: &[ReportRow]) -> Vec<(String, Decimal, Decimal)> {
 }
 
 /// A bar per group: horizontal stacked bars, one row each, so that names of any length and
-/// any number of groups get a line of their own; the value axis has round ticks.
-fn group_chart(rows: &[ReportRow]) -> String {
+/// any number of groups get a line of their own; the value axis has round ticks. A group with
+/// a budget (a batch's remembered `--budget`) has it drawn as a line across its bar.
+fn group_chart(rows: &[ReportRow], budgets: &BTreeMap<String, Decimal>) -> String {
     let bars = bars(rows);
+    let budget_of = |name: &str| budgets.get(name).copied();
     let max = bars
         .iter()
-        .map(|b| total(b.1, b.2))
+        .map(|b| total(b.1, b.2).max(budget_of(&b.0).unwrap_or_default()))
         .max()
         .unwrap_or_default();
     if max.is_zero() {
@@ -617,7 +692,8 @@ fn group_chart(rows: &[ReportRow]) -> String {
         .max()
         .unwrap_or(8);
     let left = (longest as f64 * CHAR_W + 16.0).clamp(90.0, 280.0);
-    let right = 90.0;
+    let any_budget = bars.iter().any(|b| budget_of(&b.0).is_some());
+    let right = if any_budget { 200.0 } else { 90.0 };
     // A tall chart repeats the value axis's labels above its first bar.
     let labels_on_top = bars.len() > 10;
     let top = if labels_on_top { 26.0 } else { 8.0 };
@@ -676,33 +752,55 @@ fn group_chart(rows: &[ReportRow]) -> String {
         let bar_y = row_top + 5.0;
         let mid = row_top + row_h / 2.0;
         let (x_charged, x_all) = (x(to_f64(*charged)), x(to_f64(all)));
-        let tip = format!(
+        let budget = budget_of(name);
+        let mut tip = format!(
             "{name}: charged {} USD, charge unknown {} USD",
             money::exact(*charged),
             money::exact(*unknown)
         );
+        let mut value = readable(all);
+        let mut marker = String::new();
+        let mut label_x = x_all;
+        if let Some(budget) = budget {
+            let bx = x(to_f64(budget));
+            let _ = write!(tip, ", budget {} USD", money::exact(budget));
+            let _ = write!(value, " of {} budget", readable(budget));
+            let _ = write!(
+                marker,
+                "<line class=\"budget\" x1=\"{b}\" y1=\"{}\" x2=\"{b}\" y2=\"{}\" stroke=\"{BUDGET}\" stroke-width=\"3\"/>",
+                num(row_top + 1.0),
+                num(row_top + row_h - 1.0),
+                b = num(bx)
+            );
+            label_x = label_x.max(bx);
+        }
         let _ = writeln!(
             svg,
             "<g class=\"bar\"><title>{}</title>\
              <text x=\"{}\" y=\"{m}\" dy=\"4\" text-anchor=\"end\">{}</text>\
              <rect fill=\"{CHARGED}\" x=\"{l}\" y=\"{by}\" width=\"{}\" height=\"14\"/>\
              <rect fill=\"{UNKNOWN}\" x=\"{}\" y=\"{by}\" width=\"{}\" height=\"14\"/>\
-             <text x=\"{}\" y=\"{m}\" dy=\"4\">{}</text></g>",
+             {marker}<text x=\"{}\" y=\"{m}\" dy=\"4\">{}</text></g>",
             escape(&tip),
             num(left - 8.0),
             escape(&shortened(name, NAME_CHARS)),
             num(x_charged - left),
             num(x_charged),
             num(x_all - x_charged),
-            num(x_all + 6.0),
-            escape(&readable(all)),
+            num(label_x + 6.0),
+            escape(&value),
             m = num(mid),
             l = num(left),
             by = num(bar_y),
         );
     }
     svg.push_str("</svg>\n");
-    svg.push_str(&legend());
+    let extra: &[(&str, &str)] = if any_budget {
+        &[(BUDGET_KEY, "budget")]
+    } else {
+        &[]
+    };
+    svg.push_str(&legend(extra));
     svg
 }
 
