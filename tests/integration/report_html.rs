@@ -160,8 +160,11 @@ fn html_chart_follows_by_with_a_bar_per_group_and_round_y_ticks() {
         .skip(1)
         .map(|t| texts(t, "<text")[0].clone())
         .collect();
-    // The axis covers the running total (0.03847648 with the charge unknown).
-    assert_eq!(tick_labels, ["$0", "$0.01", "$0.02", "$0.03", "$0.04"]);
+    // The highest day is 0.02307648 (charged and charge unknown).
+    assert_eq!(
+        tick_labels,
+        ["$0", "$0.005", "$0.01", "$0.015", "$0.02", "$0.025"]
+    );
     assert_eq!(
         texts(chart, "<text class=\"x-label\""),
         ["2026-03-30", "2026-03-31"]
@@ -245,10 +248,14 @@ fn html_labels_do_not_overlap_and_long_names_are_cut_in_the_chart_only() {
     drop(ledger);
 
     let page = html(&w, "day");
-    let xs: Vec<f64> = attributes(&page, "<text class=\"x-label\"", "x")
-        .iter()
-        .map(|x| x.parse().unwrap())
-        .collect();
+    let xs: Vec<f64> = attributes(
+        section(&page, "<svg", "</svg>"),
+        "<text class=\"x-label\"",
+        "x",
+    )
+    .iter()
+    .map(|x| x.parse().unwrap())
+    .collect();
     assert!(xs.len() >= 5, "{xs:?}");
     for pair in xs.windows(2) {
         // a YYYY-MM-DD label at 12 px is well under 70 px wide
@@ -319,7 +326,7 @@ fn html_spend_over_time_has_a_running_total_line() {
     let w = World::new();
     build(&w);
     let page = html(&w, "day");
-    let chart = section(&page, "<svg", "</svg>");
+    let chart = section(&page, "<h2>Spent so far</h2>", "</svg>");
     assert_eq!(
         chart.matches("<polyline class=\"cumulative\"").count(),
         1,
@@ -331,11 +338,25 @@ fn html_spend_over_time_has_a_running_total_line() {
         1,
         "{chart}"
     );
-    assert!(page.contains("spent so far (charged)"), "{page}");
+    assert!(page.contains("</span>charged so far"), "{page}");
+    // its own axis covers the running total (0.03847648 with the charge unknown)
+    let ticks: Vec<String> = chart
+        .split("<g class=\"tick\">")
+        .skip(1)
+        .map(|t| texts(t, "<text")[0].clone())
+        .collect();
+    assert_eq!(ticks, ["$0", "$0.01", "$0.02", "$0.03", "$0.04"]);
+    // below the bars, on the same dates
+    let bars = section(&page, "<svg", "</svg>");
+    assert!(!bars.contains("<polyline"), "{bars}");
+    assert_eq!(
+        attributes(chart, "<text class=\"x-label\"", "x"),
+        attributes(bars, "<text class=\"x-label\"", "x")
+    );
     // One month: a running total of one bar would only repeat it.
     let month = html(&w, "month");
     assert!(
-        !month.contains("<polyline") && !month.contains("spent so far"),
+        !month.contains("<polyline") && !month.contains("Spent so far"),
         "{month}"
     );
     let titles: Vec<String> = page

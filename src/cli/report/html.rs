@@ -1,12 +1,13 @@
-//! `report --format html`: one self-contained page (inline CSS and an inline SVG chart; no
+//! `report --format html`: one self-contained page (inline CSS and inline SVG charts; no
 //! scripts, fonts, images, links or URLs), so it can be mailed or archived as is.
 //!
 //! Invariants: every value from the ledger is escaped; every amount shown rounded for reading
 //! carries its exact value in a `title` attribute, and the tables keep an exact column, so
 //! nothing an audit needs is lost to rounding. The chart follows `--by`: spend over time for
-//! day and month (bars per day or month and the running total as a line), a bar per group
-//! otherwise (with each batch's remembered budget marked on its bar). Geometry is computed here, not by a browser, so
-//! labels are placed (or left out) so that they never overlap.
+//! day and month (bars per day or month, and the running total below as a line), a bar per
+//! group otherwise (with each batch's remembered budget marked on its bar). Geometry is
+//! computed here, not by a browser, so labels are placed (or left out) so that they never
+//! overlap.
 
 use super::{notes, reconciliation_lines};
 use codeformer_ledger::clock;
@@ -483,6 +484,159 @@ fn legend(extra: &[(&str, &str)]) -> String {
     key
 }
 
+/// The drawing area of a chart over time: margins that leave room for the y tick labels
+/// and for the last date label, round ticks, and one slot per bucket.
+struct TimeFrame {
+    left: f64,
+    right: f64,
+    top: f64,
+    base: f64,
+    height: f64,
+    slot: f64,
+    ticks: Vec<Decimal>,
+    top_value: f64,
+}
+
+impl TimeFrame {
+    fn new(buckets: usize, max: Decimal, height: f64, left: f64, label_chars: usize) -> TimeFrame {
+        let ticks = ticks(max);
+        let top_value = to_f64(*ticks.last().unwrap_or(&max));
+        // The last date label is centred on the last slot: leave it half its width.
+        let right = (label_chars as f64 * CHAR_W / 2.0).max(16.0);
+        let (top, bottom) = (14.0, 40.0);
+        TimeFrame {
+            left,
+            right,
+            top,
+            base: height - bottom,
+            height,
+            slot: (WIDTH - left - right) / buckets.max(1) as f64,
+            ticks,
+            top_value,
+        }
+    }
+
+    /// The left margin that fits the tick labels of every chart drawn from `maxima`, so
+    /// that charts one above the other share their x positions.
+    fn left_for(maxima: &[Decimal]) -> f64 {
+        let chars = maxima
+            .iter()
+            .flat_map(|m| ticks(*m))
+            .map(|t| tick_label(t).len())
+            .max()
+            .unwrap_or(2);
+        (chars as f64 * CHAR_W + 16.0).max(48.0)
+    }
+
+    fn y(&self, v: Decimal) -> f64 {
+        self.base - to_f64(v) / self.top_value * (self.base - self.top)
+    }
+
+    fn center(&self, i: usize) -> f64 {
+        self.left + self.slot * (i as f64 + 0.5)
+    }
+
+    /// The `<svg>` element, the y ticks with their grid lines, and the x axis.
+    fn open(&self, svg: &mut String, label: &str) {
+        let _ = writeln!(
+            svg,
+            "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {}\" font-family=\"sans-serif\" \
+             font-size=\"12\" role=\"img\" aria-label=\"{}\">",
+            num(self.height),
+            escape(label)
+        );
+        for t in &self.ticks {
+            let ty = num(self.y(*t));
+            let _ = writeln!(
+                svg,
+                "<g class=\"tick\"><line x1=\"{}\" y1=\"{ty}\" x2=\"{}\" y2=\"{ty}\" stroke=\"{GRID}\"/>\
+                 <text x=\"{}\" y=\"{ty}\" dy=\"4\" text-anchor=\"end\">{}</text></g>",
+                num(self.left),
+                num(WIDTH - self.right),
+                num(self.left - 8.0),
+                escape(&tick_label(*t))
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{l}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"{AXIS}\"/>",
+            l = num(self.left),
+            r = num(WIDTH - self.right),
+            b = num(self.base)
+        );
+    }
+
+    /// As many date labels as fit without overlapping: every `stride`-th one.
+    fn x_labels(&self, svg: &mut String, buckets: &[DaySpend], chars: usize) {
+        let stride = label_stride(buckets.len(), self.slot, chars);
+        for (i, b) in buckets.iter().enumerate() {
+            if i.is_multiple_of(stride) {
+                let _ = writeln!(
+                    svg,
+                    "<text class=\"x-label\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
+                    num(self.center(i)),
+                    num(self.base + 18.0),
+                    escape(&b.day)
+                );
+            }
+        }
+    }
+}
+
+/// Spend over time: stacked vertical bars of charged and charge-unknown spend per day or
+/// month, then, below and on the same dates, the running total as a line (charged, and with
+/// the charge unknown when there is any). Each has a y axis of round ticks and as many date
+/// labels as fit without overlapping.
+fn time_chart(buckets: &[DaySpend]) -> String {
+    let max = buckets
+        .iter()
+        .map(|b| total(b.charged, b.charge_unknown))
+        .max()
+        .unwrap_or_default();
+    if buckets.is_empty() || max.is_zero() {
+        return NOTHING_SPENT.into();
+    }
+    let running = cumulative(buckets);
+    let running_max = running.last().map(|r| r.1).unwrap_or(max);
+    let chars = buckets.iter().map(|b| b.day.len()).max().unwrap_or(10);
+    let left = TimeFrame::left_for(&[max, running_max]);
+    let frame = TimeFrame::new(buckets.len(), max, 300.0, left, chars);
+    let bar_w = (frame.slot * 0.8).min(48.0);
+    let mut svg = String::new();
+    frame.open(&mut svg, "Spend over time");
+    for (i, b) in buckets.iter().enumerate() {
+        let x = frame.center(i) - bar_w / 2.0;
+        let all = total(b.charged, b.charge_unknown);
+        let tip = format!(
+            "{}: charged {} USD, charge unknown {} USD",
+            b.day,
+            money::exact(b.charged),
+            money::exact(b.charge_unknown)
+        );
+        let _ = writeln!(
+            svg,
+            "<g class=\"bar\"><title>{}</title><rect fill=\"{UNKNOWN}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>\
+             <rect fill=\"{CHARGED}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/></g>",
+            escape(&tip),
+            num(x),
+            num(frame.y(all)),
+            num(bar_w),
+            num(frame.y(b.charged) - frame.y(all)),
+            num(x),
+            num(frame.y(b.charged)),
+            num(bar_w),
+            num(frame.base - frame.y(b.charged)),
+        );
+    }
+    frame.x_labels(&mut svg, buckets, chars);
+    svg.push_str("</svg>\n");
+    svg.push_str(&legend(&[]));
+    if buckets.len() > 1 {
+        svg.push_str(&running_chart(buckets, &running, left, chars));
+    }
+    svg
+}
+
 /// Running totals after each bucket: (charged, charged + charge unknown).
 fn cumulative(buckets: &[DaySpend]) -> Vec<(Decimal, Decimal)> {
     let mut charged = Decimal::ZERO;
@@ -497,104 +651,24 @@ fn cumulative(buckets: &[DaySpend]) -> Vec<(Decimal, Decimal)> {
         .collect()
 }
 
-/// Spend over time: stacked vertical bars of charged and charge-unknown spend per day or
-/// month, the running total as a line (charged, and with the charge unknown when there is
-/// any), a y axis of round ticks, and as many date labels as fit without overlapping.
-fn time_chart(buckets: &[DaySpend]) -> String {
-    let running = cumulative(buckets);
+/// The running total as a line on the same dates as the bars above it; a point (with the
+/// exact sums as its title) on each day or month that added to it.
+fn running_chart(
+    buckets: &[DaySpend],
+    running: &[(Decimal, Decimal)],
+    left: f64,
+    chars: usize,
+) -> String {
     let max = running.last().map(|r| r.1).unwrap_or_default();
-    if buckets.is_empty() || max.is_zero() {
-        return NOTHING_SPENT.into();
-    }
-    let ticks = ticks(max);
-    let top_value = to_f64(*ticks.last().unwrap_or(&max));
-    let tick_chars = ticks
-        .iter()
-        .map(|t| tick_label(*t).len())
-        .max()
-        .unwrap_or(2);
-    let (height, top, bottom) = (300.0, 14.0, 40.0);
-    let left = (tick_chars as f64 * CHAR_W + 16.0).max(48.0);
-    let right = 16.0;
-    let plot_w = WIDTH - left - right;
-    let base = height - bottom;
-    let y = |v: f64| base - v / top_value * (base - top);
-    let slot = plot_w / buckets.len() as f64;
-    let bar_w = (slot * 0.8).min(48.0);
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        "<svg class=\"chart\" viewBox=\"0 0 {WIDTH} {height}\" font-family=\"sans-serif\" \
-         font-size=\"12\" role=\"img\" aria-label=\"Spend over time\">"
-    );
-    for t in &ticks {
-        let ty = num(y(to_f64(*t)));
-        let _ = writeln!(
-            svg,
-            "<g class=\"tick\"><line x1=\"{}\" y1=\"{ty}\" x2=\"{}\" y2=\"{ty}\" stroke=\"{GRID}\"/>\
-             <text x=\"{}\" y=\"{ty}\" dy=\"4\" text-anchor=\"end\">{}</text></g>",
-            num(left),
-            num(WIDTH - right),
-            num(left - 8.0),
-            escape(&tick_label(*t))
-        );
-    }
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{l}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"{AXIS}\"/>",
-        l = num(left),
-        r = num(WIDTH - right),
-        b = num(base)
-    );
-    let chars = buckets.iter().map(|b| b.day.len()).max().unwrap_or(10);
-    let stride = label_stride(buckets.len(), slot, chars);
-    for (i, b) in buckets.iter().enumerate() {
-        let x = left + slot * i as f64 + (slot - bar_w) / 2.0;
-        let all = to_f64(total(b.charged, b.charge_unknown));
-        let charged = to_f64(b.charged);
-        let tip = format!(
-            "{}: charged {} USD, charge unknown {} USD",
-            b.day,
-            money::exact(b.charged),
-            money::exact(b.charge_unknown)
-        );
-        let _ = writeln!(
-            svg,
-            "<g class=\"bar\"><title>{}</title><rect fill=\"{UNKNOWN}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/>\
-             <rect fill=\"{CHARGED}\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\"/></g>",
-            escape(&tip),
-            num(x),
-            num(y(all)),
-            num(bar_w),
-            num(y(charged) - y(all)),
-            num(x),
-            num(y(charged)),
-            num(bar_w),
-            num(base - y(charged)),
-        );
-        if i.is_multiple_of(stride) {
-            let _ = writeln!(
-                svg,
-                "<text class=\"x-label\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                num(x + bar_w / 2.0),
-                num(base + 18.0),
-                escape(&b.day)
-            );
-        }
-    }
-    if buckets.len() == 1 {
-        // A running total of one bar is the bar.
-        svg.push_str("</svg>\n");
-        svg.push_str(&legend(&[]));
-        return svg;
-    }
+    let frame = TimeFrame::new(buckets.len(), max, 240.0, left, chars);
     let with_unknown = running.iter().any(|(c, a)| c != a);
-    let at = |i: usize| num(left + slot * (i as f64 + 0.5));
-    let line = |class: &str, style: &str, value: &dyn Fn(&(Decimal, Decimal)) -> Decimal| {
+    let mut svg = String::from("<h2>Spent so far</h2>\n");
+    frame.open(&mut svg, "Running total of spend");
+    let line = |class: &str, style: &str, pick: fn(&(Decimal, Decimal)) -> Decimal| {
         let points: Vec<String> = running
             .iter()
             .enumerate()
-            .map(|(i, r)| format!("{},{}", at(i), num(y(to_f64(value(r))))))
+            .map(|(i, r)| format!("{},{}", num(frame.center(i)), num(frame.y(pick(r)))))
             .collect();
         format!(
             "<polyline class=\"{class}\" fill=\"none\" stroke-width=\"2\" {style} points=\"{}\"/>\n",
@@ -605,32 +679,41 @@ fn time_chart(buckets: &[DaySpend]) -> String {
         svg.push_str(&line(
             "cumulative-all",
             &format!("stroke=\"{UNKNOWN_LINE}\" stroke-dasharray=\"6 4\""),
-            &|r| r.1,
+            |r| r.1,
         ));
     }
     svg.push_str(&line(
         "cumulative",
         &format!("stroke=\"{CHARGED_LINE}\""),
-        &|r| r.0,
+        |r| r.0,
     ));
-    for (i, (b, (charged, all))) in buckets.iter().zip(&running).enumerate() {
+    for (i, (b, (charged, all))) in buckets.iter().zip(running).enumerate() {
+        if total(b.charged, b.charge_unknown).is_zero() {
+            continue;
+        }
         let _ = writeln!(
             svg,
             "<circle class=\"point\" cx=\"{}\" cy=\"{}\" r=\"3\" fill=\"{CHARGED_LINE}\">\
              <title>spent through {}: charged {} USD; with the charge unknown {} USD</title></circle>",
-            at(i),
-            num(y(to_f64(*charged))),
+            num(frame.center(i)),
+            num(frame.y(*charged)),
             escape(&b.day),
             money::exact(*charged),
             money::exact(*all)
         );
     }
+    frame.x_labels(&mut svg, buckets, chars);
     svg.push_str("</svg>\n");
-    let mut extra = vec![(LINE_KEY, "spent so far (charged)")];
+    let mut key =
+        format!("<p class=\"key muted\"><span style=\"{LINE_KEY}\"></span>charged so far");
     if with_unknown {
-        extra.push((DASHED_KEY, "spent so far, with the charge unknown"));
+        let _ = write!(
+            key,
+            "<span style=\"{DASHED_KEY}\"></span>with the charge unknown (worst case)"
+        );
     }
-    svg.push_str(&legend(&extra));
+    key.push_str("</p>\n");
+    svg.push_str(&key);
     svg
 }
 
