@@ -146,6 +146,9 @@ pub struct Report {
     /// same figures as `--by day`).
     #[serde(skip)]
     pub spend_by_day: Vec<DaySpend>,
+    /// With `--by batch`: each batch's remembered `--budget` (`batches.budget`), for charts.
+    #[serde(skip)]
+    pub budgets: BTreeMap<String, Decimal>,
 }
 
 fn exact<S: serde::Serializer>(d: &Decimal, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -432,7 +435,27 @@ impl Ledger {
         while let Some(r) = rows.next()? {
             builder.add(self, read_attempt(r)?, by)?;
         }
-        Ok(builder.finish())
+        let mut report = builder.finish();
+        if *by == GroupBy::Batch {
+            report.budgets = self.batch_budgets()?;
+        }
+        Ok(report)
+    }
+
+    /// The budget remembered for each batch that has one.
+    pub fn batch_budgets(&self) -> Result<BTreeMap<String, Decimal>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, budget FROM batches WHERE budget IS NOT NULL")?;
+        let mut rows = stmt.query([])?;
+        let mut budgets = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            if let Some(budget) = amount("batches.budget", r.get(1)?)? {
+                budgets.insert(name, budget);
+            }
+        }
+        Ok(budgets)
     }
 
     /// Megapixels of an attempt's outputs: the recorded size, or every file's when the gateway

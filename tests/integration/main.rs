@@ -9,6 +9,7 @@ mod hooks_e2e;
 mod hostile;
 mod ledger_files;
 mod progress;
+mod report_html;
 mod report_output;
 mod report_totals;
 mod resume;

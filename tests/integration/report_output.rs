@@ -9,9 +9,9 @@ use codeformer_ledger::money::Price;
 use codeformer_ledger::params::JobParams;
 use rust_decimal::Decimal;
 
-const NOW: &str = "2026-03-31T10:00:00Z";
+pub(crate) const NOW: &str = "2026-03-31T10:00:00Z";
 
-fn pin(at: &str) {
+pub(crate) fn pin(at: &str) {
     clock::pin_thread(Some(clock::parse_remote(at).unwrap()));
 }
 
@@ -19,7 +19,7 @@ fn rate(text: &str) -> Decimal {
     text.parse().unwrap()
 }
 
-fn job(
+pub(crate) fn job(
     name: &str,
     size: (u32, u32),
     upscale: u32,
@@ -39,7 +39,7 @@ fn job(
 }
 
 /// Sends attempts at `per_mp`, as the engine records an intent.
-fn send(ledger: &mut Ledger, jobs: &[(i64, i64)], per_mp: &str) {
+pub(crate) fn send(ledger: &mut Ledger, jobs: &[(i64, i64)], per_mp: &str) {
     let records: Vec<SubmitRecord> = jobs
         .iter()
         .map(|&(id, attempt)| {
@@ -61,7 +61,7 @@ fn send(ledger: &mut Ledger, jobs: &[(i64, i64)], per_mp: &str) {
     ledger.mark_submitting(&records).unwrap();
 }
 
-fn set_state(ledger: &mut Ledger, id: i64, attempt: i64, state: JobState) {
+pub(crate) fn set_state(ledger: &mut Ledger, id: i64, attempt: i64, state: JobState) {
     let change = Change {
         state: Some(state),
         request_id: Some(format!("codeformer-image-restoration_{id}_{attempt}")),
@@ -72,7 +72,7 @@ fn set_state(ledger: &mut Ledger, id: i64, attempt: i64, state: JobState) {
     ledger.record(vec![(id, attempt, change, event)]).unwrap();
 }
 
-fn download(ledger: &mut Ledger, id: i64, attempt: i64, size: (u32, u32)) {
+pub(crate) fn download(ledger: &mut Ledger, id: i64, attempt: i64, size: (u32, u32)) {
     let file = OutputRow {
         attempt,
         idx: 0,
@@ -89,7 +89,7 @@ fn download(ledger: &mut Ledger, id: i64, attempt: i64, size: (u32, u32)) {
 /// Two days of work: completed, FAILED, ERROR, rejected, uncertain and sent again, still at
 /// the gateway, held and planned jobs; a price change at midnight; an output that shows its
 /// input changed after it was measured.
-fn build(w: &World) {
+pub(crate) fn build(w: &World) {
     pin("2026-03-30T09:00:00Z");
     let mut ledger = Ledger::open(&w.ledger()).unwrap();
     let day1 = ledger
@@ -172,7 +172,7 @@ fn build(w: &World) {
     clock::pin_thread(None);
 }
 
-fn report(w: &World, args: &[&str]) -> String {
+pub(crate) fn report(w: &World, args: &[&str]) -> String {
     let mut all = vec!["report"];
     all.extend_from_slice(args);
     let out = w.cli_env(&all, &[("CODEFORMER_LEDGER_NOW", NOW)]);
@@ -347,7 +347,7 @@ fn html_and_output_files() {
     for needle in [
         "<svg",
         "2026-03-30: charged 0.01275456 USD, charge unknown 0.01032192 USD",
-        "<td>total</td><td>11</td>",
+        "<td class=\"group\">Total</td><td>11</td>",
         "the output is 1200x1000, not the 1000x1000 expected from the 500x500 input",
     ] {
         assert!(html.contains(needle), "{needle}\n{html}");
