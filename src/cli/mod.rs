@@ -127,7 +127,7 @@ impl From<LedgerError> for CliError {
         }
         let code = match e {
             LedgerError::Busy { .. } => exit::LEDGER_BUSY,
-            LedgerError::NoSuchJob(_) => exit::USAGE,
+            LedgerError::NoSuchJob(_) | LedgerError::KeyConflict { .. } => exit::USAGE,
             _ => exit::ERROR,
         };
         CliError {

@@ -127,6 +127,10 @@ pub fn webhook_mode(text: &str) -> Result<WebhookMode, String> {
 
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     let params = args.params.params(&args.image_url)?;
+    if args.wait {
+        // Checked before the job is recorded: exit 2 leaves the ledger as it was.
+        super::run::usable_out_dir(&args.out_dir)?;
+    }
     let gateway = global.gateway()?;
     let mut ledger = global.open_ledger()?;
     let job = NewJob {

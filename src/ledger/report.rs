@@ -85,6 +85,9 @@ pub struct ReportRow {
     /// FAILED, stalled, uncertain, still at the gateway, or completed and not yet downloaded.
     #[serde(serialize_with = "exact")]
     pub charge_unknown: Decimal,
+    /// Jobs recorded earlier (in another batch, or none) that joined this batch: counted here
+    /// at no new charge; their attempts and cost stay with the group that sent them.
+    pub reused: u64,
 }
 
 /// An attempt whose recorded charge differs from its estimate.
@@ -200,6 +203,7 @@ impl ReportRow {
         self.estimated = plus(self.estimated, other.estimated)?;
         self.charged = plus(self.charged, other.charged)?;
         self.charge_unknown = plus(self.charge_unknown, other.charge_unknown)?;
+        self.reused += other.reused;
         Ok(())
     }
 }
@@ -379,6 +383,18 @@ impl Builder {
         Ok(())
     }
 
+    /// A job that joined `batch` from an earlier one: a count, with no money.
+    fn add_reused(&mut self, batch: String) {
+        self.report.total.reused += 1;
+        self.groups
+            .entry(batch.clone())
+            .or_insert_with(|| ReportRow {
+                group: batch,
+                ..ReportRow::default()
+            })
+            .reused += 1;
+    }
+
     fn finish(mut self) -> Report {
         self.report.total.group = "total".into();
         self.report.rows = self.groups.into_values().collect();
@@ -431,6 +447,15 @@ impl Ledger {
         builder.report.group_by = by.to_string();
         while let Some(r) = rows.next()? {
             builder.add(self, read_attempt(r)?, by)?;
+        }
+        if *by == GroupBy::Batch {
+            let in_period =
+                |at: &str| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at < u);
+            for (batch, joined_at) in self.memberships()? {
+                if in_period(&joined_at) {
+                    builder.add_reused(batch);
+                }
+            }
         }
         Ok(builder.finish())
     }
