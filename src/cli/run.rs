@@ -602,6 +602,16 @@ pub fn drive(
     progress.finish();
     if let Some(name) = &options.batch {
         place_reused_outputs(ledger, name, &out_dir)?;
+        for (owner, n) in ledger.members_pending(name)? {
+            let how = match &owner {
+                Some(owner) => format!("`codeformer-ledger run --batch {owner}`"),
+                None => "`codeformer-ledger run`".to_string(),
+            };
+            println!(
+                "{n} reused job(s) of batch {name} are still unfinished in {}; {how} finishes them, then `codeformer-ledger run --batch {name}` places their outputs here",
+                owner.as_deref().map_or("no batch".to_string(), |o| format!("batch {o}"))
+            );
+        }
     }
     print_summary(ledger, &summary, &out_dir)?;
     match &summary.stop {

@@ -312,6 +312,19 @@ impl Ledger {
         Ok(out)
     }
 
+    /// Member jobs of a batch not yet completed and downloaded, by the batch they were recorded
+    /// in: their own batch's runs (or a run over every batch) send them, not this batch's.
+    pub fn members_pending(&self, batch: &str) -> Result<Vec<(Option<String>, i64)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT j.batch, count(*) FROM batch_members m JOIN jobs j ON j.id = m.job_id
+             WHERE m.batch = ?1 AND (j.state IN ('planned', 'held', 'submitting', 'queued', 'processing')
+                                     OR j.post = 'download')
+             GROUP BY j.batch ORDER BY j.batch",
+        )?;
+        let rows = stmt.query_map([batch], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Records the copies of a member job's outputs placed in a batch's folder, with an event.
     pub fn record_member_outputs(
         &mut self,

@@ -333,3 +333,48 @@ fn a_reused_photo_joins_the_new_batch_with_its_tags_and_output_at_no_new_charge(
     );
     assert_eq!(w.sandbox.stats().accepted, 3);
 }
+
+/// A reused job still unfinished in its own batch is sent by that batch's runs, once; the
+/// new batch says so, and places the output when it is there.
+#[test]
+fn a_reused_job_unfinished_elsewhere_is_named_then_placed_once_it_is_done() {
+    let w = World::new();
+    let a = w.png("a.png", 100, 100);
+    let first = w.manifest("first.txt", std::slice::from_ref(&a));
+    let out = batch(
+        &w,
+        first.to_str().unwrap(),
+        "out-first",
+        &["--enqueue-only"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let second = w.manifest("second.txt", std::slice::from_ref(&a));
+    let out = batch(&w, second.to_str().unwrap(), "out-second", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        stdout(&out).contains("1 reused job(s) of batch second are still unfinished in batch first; `codeformer-ledger run --batch first` finishes them"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.sandbox.stats().accepted, 0);
+    let out = run(&w, &["--batch", "first"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(&w, &["--batch", "second"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(w.sandbox.stats().accepted, 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM member_outputs WHERE batch = 'second'"),
+        1
+    );
+    let entries = std::fs::read_dir(w.dir.path().join("out-second"))
+        .unwrap()
+        .count();
+    assert_eq!(entries, 1);
+    let out = w.cli(&["verify", "--files"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for entry in std::fs::read_dir(w.dir.path().join("out-second")).unwrap() {
+        std::fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    let out = w.cli(&["verify", "--files"]);
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+}
