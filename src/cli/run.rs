@@ -447,6 +447,8 @@ pub struct Plan {
     budget: Option<Decimal>,
     /// A new cap to remember for the batch (`Some(None)` lifts it), with the flag that set it.
     budget_change: Option<(Option<Decimal>, &'static str)>,
+    /// The cap is the batch's (given now or remembered), not the config file's.
+    budget_is_the_batch: bool,
     /// Caps of every batch, for a run over the whole ledger.
     batch_budgets: std::collections::HashMap<String, Decimal>,
 }
@@ -490,15 +492,16 @@ impl Plan {
                 args.hook_timeout,
             )?,
         };
-        let (budget, budget_change) = match (batch, given.budget) {
-            (Some(_), BudgetFlag::Set(cap)) => (Some(cap), Some((Some(cap), "--budget"))),
-            (Some(_), BudgetFlag::Lift) => (None, Some((None, "--no-budget"))),
-            (Some(name), BudgetFlag::Keep) => {
-                (ledger.batch_budget(name)?.or(given.config_budget), None)
-            }
-            (None, BudgetFlag::Set(cap)) => (Some(cap), None),
-            (None, BudgetFlag::Lift) => (None, None),
-            (None, BudgetFlag::Keep) => (given.config_budget, None),
+        let (budget, budget_change, budget_is_the_batch) = match (batch, given.budget) {
+            (Some(_), BudgetFlag::Set(cap)) => (Some(cap), Some((Some(cap), "--budget")), true),
+            (Some(_), BudgetFlag::Lift) => (None, Some((None, "--no-budget")), false),
+            (Some(name), BudgetFlag::Keep) => match ledger.batch_budget(name)? {
+                Some(cap) => (Some(cap), None, true),
+                None => (given.config_budget, None, false),
+            },
+            (None, BudgetFlag::Set(cap)) => (Some(cap), None, false),
+            (None, BudgetFlag::Lift) => (None, None, false),
+            (None, BudgetFlag::Keep) => (given.config_budget, None, false),
         };
         let batch_budgets = match batch {
             Some(_) => Default::default(),
@@ -511,6 +514,7 @@ impl Plan {
             hooks,
             budget,
             budget_change,
+            budget_is_the_batch,
             batch_budgets,
         })
     }
@@ -562,9 +566,15 @@ pub fn drive(
         mut hooks,
         budget,
         batch_budgets,
+        budget_is_the_batch,
         ..
     } = plan;
-    announce_budget(batch.as_deref(), budget, &batch_budgets);
+    announce_budget(
+        batch.as_deref(),
+        budget,
+        budget_is_the_batch,
+        &batch_budgets,
+    );
     let mut options = EngineOptions::new(out_dir.clone());
     if batch.is_none() && args.out_dir.is_none() {
         // A run over every batch downloads each batch's outputs into its own folder.
@@ -706,11 +716,16 @@ pub fn start_hooks(
 fn announce_budget(
     batch: Option<&str>,
     budget: Option<Decimal>,
+    the_batch: bool,
     batch_budgets: &std::collections::HashMap<String, Decimal>,
 ) {
     match (batch, budget) {
-        (Some(name), Some(cap)) => eprintln!(
+        (Some(name), Some(cap)) if the_batch => eprintln!(
             "budget: {} USD for batch {name} (remembered for the batch)",
+            money::exact(cap)
+        ),
+        (Some(name), Some(cap)) => eprintln!(
+            "budget: {} USD for batch {name}, from the config file (not remembered)",
             money::exact(cap)
         ),
         (None, Some(cap)) => eprintln!(

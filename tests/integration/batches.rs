@@ -378,3 +378,39 @@ fn a_reused_job_unfinished_elsewhere_is_named_then_placed_once_it_is_done() {
     let out = w.cli(&["verify", "--files"]);
     assert_ne!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// The config file's budget caps a batch that remembers none, and is not stored as its cap.
+#[test]
+fn a_config_budget_applies_to_a_batch_without_being_remembered() {
+    let w = World::new();
+    let m = manifest(&w, "configured", 2);
+    let config = w.dir.path().join("config.toml");
+    std::fs::write(&config, "budget = \"0.0001\"\n").unwrap();
+    let out_dir = w.dir.path().join("out");
+    let out = w.cli_env(
+        &[
+            "batch",
+            &m,
+            "--quiet",
+            "--poll-interval",
+            "50ms",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ],
+        &[("CODEFORMER_LEDGER_CONFIG", config.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        stderr(&out).contains(
+            "budget: 0.0001 USD for batch configured, from the config file (not remembered)"
+        ),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.sandbox.stats().accepted, 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM batches WHERE budget IS NOT NULL"),
+        0
+    );
+    assert!(budget_events(&w).is_empty());
+}
