@@ -414,3 +414,56 @@ fn a_config_budget_applies_to_a_batch_without_being_remembered() {
     );
     assert!(budget_events(&w).is_empty());
 }
+
+/// Ctrl-C on a capped batch names the resume with the cap it keeps, and the resume keeps it.
+#[test]
+fn ctrl_c_names_the_resume_with_the_batch_cap_and_the_resume_keeps_it() {
+    let w = World::timed(SandboxConfig {
+        queue_ms: 50,
+        processing_ms: (300, 400),
+        ..SandboxConfig::default()
+    });
+    let m = manifest(&w, "stopped", 8);
+    let out_dir = w.out_dir();
+    let log = w.dir.path().join("batch.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = w
+        .command(&[
+            "batch",
+            &m,
+            "--quiet",
+            "--budget",
+            "0.0003",
+            "--poll-interval",
+            "50ms",
+            "--concurrency",
+            "2",
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+        ])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.sandbox.stats().accepted == 0 {
+        assert!(Instant::now() < deadline, "nothing was sent");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.id().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = child.wait().unwrap();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("`codeformer-ledger run --batch stopped` (which keeps its cap of 0.0003 USD"),
+        "{said}"
+    );
+    let out = run(&w, &["--batch", "stopped"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(charged(&w) <= dec("0.0003"), "{}", text(&out));
+}
