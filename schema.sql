@@ -1,4 +1,4 @@
--- The codeformer-ledger schema, version 1.
+-- The codeformer-ledger schema at the version `migrations::CURRENT` (a new ledger is created from it).
 --
 -- The ledger is one SQLite file in WAL mode. `events` is the append-only record of everything
 -- the program did and learned; `jobs` and `attempts` hold the current state, and change only in
@@ -13,7 +13,34 @@ CREATE TABLE batches (
     created_at  TEXT NOT NULL,
     hooks       TEXT NOT NULL DEFAULT '[]', -- JSON array of hook file paths, so a resume runs the same hooks
     out_dir     TEXT,                       -- output folder remembered for resumes
-    budget      TEXT                        -- the last --budget given, USD
+    budget      TEXT                        -- the batch's spend cap, USD, remembered from `batch`/`run --batch
+                                            -- --budget` (NULL: none; `--no-budget` lifts it); each change is a
+                                            -- `budget` event
+);
+
+-- Jobs that belong to a batch other than the one they were recorded in (`jobs.batch`): a
+-- manifest row that matches a job already in the ledger joins the new batch here instead of
+-- becoming a second job, so it is paid for once.
+CREATE TABLE batch_members (
+    batch       TEXT NOT NULL REFERENCES batches(name),
+    job_id      INTEGER NOT NULL REFERENCES jobs(id),
+    joined_at   TEXT NOT NULL,
+    PRIMARY KEY (batch, job_id)
+);
+CREATE INDEX batch_members_by_job ON batch_members(job_id);
+
+-- Copies (hard links where the file system allows) of a member job's outputs, placed in the
+-- member batch's output folder. They cost nothing: the charge stays with the job's attempt.
+CREATE TABLE member_outputs (
+    batch       TEXT NOT NULL,
+    job_id      INTEGER NOT NULL REFERENCES jobs(id),
+    attempt     INTEGER NOT NULL,
+    idx         INTEGER NOT NULL,           -- position in output.media_url, as in `outputs`
+    path        TEXT NOT NULL,              -- where the copy was placed
+    bytes       INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    placed_at   TEXT NOT NULL,
+    PRIMARY KEY (batch, job_id, attempt, idx)
 );
 
 -- One row per job: a photo with its parameters. Current state only; history is in `events`.

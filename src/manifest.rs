@@ -435,6 +435,11 @@ impl Reader<'_> {
 
     fn json_lines(&mut self, text: &str) {
         for (line, json) in significant_lines(text) {
+            if let Some(field) = repeated_field(json) {
+                let message = "this field appears twice in the object";
+                self.error(line, Problem::field(&field, message));
+                continue;
+            }
             let object = match serde_json::from_str::<Value>(json) {
                 Ok(Value::Object(object)) => object,
                 Ok(Value::Array(_)) => {
@@ -631,6 +636,13 @@ fn json_fidelity(n: &serde_json::Number) -> Result<Decimal, ParamError> {
 fn json_tags(map: &serde_json::Map<String, Value>) -> Result<Vec<(String, String)>, Problem> {
     let mut tags = Vec::new();
     for (k, v) in map {
+        if k.contains('=') {
+            let message = format!(
+                "the tag name `{}` contains `=`: tag names cannot (a tag is written KEY=VALUE everywhere else)",
+                clip(k)
+            );
+            return Err(Problem::field("tags", message));
+        }
         let Value::String(v) = v else {
             let message = format!(
                 "`{}`: expected a string value, found {}",
@@ -644,6 +656,76 @@ fn json_tags(map: &serde_json::Map<String, Value>) -> Result<Vec<(String, String
         tags.push(tag);
     }
     check_unique_tags(tags)
+}
+
+/// The first field (at any depth, path dotted) that a JSON object gives twice, if any:
+/// serde_json keeps the last of two silently, so a row would lose a value without a word.
+/// Text that is not valid JSON gives `None` (the caller reports it).
+fn repeated_field(json: &str) -> Option<String> {
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Walks a JSON value; fails with the dotted path of the first repeated field.
+    struct Walk(String);
+
+    impl<'de> serde::de::DeserializeSeed<'de> for Walk {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.0.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.0)
+                };
+                if !seen.insert(key) {
+                    return Err(serde::de::Error::custom(format!("\u{0}{path}")));
+                }
+                map.next_value_seed(Walk(path))?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Walk(self.0.clone()))?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_str(json);
+    let err = serde::de::DeserializeSeed::deserialize(Walk(String::new()), &mut de).err()?;
+    let text = err.to_string();
+    let start = text.find('\u{0}')? + 1;
+    let end = text[start..]
+        .find(" at line ")
+        .map_or(text.len(), |i| start + i);
+    Some(text[start..end].to_string())
 }
 
 /// `k=v;k2=v2`, empty pieces ignored.
@@ -792,11 +874,48 @@ mod tests {
         );
         assert_eq!(m.rows.len(), 1);
         assert_eq!(
+            messages(&m)[0],
+            "list.txt:2: image: `ftp://x.test/b.png` is not an http(s) URL"
+        );
+        assert!(messages(&m)[1]
+            .starts_with("list.txt:3: image: `/tmp/c.png` is a local file path, not a URL"));
+    }
+
+    #[test]
+    fn a_json_field_given_twice_is_refused_naming_it() {
+        let m = parse(
+            "m.jsonl",
+            "{\"image\": \"http://x.test/a.png\", \"upscale\": 2, \"upscale\": 4}\n\
+             {\"image\": \"http://x.test/b.png\", \"tags\": {\"c\": \"a\", \"c\": \"b\"}}\n\
+             {\"image\": \"http://x.test/c.png\"}\n",
+        );
+        assert_eq!(
             messages(&m),
             [
-                "list.txt:2: image: `ftp://x.test/b.png` is not an http(s) URL",
-                "list.txt:3: image: `/tmp/c.png` is not an http(s) URL",
+                "m.jsonl:1: upscale: this field appears twice in the object",
+                "m.jsonl:2: tags.c: this field appears twice in the object",
             ]
+        );
+        assert_eq!(m.rows.len(), 1);
+        assert_eq!(
+            repeated_field("{\"a\": [{\"b\": 1, \"b\": 2}]}").as_deref(),
+            Some("a.b")
+        );
+        assert_eq!(repeated_field("{\"a\": 1, \"b\": {\"a\": 2}}"), None);
+        assert_eq!(repeated_field("{not json"), None);
+    }
+
+    #[test]
+    fn a_tag_name_with_an_equals_sign_is_refused() {
+        let m = parse(
+            "m.jsonl",
+            "{\"image\": \"http://x.test/a.png\", \"tags\": {\"a=b\": \"c\"}}\n",
+        );
+        assert_eq!(m.rows.len(), 0);
+        assert!(
+            messages(&m)[0].starts_with("m.jsonl:1: tags: the tag name `a=b` contains `=`"),
+            "{:?}",
+            m.errors
         );
     }
 

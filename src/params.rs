@@ -227,21 +227,64 @@ pub fn parse_bool(field: &'static str, text: &str) -> Result<bool, ParamError> {
     }
 }
 
+/// The longest URL accepted (image or webhook), in bytes. Longer ones are refused here rather
+/// than sent: gateways and proxies commonly refuse such requests, and an answer lost that way
+/// would leave the job `uncertain`.
+pub const MAX_URL_BYTES: usize = 8192;
+
 /// An input image must be an absolute http(s) URL the gateway can fetch.
 pub fn validate_image_url(url: &str) -> Result<(), ParamError> {
+    if !url.contains("://") && looks_like_a_path(url) {
+        return Err(ParamError::new(
+            "image",
+            format!(
+                "`{}` is a local file path, not a URL: the gateway fetches each image itself,                  so it needs a public http(s) URL (put the file where the gateway can reach it,                  e.g. a web server or a bucket with a public or presigned link)",
+                clip(url)
+            ),
+        ));
+    }
     validate_http_url("image", url)
 }
 
+/// A relative or absolute file name, as a user would type one (`photos/a.jpg`, `./a.png`,
+/// `C:\a.jpg`, `~/a.jpg`, `a.jpg`).
+fn looks_like_a_path(text: &str) -> bool {
+    let text = text.trim();
+    !text.is_empty()
+        && (text.starts_with(['/', '.', '~', '\\'])
+            || text.contains(['/', '\\'])
+            || text.as_bytes().get(1) == Some(&b':')
+            || std::path::Path::new(text).extension().is_some())
+}
+
+/// At most 120 characters of a value, for messages.
+fn clip(text: &str) -> String {
+    if text.chars().count() <= 120 {
+        text.to_string()
+    } else {
+        text.chars().take(120).collect::<String>() + "…"
+    }
+}
+
 fn validate_http_url(field: &'static str, url: &str) -> Result<(), ParamError> {
+    if url.len() > MAX_URL_BYTES {
+        return Err(ParamError::new(
+            field,
+            format!(
+                "the URL is {} bytes long; the longest accepted is {MAX_URL_BYTES} bytes",
+                url.len()
+            ),
+        ));
+    }
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| ParamError::new(field, format!("`{url}` is not an http(s) URL")))?;
+        .ok_or_else(|| ParamError::new(field, format!("`{}` is not an http(s) URL", clip(url))))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or("");
     if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(ParamError::new(
             field,
-            format!("`{url}` is not a valid http(s) URL"),
+            format!("`{}` is not a valid http(s) URL", clip(url)),
         ));
     }
     Ok(())
@@ -298,6 +341,31 @@ mod tests {
             "image"
         );
         assert!(validate_image_url("http://127.0.0.1:8080/a.png").is_ok());
+    }
+
+    #[test]
+    fn a_local_path_names_the_fix_and_a_long_url_is_refused() {
+        for path in [
+            "photos/face1.jpg",
+            "./a.png",
+            "/tmp/a.png",
+            "face.jpg",
+            "C:\\a.jpg",
+        ] {
+            let err = validate_image_url(path).unwrap_err();
+            assert!(err.message.contains("local file path"), "{path}: {err}");
+            assert!(err.message.contains("public http(s) URL"), "{path}: {err}");
+        }
+        assert!(!validate_image_url("ftp://a/b.png")
+            .unwrap_err()
+            .message
+            .contains("local"));
+        let long = format!("https://x.test/{}", "a".repeat(MAX_URL_BYTES));
+        let err = validate_image_url(&long).unwrap_err();
+        assert!(err.message.contains("8192 bytes"), "{err}");
+        let fits = format!("https://x.test/{}", "a".repeat(MAX_URL_BYTES - 15));
+        assert_eq!(fits.len(), MAX_URL_BYTES);
+        assert!(validate_image_url(&fits).is_ok());
     }
 
     #[test]

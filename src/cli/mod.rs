@@ -127,7 +127,9 @@ impl From<LedgerError> for CliError {
         }
         let code = match e {
             LedgerError::Busy { .. } => exit::LEDGER_BUSY,
-            LedgerError::NoSuchJob(_) | LedgerError::PriceNotRemovable { .. } => exit::USAGE,
+            LedgerError::NoSuchJob(_)
+            | LedgerError::PriceNotRemovable { .. }
+            | LedgerError::KeyConflict { .. } => exit::USAGE,
             _ => exit::ERROR,
         };
         CliError {

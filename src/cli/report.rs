@@ -216,6 +216,19 @@ fn notes(report: &Report) -> Vec<String> {
     if report.total.charge_unknown > rust_decimal::Decimal::ZERO {
         notes.push("charge unknown: FAILED, stalled, uncertain and unfinished attempts may or may not be billed by the gateway (completed ones not yet downloaded are); their estimates are shown as the worst case.".to_string());
     }
+    if report.total.reused > 0 {
+        let groups: Vec<String> = report
+            .rows
+            .iter()
+            .filter(|r| r.reused > 0)
+            .map(|r| format!("{} {}", r.group, r.reused))
+            .collect();
+        notes.push(format!(
+            "reused: {} job(s) recorded earlier joined a later batch at no new charge ({}); their attempts and cost are counted once, with the batch that sent them.",
+            report.total.reused,
+            groups.join(", ")
+        ));
+    }
     if report.possible_double_charges > 0 {
         notes.push(format!(
             "possible double charges: {} uncertain attempt(s) were sent again.",

@@ -27,8 +27,14 @@ pub struct EngineArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: Option<u16>,
     /// Never send a job if what is charged, plus the estimates in flight, plus its own estimate would exceed this many USD.
+    /// With a batch (`batch`, `run --batch`) the cap is remembered for it: later runs of the
+    /// batch keep it until another --budget replaces it or --no-budget lifts it. Without a
+    /// batch it applies to this run only, over every job in the ledger.
     #[arg(long, value_name = "USD", value_parser = super::parse_budget, allow_hyphen_values = true)]
     pub budget: Option<Decimal>,
+    /// Lift the batch's remembered cap (and the config file's budget) for this and later runs.
+    #[arg(long, conflicts_with = "budget")]
+    pub no_budget: bool,
     /// Stop polling jobs still unfinished this long after they were sent (they become `stalled`), e.g. 30m.
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     pub deadline: Option<Duration>,
@@ -89,6 +95,7 @@ impl RunArgs {
                 name_pattern: None,
                 concurrency: None,
                 budget: None,
+                no_budget: false,
                 deadline: None,
                 poll_interval: None,
                 callback_fallback: None,
@@ -150,14 +157,17 @@ fn retry_state(text: &str) -> Result<JobState, String> {
 }
 
 pub fn run(global: &Global, args: RunArgs) -> CmdResult {
+    let given = Given::check(global, &args.engine)?;
+    let gateway = global.gateway()?;
     let mut ledger = global.open_ledger()?;
     let _lock = ledger.lock_engine()?;
-    let gateway = global.gateway()?;
+    let plan = Plan::resolve(&ledger, args.batch.as_deref(), &args.engine, given)?;
+    plan.remember(&mut ledger)?;
     drive(
         global,
         &mut ledger,
         &gateway,
-        args.batch,
+        plan,
         &args.engine,
         args.retry,
         args.resubmit_uncertain,
@@ -188,6 +198,9 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         Some(name) => name.clone(),
         None => batch_name(&args.manifest),
     };
+    let given = Given::check(global, &args.engine)?;
+    let gateway = global.gateway()?;
+    let lines: Vec<usize> = read.rows.iter().map(|r| r.line).collect();
     let jobs: Vec<NewJob> = read
         .rows
         .into_iter()
@@ -208,15 +221,14 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         })
         .collect();
     let mut ledger = global.open_ledger()?;
-    let enqueued = ledger.enqueue(&jobs)?;
-    let added = enqueued.iter().filter(|e| e.added).count();
-    println!(
-        "batch {name}: {} row(s), {added} added, {} already in the ledger",
-        enqueued.len(),
-        enqueued.len() - added
-    );
+    // Everything is checked before the first write: exit 2 leaves the ledger as it was.
+    let plan = Plan::resolve(&ledger, Some(&name), &args.engine, given)?;
+    refuse_key_conflicts(&ledger, &jobs, &lines, &args.manifest)?;
+    let report = ledger.enqueue_reporting(&jobs)?;
+    plan.remember(&mut ledger)?;
+    print_enqueued(&name, &report);
     if args.enqueue_only {
-        println!("enqueued only; `codeformer-ledger run --batch {name}` sends them");
+        println!("enqueued only; {} sends them", resume_hint(&ledger, &name)?);
         return Ok(codeformer_ledger::exit::DONE);
     }
     let _lock = match ledger.lock_engine() {
@@ -225,22 +237,314 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
             return Err(CliError {
                 code: codeformer_ledger::exit::LEDGER_BUSY,
                 message: format!(
-                    "the rows are recorded, but another engine (pid {pid}) holds the ledger; when it is done, `codeformer-ledger run --batch {name}` sends them"
+                    "the rows are recorded, but another engine (pid {pid}) holds the ledger; when it is done, {} sends them",
+                    resume_hint(&ledger, &name)?
                 ),
             });
         }
         Err(e) => return Err(e.into()),
     };
-    let gateway = global.gateway()?;
     drive(
         global,
         &mut ledger,
         &gateway,
-        Some(name),
+        plan,
         &args.engine,
         Vec::new(),
         false,
     )
+}
+
+/// Refuses rows whose key already names a job with other parameters, naming each row.
+fn refuse_key_conflicts(
+    ledger: &Ledger,
+    jobs: &[NewJob],
+    lines: &[usize],
+    manifest: &Path,
+) -> Result<(), CliError> {
+    let conflicts = ledger.key_conflicts(jobs)?;
+    if conflicts.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = conflicts
+        .iter()
+        .map(|c| {
+            format!(
+                "  {}:{}: key: `{}` already names job {} ({}), not this row's {}",
+                manifest.display(),
+                lines.get(c.index).copied().unwrap_or(0),
+                c.key,
+                c.job_id,
+                c.existing,
+                c.given
+            )
+        })
+        .collect();
+    Err(CliError::usage(format!(
+        "{} row(s) of {} reuse a key of a job with other parameters; nothing was recorded (a key names one job: give these rows other keys, or none):\n{}",
+        conflicts.len(),
+        manifest.display(),
+        list.join("\n")
+    )))
+}
+
+fn print_enqueued(name: &str, report: &codeformer_ledger::ledger::EnqueueReport) {
+    let rows = report.items.len();
+    let added = report.items.iter().filter(|e| e.added).count();
+    let joined = report.items.iter().filter(|e| e.joined).count();
+    let already = rows - added - joined;
+    let mut line = format!("batch {name}: {rows} row(s), {added} added");
+    if joined > 0 {
+        line.push_str(&format!(
+            ", {joined} reused earlier jobs (joined this batch; not sent or paid again)"
+        ));
+    }
+    line.push_str(&format!(", {already} already in the ledger"));
+    println!("{line}");
+    for c in &report.tag_conflicts {
+        println!(
+            "job {}: tag {} keeps its value `{}`; this manifest gives `{}` (not applied)",
+            c.job_id, c.key, c.kept, c.given
+        );
+    }
+}
+
+/// The command that resumes a batch, with what the batch remembers (its cap, hooks and
+/// output folder), so that the hint is complete as printed.
+pub fn resume_hint(ledger: &Ledger, batch: &str) -> Result<String, CliError> {
+    let mut kept = Vec::new();
+    if let Some(cap) = ledger.batch_budget(batch)? {
+        kept.push(format!("its cap of {} USD", money::exact(cap)));
+    }
+    if let Some((hooks, out_dir)) = ledger.batch_settings(batch)? {
+        if !hooks.is_empty() {
+            kept.push(format!("its hook(s) {}", hooks.join(", ")));
+        }
+        if let Some(dir) = out_dir {
+            kept.push(format!("its output folder {dir}"));
+        }
+    }
+    let command = format!("`codeformer-ledger run --batch {batch}`");
+    Ok(if kept.is_empty() {
+        command
+    } else {
+        format!("{command} (which keeps {})", kept.join(", "))
+    })
+}
+
+/// What the command line gives for a run, checked before the ledger is opened: hook files
+/// exist and are files, the output folder can be created and written, the budget reads.
+struct Given {
+    out_dir: Option<PathBuf>,
+    hooks: Option<Vec<PathBuf>>,
+    /// The given hooks, loaded (so compiled) with the given output folder.
+    started: Option<engine::LuaHooks>,
+    budget: BudgetFlag,
+    config_budget: Option<Decimal>,
+    /// The config file's folder: below a batch's remembered one, above the default.
+    config_out_dir: Option<PathBuf>,
+}
+
+/// What the command line says about the cap.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BudgetFlag {
+    /// Nothing: a batch keeps its remembered cap.
+    Keep,
+    Set(Decimal),
+    Lift,
+}
+
+impl Given {
+    fn check(global: &Global, args: &EngineArgs) -> Result<Given, CliError> {
+        let config = &global.config;
+        let out_dir = match args.out_dir.clone() {
+            Some(dir) => Some(usable_out_dir(&dir)?),
+            None => None,
+        };
+        let listed = if args.hooks.is_empty() {
+            config.file.hooks.clone().unwrap_or_default()
+        } else {
+            args.hooks.clone()
+        };
+        let hooks: Option<Vec<PathBuf>> = if listed.is_empty() {
+            None
+        } else {
+            Some(
+                listed
+                    .iter()
+                    .map(|h| hook_file(h))
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+        // Loaded now, before the ledger is opened: a script that does not compile is refused
+        // before anything is written, even a new ledger file.
+        let started: Option<engine::LuaHooks> = match (&hooks, &out_dir) {
+            (Some(files), Some(dir)) => {
+                start_hooks(files.clone(), dir, args.trusted_hooks, args.hook_timeout)?
+            }
+            (Some(files), None) => {
+                let scratch = tempfile::tempdir()?;
+                start_hooks(
+                    files.clone(),
+                    scratch.path(),
+                    args.trusted_hooks,
+                    args.hook_timeout,
+                )?;
+                None
+            }
+            (None, _) => None,
+        };
+        let budget = match (args.budget, args.no_budget) {
+            (Some(cap), _) => BudgetFlag::Set(cap),
+            (None, true) => BudgetFlag::Lift,
+            (None, false) => BudgetFlag::Keep,
+        };
+        Ok(Given {
+            out_dir,
+            hooks,
+            started,
+            budget,
+            config_budget: config.budget()?,
+            config_out_dir: config.file.out_dir.clone(),
+        })
+    }
+}
+
+/// A hook file that exists and is a regular file, as an absolute path.
+fn hook_file(path: &Path) -> Result<PathBuf, CliError> {
+    let real = path
+        .canonicalize()
+        .map_err(|e| CliError::usage(format!("--hook {}: {e}", path.display())))?;
+    if !real.is_file() {
+        return Err(CliError::usage(format!(
+            "--hook {}: is not a file (give a Lua source file)",
+            path.display()
+        )));
+    }
+    Ok(real)
+}
+
+/// Creates the output folder if needed and checks that a file can be written in it.
+pub fn usable_out_dir(dir: &Path) -> Result<PathBuf, CliError> {
+    let bad = |e: std::io::Error| {
+        CliError::usage(format!(
+            "the output folder {} cannot be used: {e}; give a writable folder with --out-dir",
+            dir.display()
+        ))
+    };
+    std::fs::create_dir_all(dir).map_err(bad)?;
+    let real = dir.canonicalize().map_err(bad)?;
+    tempfile::Builder::new()
+        .prefix(".write-check-")
+        .tempfile_in(&real)
+        .map_err(bad)?;
+    Ok(real)
+}
+
+/// A run's inputs, all checked, before anything is written; [`Plan::remember`] writes what a
+/// batch keeps.
+pub struct Plan {
+    batch: Option<String>,
+    out_dir: PathBuf,
+    hook_files: Vec<PathBuf>,
+    hooks: Option<engine::LuaHooks>,
+    /// The cap of this run.
+    budget: Option<Decimal>,
+    /// A new cap to remember for the batch (`Some(None)` lifts it), with the flag that set it.
+    budget_change: Option<(Option<Decimal>, &'static str)>,
+    /// The cap is the batch's (given now or remembered), not the config file's.
+    budget_is_the_batch: bool,
+    /// Caps of every batch, for a run over the whole ledger.
+    batch_budgets: std::collections::HashMap<String, Decimal>,
+}
+
+impl Plan {
+    fn resolve(
+        ledger: &Ledger,
+        batch: Option<&str>,
+        args: &EngineArgs,
+        given: Given,
+    ) -> Result<Plan, CliError> {
+        let remembered = match batch {
+            Some(name) => ledger.batch_settings(name)?,
+            None => None,
+        };
+        let out_dir = match given.out_dir.clone() {
+            Some(dir) => dir,
+            None => {
+                let dir = remembered
+                    .as_ref()
+                    .and_then(|(_, dir)| dir.as_ref().map(PathBuf::from))
+                    .or_else(|| given.config_out_dir.clone())
+                    .unwrap_or_else(|| PathBuf::from(super::config::DEFAULT_OUT_DIR));
+                usable_out_dir(&dir)?
+            }
+        };
+        let remembered_hooks: Vec<PathBuf> = remembered
+            .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
+            .unwrap_or_default();
+        let hook_files = match given.hooks {
+            Some(files) => files,
+            None => remembered_hooks,
+        };
+        // Compiled before anything is written, so that a script that does not load stops the
+        // command first (given hooks were loaded already, with the given folder).
+        let hooks = match given.started {
+            Some(started) => Some(started),
+            None => start_hooks(
+                hook_files.clone(),
+                &out_dir,
+                args.trusted_hooks,
+                args.hook_timeout,
+            )?,
+        };
+        let (budget, budget_change, budget_is_the_batch) = match (batch, given.budget) {
+            (Some(_), BudgetFlag::Set(cap)) => (Some(cap), Some((Some(cap), "--budget")), true),
+            (Some(_), BudgetFlag::Lift) => (None, Some((None, "--no-budget")), false),
+            (Some(name), BudgetFlag::Keep) => match ledger.batch_budget(name)? {
+                Some(cap) => (Some(cap), None, true),
+                None => (given.config_budget, None, false),
+            },
+            (None, BudgetFlag::Set(cap)) => (Some(cap), None, false),
+            (None, BudgetFlag::Lift) => (None, None, false),
+            (None, BudgetFlag::Keep) => (given.config_budget, None, false),
+        };
+        let batch_budgets = match batch {
+            Some(_) => Default::default(),
+            None => ledger.batch_budgets()?,
+        };
+        Ok(Plan {
+            batch: batch.map(str::to_string),
+            out_dir,
+            hook_files,
+            hooks,
+            budget,
+            budget_change,
+            budget_is_the_batch,
+            batch_budgets,
+        })
+    }
+
+    /// Writes what the batch keeps for later runs: its output folder, hooks and cap.
+    fn remember(&self, ledger: &mut Ledger) -> Result<(), CliError> {
+        let Some(name) = &self.batch else {
+            return Ok(());
+        };
+        let names: Vec<String> = self
+            .hook_files
+            .iter()
+            .map(|h| h.to_string_lossy().into_owned())
+            .collect();
+        ledger.upsert_batch(
+            name,
+            (!names.is_empty()).then_some(&names[..]),
+            Some(&self.out_dir.to_string_lossy()),
+        )?;
+        if let Some((cap, flag)) = self.budget_change {
+            ledger.set_batch_budget(name, cap, flag)?;
+        }
+        Ok(())
+    }
 }
 
 fn batch_name(manifest: &Path) -> String {
@@ -256,58 +560,27 @@ pub fn drive(
     global: &Global,
     ledger: &mut Ledger,
     gateway: &codeformer_ledger::gateway::Gateway,
-    batch: Option<String>,
+    plan: Plan,
     args: &EngineArgs,
     retry: Vec<JobState>,
     resubmit_uncertain: bool,
 ) -> CmdResult {
-    let remembered = match &batch {
-        Some(name) => ledger.batch_settings(name)?,
-        None => None,
-    };
     let config = &global.config;
-    let out_dir = config.out_dir(
-        args.out_dir.as_deref(),
-        remembered.as_ref().and_then(|(_, dir)| dir.as_deref()),
+    let Plan {
+        batch,
+        out_dir,
+        mut hooks,
+        budget,
+        batch_budgets,
+        budget_is_the_batch,
+        ..
+    } = plan;
+    announce_budget(
+        batch.as_deref(),
+        budget,
+        budget_is_the_batch,
+        &batch_budgets,
     );
-    std::fs::create_dir_all(&out_dir).map_err(|e| {
-        CliError::error(format!(
-            "cannot create the output folder {}: {e}",
-            out_dir.display()
-        ))
-    })?;
-    let out_dir = out_dir.canonicalize()?;
-    let given_hooks: Vec<PathBuf> = if args.hooks.is_empty() {
-        config.file.hooks.clone().unwrap_or_default()
-    } else {
-        args.hooks.clone()
-    };
-    let remembered_hooks: Vec<PathBuf> = remembered
-        .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
-        .unwrap_or_default();
-    let hook_files: Vec<PathBuf> = if !args.hooks.is_empty() || remembered_hooks.is_empty() {
-        given_hooks
-            .iter()
-            .map(|h| {
-                h.canonicalize()
-                    .map_err(|e| CliError::usage(format!("--hook {}: {e}", h.display())))
-            })
-            .collect::<Result<_, _>>()?
-    } else {
-        remembered_hooks
-    };
-    if let Some(name) = &batch {
-        let names: Vec<String> = hook_files
-            .iter()
-            .map(|h| h.to_string_lossy().into_owned())
-            .collect();
-        ledger.upsert_batch(
-            name,
-            (!names.is_empty()).then_some(&names[..]),
-            Some(&out_dir.to_string_lossy()),
-        )?;
-    }
-    let mut hooks = start_hooks(hook_files, &out_dir, args.trusted_hooks, args.hook_timeout)?;
     let mut options = EngineOptions::new(out_dir.clone());
     if batch.is_none() && args.out_dir.is_none() {
         // A run over every batch downloads each batch's outputs into its own folder.
@@ -318,7 +591,8 @@ pub fn drive(
         .concurrency
         .or(config.file.concurrency)
         .unwrap_or(super::config::DEFAULT_CONCURRENCY) as usize;
-    options.budget = args.budget.or(config.budget()?);
+    options.budget = budget;
+    options.batch_budgets = batch_budgets;
     options.deadline = args.deadline;
     options.poll_interval = config.poll_interval_or(args.poll_interval)?;
     if let Some(pattern) = args
@@ -339,10 +613,23 @@ pub fn drive(
     let post = hooks.as_mut().map(|h| h as &mut dyn engine::PostProcessor);
     let summary = engine::run(ledger, gateway, &options, post, &mut progress)?;
     progress.finish();
-    print_summary(&summary, &out_dir);
+    if let Some(name) = &options.batch {
+        place_reused_outputs(ledger, name, &out_dir)?;
+        for (owner, n) in ledger.members_pending(name)? {
+            let how = match &owner {
+                Some(owner) => format!("`codeformer-ledger run --batch {owner}`"),
+                None => "`codeformer-ledger run`".to_string(),
+            };
+            println!(
+                "{n} reused job(s) of batch {name} are still unfinished in {}; {how} finishes them, then `codeformer-ledger run --batch {name}` places their outputs here",
+                owner.as_deref().map_or("no batch".to_string(), |o| format!("batch {o}"))
+            );
+        }
+    }
+    print_summary(ledger, &summary, &out_dir)?;
     print_retry_hint(&summary, options.batch.as_deref());
     match &summary.stop {
-        Some(reason) => Err(explain_stop(ledger, options.batch.as_deref(), reason)?),
+        Some(reason) => Err(explain_stop(ledger, &options, reason)?),
         None => Ok(summary.exit_code()),
     }
 }
@@ -350,14 +637,39 @@ pub fn drive(
 /// The message of a stopped run, with what the held jobs need when a cap or a 402 held them.
 fn explain_stop(
     ledger: &Ledger,
-    batch: Option<&str>,
+    options: &EngineOptions,
     reason: &engine::StopReason,
 ) -> Result<CliError, CliError> {
+    let batch = options.batch.as_deref();
     let mut error = stop_error(reason);
-    if let (engine::StopReason::Interrupted, Some(batch)) = (reason, batch) {
-        error.message = format!(
-            "interrupted; what was in flight is recorded. `codeformer-ledger run --batch {batch}` resumes"
-        );
+    match (reason, batch) {
+        (engine::StopReason::Interrupted, Some(batch)) => {
+            error.message = format!(
+                "interrupted; what was in flight is recorded. {} resumes",
+                resume_hint(ledger, batch)?
+            );
+        }
+        (engine::StopReason::Interrupted, None) => {
+            if let Some(cap) = options.budget {
+                error.message = format!(
+                    "interrupted; what was in flight is recorded. `codeformer-ledger run --budget {}` resumes with this run's cap (a cap without --batch is not remembered)",
+                    money::exact(cap)
+                );
+            }
+        }
+        (engine::StopReason::Budget { needed }, Some(batch)) => {
+            error.message = format!(
+                "stopped by batch {batch}'s cap: the held jobs need {} USD more; `codeformer-ledger run --batch {batch} --budget NEW` raises the cap (remembered for the batch), `--no-budget` lifts it",
+                money::exact(*needed)
+            );
+        }
+        (engine::StopReason::Budget { needed }, None) if options.budget.is_none() => {
+            error.message = format!(
+                "stopped by the batches' caps: the held jobs need {} USD more; `codeformer-ledger run --batch NAME --budget NEW` raises a batch's cap, `--no-budget` lifts it",
+                money::exact(*needed)
+            );
+        }
+        _ => {}
     }
     let (held, total, unknown) = ledger.held_estimates(batch)?;
     match reason {
@@ -404,7 +716,103 @@ pub fn start_hooks(
         .map_err(|e| CliError::usage(e.to_string()))
 }
 
-fn print_summary(summary: &RunSummary, out_dir: &Path) {
+/// Says which cap the run keeps, and that a cap without a batch is for this run only.
+fn announce_budget(
+    batch: Option<&str>,
+    budget: Option<Decimal>,
+    the_batch: bool,
+    batch_budgets: &std::collections::HashMap<String, Decimal>,
+) {
+    match (batch, budget) {
+        (Some(name), Some(cap)) if the_batch => eprintln!(
+            "budget: {} USD for batch {name} (remembered for the batch)",
+            money::exact(cap)
+        ),
+        (Some(name), Some(cap)) => eprintln!(
+            "budget: {} USD for batch {name}, from the config file (not remembered)",
+            money::exact(cap)
+        ),
+        (None, Some(cap)) => eprintln!(
+            "budget: {} USD for this run, over every job in the ledger (not remembered: a batch's cap is set with `batch` or `run --batch NAME --budget`)",
+            money::exact(cap)
+        ),
+        _ => {}
+    }
+    if batch.is_none() && !batch_budgets.is_empty() {
+        let mut caps: Vec<String> = batch_budgets
+            .iter()
+            .map(|(name, cap)| format!("{name} {} USD", money::exact(*cap)))
+            .collect();
+        caps.sort();
+        eprintln!("batches keep their own caps: {}", caps.join(", "));
+    }
+}
+
+/// Copies the outputs of the batch's reused jobs (completed in an earlier batch) into its
+/// folder, once each, and records the copies. A hard link where the file system allows one.
+fn place_reused_outputs(ledger: &mut Ledger, batch: &str, out_dir: &Path) -> Result<(), CliError> {
+    for member in ledger.members_to_place(batch)? {
+        let mut copies = Vec::new();
+        for output in &member.outputs {
+            let source = PathBuf::from(&output.path);
+            let Some(name) = source.file_name() else {
+                continue;
+            };
+            if source.parent() == Some(out_dir) {
+                copies.push(codeformer_ledger::ledger::PlacedCopy {
+                    idx: output.idx,
+                    path: output.path.clone(),
+                    bytes: output.bytes,
+                    sha256: output.sha256.clone(),
+                });
+                continue;
+            }
+            let target = free_name(out_dir, name);
+            let placed = std::fs::hard_link(&source, &target)
+                .or_else(|_| std::fs::copy(&source, &target).map(|_| ()));
+            if let Err(e) = placed {
+                eprintln!(
+                    "job {}: could not place its output {} in {}: {e}; `run --batch {batch}` tries again",
+                    member.job.id,
+                    source.display(),
+                    out_dir.display()
+                );
+                copies.clear();
+                break;
+            }
+            copies.push(codeformer_ledger::ledger::PlacedCopy {
+                idx: output.idx,
+                path: target.to_string_lossy().into_owned(),
+                bytes: output.bytes,
+                sha256: output.sha256.clone(),
+            });
+        }
+        if !copies.is_empty() {
+            ledger.record_member_outputs(batch, member.job.id, member.job.attempt, &copies)?;
+        }
+    }
+    Ok(())
+}
+
+/// `name` in `dir`, or `stem (2).ext`, `stem (3).ext` … when taken: nothing is overwritten.
+fn free_name(dir: &Path, name: &std::ffi::OsStr) -> PathBuf {
+    let first = dir.join(name);
+    if !first.exists() {
+        return first;
+    }
+    let path = Path::new(name);
+    let stem = path.file_stem().unwrap_or(name).to_string_lossy();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    (2..)
+        .map(|n| dir.join(format!("{stem} ({n}){ext}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+fn print_summary(ledger: &Ledger, summary: &RunSummary, out_dir: &Path) -> Result<(), CliError> {
     if !summary.recovered_uncertain.is_empty() {
         println!(
             "{} job(s) were found mid-submission after a stop and are now uncertain (they may have been charged): {}",
@@ -444,7 +852,8 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
     for (batch, n) in &summary.owing_hooks {
         match batch {
             Some(name) => println!(
-                "{n} job(s) of batch {name} still owe their hooks; `codeformer-ledger run --batch {name}` runs the hooks remembered for it"
+                "{n} job(s) of batch {name} still owe their hooks; {} runs the hooks remembered for it",
+                resume_hint(ledger, name)?
             ),
             None => println!(
                 "{n} job(s) in no batch still owe hooks; `codeformer-ledger run --hook FILE` runs them"
@@ -463,6 +872,7 @@ fn print_summary(summary: &RunSummary, out_dir: &Path) {
             summary.count(JobState::Uncertain)
         );
     }
+    Ok(())
 }
 
 /// The `--retry` command that would retry what failed, when something did.

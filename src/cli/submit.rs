@@ -130,6 +130,16 @@ pub fn webhook_mode(text: &str) -> Result<WebhookMode, String> {
 
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     let params = args.params.params(&args.image_url)?;
+    if args.wait {
+        // Checked before the job is recorded: exit 2 leaves the ledger as it was.
+        if let Some(dir) = args
+            .out_dir
+            .as_ref()
+            .or(global.config.file.out_dir.as_ref())
+        {
+            super::run::usable_out_dir(dir)?;
+        }
+    }
     let gateway = global.gateway()?;
     let mut ledger = global.open_ledger()?;
     let job = NewJob {

@@ -43,6 +43,9 @@ pub struct EngineOptions {
     pub poll_interval: Duration,
     /// Spend cap in USD for the jobs in scope.
     pub budget: Option<Decimal>,
+    /// Caps remembered by batches, each kept over its own jobs (for a run over every batch;
+    /// a run of one batch has its cap in `budget`).
+    pub batch_budgets: HashMap<String, Decimal>,
     /// Jobs still unfinished this long after they were sent become `stalled`.
     pub deadline: Option<Duration>,
     /// States whose jobs get a new attempt before the run.
@@ -69,6 +72,7 @@ impl EngineOptions {
             concurrency: 4,
             poll_interval: Duration::from_secs(5),
             budget: None,
+            batch_budgets: HashMap::new(),
             deadline: None,
             retry: Vec::new(),
             resubmit_uncertain: false,
@@ -268,6 +272,24 @@ pub fn send_now(
     }
     let job = engine.ledger.job(job_id)?.expect("job just read");
     let record = engine.intent(&job);
+    if let Some(batch) = job.batch.clone() {
+        let batch = batch.as_str();
+        // A batch's cap holds every job of it, however it is sent.
+        if let Some(cap) = engine.ledger.batch_budget(batch)? {
+            let spent = engine.ledger.committed_spend(Some(batch))?;
+            match record.estimate {
+                Some(estimate) if spent + estimate <= cap => {}
+                estimate => {
+                    let reason = engine.hold_reason(estimate, spent, cap, Some(batch));
+                    engine.hold(vec![(job, estimate, reason)])?;
+                    let (_, rest, _) = engine.ledger.held_estimates(Some(batch))?;
+                    return Ok(Some(StopReason::Budget {
+                        needed: (spent + rest - cap).max(Decimal::ZERO),
+                    }));
+                }
+            }
+        }
+    }
     engine
         .ledger
         .mark_submitting(std::slice::from_ref(&record))?;
@@ -622,6 +644,9 @@ impl<'a> Engine<'a> {
         let mut to_hold = Vec::new();
         let mut dispatched = false;
         let mut rewind = None;
+        // Committed spend of each capped batch met in this pass, plus what this pass adds: the
+        // ledger's sum already counts what earlier passes sent.
+        let mut batch_spent: HashMap<String, Decimal> = HashMap::new();
         for job in candidates {
             if intents.len() + self.in_flight.len() >= self.limit {
                 break;
@@ -662,7 +687,29 @@ impl<'a> Engine<'a> {
                 match record.estimate {
                     Some(estimate) if self.spent + estimate <= budget => {}
                     estimate => {
-                        to_hold.push((job, estimate));
+                        let reason = self.hold_reason(estimate, self.spent, budget, self.scope());
+                        to_hold.push((job, estimate, reason));
+                        continue;
+                    }
+                }
+            }
+            let capped = job
+                .batch
+                .as_ref()
+                .and_then(|b| self.options.batch_budgets.get_key_value(b));
+            if let Some((name, &cap)) = capped {
+                let spent = match batch_spent.get(name) {
+                    Some(spent) => *spent,
+                    None => self.ledger.committed_spend(Some(name))?,
+                };
+                match record.estimate {
+                    Some(estimate) if spent + estimate <= cap => {
+                        batch_spent.insert(name.clone(), spent + estimate);
+                    }
+                    estimate => {
+                        batch_spent.insert(name.clone(), spent);
+                        let reason = self.hold_reason(estimate, spent, cap, Some(name));
+                        to_hold.push((job, estimate, reason));
                         continue;
                     }
                 }
@@ -757,25 +804,37 @@ impl<'a> Engine<'a> {
             .unwrap_or_else(|_| money::Price::default_rate().per_megapixel)
     }
 
-    /// Holds jobs that the budget cannot cover.
-    fn hold(&mut self, jobs: Vec<(JobRow, Option<Decimal>)>) -> Result<(), EngineError> {
+    /// Why a job is held by a cap (the run's, or its batch's when `batch` is given).
+    fn hold_reason(
+        &self,
+        estimate: Option<Decimal>,
+        spent: Decimal,
+        cap: Decimal,
+        batch: Option<&str>,
+    ) -> String {
+        let cap = match batch {
+            Some(name) => format!("batch {name}'s cap of {} USD", money::exact(cap)),
+            None => format!("the {} USD cap", money::exact(cap)),
+        };
+        match estimate {
+            Some(e) => format!(
+                "budget: {} USD spent (charged + in flight) + {} USD for this job would exceed {cap}",
+                money::exact(spent),
+                money::exact(e),
+            ),
+            None => "budget: the cost of this job cannot be estimated (its size is unknown; give --size or manifest width,height)".to_string(),
+        }
+    }
+
+    /// Holds jobs that a cap cannot cover, each with its reason.
+    fn hold(&mut self, jobs: Vec<(JobRow, Option<Decimal>, String)>) -> Result<(), EngineError> {
         if jobs.is_empty() {
             return Ok(());
         }
-        let budget = self.options.budget.unwrap_or_default();
         let mut items = Vec::new();
-        for (job, estimate) in jobs {
+        for (job, estimate, reason) in jobs {
             self.passed.insert(job.id);
             self.held_estimates.insert(job.id, estimate);
-            let reason = match estimate {
-                Some(e) => format!(
-                    "budget: {} USD spent (charged + in flight) + {} USD for this job would exceed the {} USD cap",
-                    money::exact(self.spent),
-                    money::exact(e),
-                    money::exact(budget)
-                ),
-                None => "budget: the cost of this job cannot be estimated (its size is unknown; give --size or manifest width,height)".to_string(),
-            };
             items.push(self.state_change(&job, JobState::Held, &reason));
         }
         self.ledger.record(items)?;
@@ -1406,6 +1465,22 @@ impl<'a> Engine<'a> {
                 self.stop = Some(StopReason::Budget {
                     needed: (committed + rest - budget).max(Decimal::ZERO),
                 });
+            }
+        }
+        if self.stop.is_none() && !self.options.batch_budgets.is_empty() {
+            // Each capped batch needs what its held jobs cost beyond its own cap.
+            let mut held_any = false;
+            let mut needed = Decimal::ZERO;
+            for (name, cap) in &self.options.batch_budgets {
+                let (held, rest, _) = self.ledger.held_estimates(Some(name))?;
+                if held > 0 {
+                    held_any = true;
+                    let committed = self.ledger.committed_spend(Some(name))?;
+                    needed += (committed + rest - *cap).max(Decimal::ZERO);
+                }
+            }
+            if held_any {
+                self.stop = Some(StopReason::Budget { needed });
             }
         }
         self.summary.counts = self.ledger.count_by_state(self.scope())?;

@@ -229,21 +229,55 @@ pub struct Enqueued {
     pub id: i64,
     /// False when a job with the same key was already in the ledger (nothing was added).
     pub added: bool,
+    /// True when that job was in another batch (or none) and joined this job's batch.
+    pub joined: bool,
+}
+
+/// What enqueueing a list of jobs did, with the tag values that could not be added to jobs
+/// already in the ledger because they hold another value for that tag.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueReport {
+    pub items: Vec<Enqueued>,
+    pub tag_conflicts: Vec<super::batches::TagConflict>,
 }
 
 impl Ledger {
     /// Records jobs as planned, in one transaction. A job whose key is already in the ledger is
     /// left as it is (idempotency); the answer says which were added.
     pub fn enqueue(&mut self, jobs: &[NewJob]) -> Result<Vec<Enqueued>> {
+        Ok(self.enqueue_reporting(jobs)?.items)
+    }
+
+    /// [`Ledger::enqueue`], also telling which tags of reused jobs kept another value. A job
+    /// whose key names a job with other parameters fails the whole call
+    /// ([`LedgerError::KeyConflict`]) and nothing is written; a job matching one already in the
+    /// ledger joins its batch ([`Enqueued::joined`]) and adds its new tags.
+    pub fn enqueue_reporting(&mut self, jobs: &[NewJob]) -> Result<EnqueueReport> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
         let price = super::record::price_in_force(&tx, &now)?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            out.push(enqueue_one(&tx, job, &now, &price)?);
+        let mut report = EnqueueReport {
+            items: Vec::with_capacity(jobs.len()),
+            tag_conflicts: Vec::new(),
+        };
+        for (index, job) in jobs.iter().enumerate() {
+            if let Some(c) = super::batches::key_conflict(&tx, index, job)? {
+                return Err(LedgerError::KeyConflict {
+                    key: c.key,
+                    job_id: c.job_id,
+                    existing: c.existing,
+                });
+            }
+            report.items.push(enqueue_one(
+                &tx,
+                job,
+                &now,
+                &price,
+                &mut report.tag_conflicts,
+            )?);
         }
         tx.commit()?;
-        Ok(out)
+        Ok(report)
     }
 
     /// Ensures a batch row exists, remembering its hooks and output folder.
@@ -338,8 +372,12 @@ impl Ledger {
             sql.push_str(&format!(" AND j.state IN ({})", marks.join(", ")));
         }
         if let Some(batch) = &filter.batch {
+            // The batch's own jobs and the earlier ones that joined it.
             args.push(batch.clone());
-            sql.push_str(&format!(" AND j.batch = ?{}", args.len()));
+            let n = args.len();
+            sql.push_str(&format!(
+                " AND (j.batch = ?{n} OR j.id IN (SELECT job_id FROM batch_members WHERE batch = ?{n}))"
+            ));
         }
         sql.push_str(" ORDER BY j.id");
         if let Some(limit) = filter.limit {
@@ -427,6 +465,7 @@ fn enqueue_one(
     job: &NewJob,
     now: &str,
     price: &crate::money::Price,
+    tag_conflicts: &mut Vec<super::batches::TagConflict>,
 ) -> Result<Enqueued> {
     let key = job.key();
     if let Some(id) = tx
@@ -434,7 +473,13 @@ fn enqueue_one(
         .query_row([&key], |r| r.get(0))
         .optional()?
     {
-        return Ok(Enqueued { id, added: false });
+        let (joined, conflicts) = super::batches::join(tx, id, job, now)?;
+        tag_conflicts.extend(conflicts);
+        return Ok(Enqueued {
+            id,
+            added: false,
+            joined,
+        });
     }
     if let Some(batch) = &job.batch {
         tx.prepare_cached("INSERT OR IGNORE INTO batches (name, created_at) VALUES (?1, ?2)")?
@@ -512,5 +557,9 @@ fn enqueue_one(
             now,
         )?;
     }
-    Ok(Enqueued { id, added: true })
+    Ok(Enqueued {
+        id,
+        added: true,
+        joined: false,
+    })
 }

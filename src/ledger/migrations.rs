@@ -14,7 +14,29 @@ const MIGRATIONS: &[&str] = &[
     // A price recorded by mistake could only be outvoted by a later one; `prices remove`
     // withdraws it instead, as a new row here, so the price table itself is never edited.
     // The text is schema.sql's, byte for byte, so a migrated ledger has the same schema.
-    "CREATE TABLE price_removals (\n    price_id    INTEGER PRIMARY KEY REFERENCES prices(id),\n    removed_at  TEXT NOT NULL,\n    reason      TEXT\n);",];
+    "CREATE TABLE price_removals (\n    price_id    INTEGER PRIMARY KEY REFERENCES prices(id),\n    removed_at  TEXT NOT NULL,\n    reason      TEXT\n);",
+    // A manifest row matching a job already in the ledger joins the new batch (and gets its
+    // outputs copied into that batch's folder) instead of being left out of it: membership and
+    // the copies need their own tables, as a job row names one batch only.
+    "CREATE TABLE batch_members (
+         batch       TEXT NOT NULL REFERENCES batches(name),
+         job_id      INTEGER NOT NULL REFERENCES jobs(id),
+         joined_at   TEXT NOT NULL,
+         PRIMARY KEY (batch, job_id)
+     );
+     CREATE INDEX batch_members_by_job ON batch_members(job_id);
+     CREATE TABLE member_outputs (
+         batch       TEXT NOT NULL,
+         job_id      INTEGER NOT NULL REFERENCES jobs(id),
+         attempt     INTEGER NOT NULL,
+         idx         INTEGER NOT NULL,
+         path        TEXT NOT NULL,
+         bytes       INTEGER NOT NULL,
+         sha256      TEXT NOT NULL,
+         placed_at   TEXT NOT NULL,
+         PRIMARY KEY (batch, job_id, attempt, idx)
+     );",
+];
 
 /// The version this program writes.
 pub const CURRENT: i64 = 1 + MIGRATIONS.len() as i64;
@@ -89,4 +111,64 @@ fn seed_prices(tx: &rusqlite::Transaction<'_>) -> Result<()> {
         ],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table's and index's definition, as SQLite reports it (columns in order, with
+    /// types, defaults and keys), so two ledgers can be compared whatever the SQL text's layout.
+    fn shape(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stmt = conn
+            .prepare("SELECT type, name, tbl_name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+            .unwrap();
+        let items: Vec<(String, String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (kind, name, table) in items {
+            let pragma = if kind == "table" {
+                format!("PRAGMA table_info('{name}')")
+            } else {
+                format!("PRAGMA index_info('{name}')")
+            };
+            let mut stmt = conn.prepare(&pragma).unwrap();
+            let n = stmt.column_count();
+            let cols: Vec<String> = stmt
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join(" "))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            out.push(format!("{kind} {name} on {table}: {}", cols.join("; ")));
+        }
+        out
+    }
+
+    #[test]
+    fn a_version_1_ledger_migrates_to_the_schema_of_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let old_path = dir.path().join("v1.db");
+        let mut old = Connection::open(&old_path).unwrap();
+        old.execute_batch(include_str!("../../tests/fixtures/schema-v1.sql"))
+            .unwrap();
+        old.pragma_update(None, "user_version", 1).unwrap();
+        migrate(&mut old, &old_path).unwrap();
+        let version: i64 = old
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, CURRENT);
+
+        let new_path = dir.path().join("new.db");
+        let mut new = Connection::open(&new_path).unwrap();
+        migrate(&mut new, &new_path).unwrap();
+        assert_eq!(shape(&old), shape(&new));
+    }
 }

@@ -8,6 +8,7 @@
 //! - a file that is not a ledger, or a ledger from a newer version, is refused and left untouched;
 //! - the API key is never written here (nothing in this module ever receives it).
 
+mod batches;
 mod deliveries;
 mod jobs;
 mod lock;
@@ -17,8 +18,9 @@ mod report;
 mod state;
 mod verify;
 
+pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
-pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
+pub use jobs::{EnqueueReport, Enqueued, EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
@@ -58,6 +60,13 @@ pub enum LedgerError {
     /// `prices remove` was refused.
     #[error("price {id} cannot be removed: {reason}")]
     PriceNotRemovable { id: i64, reason: String },
+    /// A new job's key already names a job with other parameters.
+    #[error("the key `{key}` already names job {job_id}, which has other parameters ({existing}); give this job another key, or leave the key out")]
+    KeyConflict {
+        key: String,
+        job_id: i64,
+        existing: String,
+    },
     /// A value stored in the ledger could not be read back.
     #[error("the ledger holds a bad value in {what}: {value}")]
     Corrupt { what: &'static str, value: String },

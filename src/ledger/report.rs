@@ -85,6 +85,9 @@ pub struct ReportRow {
     /// FAILED, stalled, uncertain, still at the gateway, or completed and not yet downloaded.
     #[serde(serialize_with = "exact")]
     pub charge_unknown: Decimal,
+    /// Jobs recorded earlier (in another batch, or none) that joined this batch: counted here
+    /// at no new charge; their attempts and cost stay with the group that sent them.
+    pub reused: u64,
 }
 
 /// An attempt whose recorded charge differs from its estimate.
@@ -203,6 +206,7 @@ impl ReportRow {
         self.estimated = plus(self.estimated, other.estimated)?;
         self.charged = plus(self.charged, other.charged)?;
         self.charge_unknown = plus(self.charge_unknown, other.charge_unknown)?;
+        self.reused += other.reused;
         Ok(())
     }
 }
@@ -382,6 +386,18 @@ impl Builder {
         Ok(())
     }
 
+    /// A job that joined `batch` from an earlier one: a count, with no money.
+    fn add_reused(&mut self, batch: String) {
+        self.report.total.reused += 1;
+        self.groups
+            .entry(batch.clone())
+            .or_insert_with(|| ReportRow {
+                group: batch,
+                ..ReportRow::default()
+            })
+            .reused += 1;
+    }
+
     fn finish(mut self) -> Report {
         self.report.total.group = "total".into();
         self.report.rows = self.groups.into_values().collect();
@@ -435,27 +451,20 @@ impl Ledger {
         while let Some(r) = rows.next()? {
             builder.add(self, read_attempt(r)?, by)?;
         }
-        let mut report = builder.finish();
         if *by == GroupBy::Batch {
-            report.budgets = self.batch_budgets()?;
-        }
-        Ok(report)
-    }
-
-    /// The budget remembered for each batch that has one.
-    pub fn batch_budgets(&self) -> Result<BTreeMap<String, Decimal>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, budget FROM batches WHERE budget IS NOT NULL")?;
-        let mut rows = stmt.query([])?;
-        let mut budgets = BTreeMap::new();
-        while let Some(r) = rows.next()? {
-            let name: String = r.get(0)?;
-            if let Some(budget) = amount("batches.budget", r.get(1)?)? {
-                budgets.insert(name, budget);
+            let in_period =
+                |at: &str| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at < u);
+            for (batch, joined_at) in self.memberships()? {
+                if in_period(&joined_at) {
+                    builder.add_reused(batch);
+                }
             }
         }
-        Ok(budgets)
+        let mut report = builder.finish();
+        if *by == GroupBy::Batch {
+            report.budgets = self.batch_budgets()?.into_iter().collect();
+        }
+        Ok(report)
     }
 
     /// Megapixels of an attempt's outputs: the recorded size, or every file's when the gateway

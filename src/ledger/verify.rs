@@ -85,9 +85,11 @@ impl Ledger {
             }
         }
         if files {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT job_id, path, bytes, sha256 FROM outputs ORDER BY job_id")?;
+            let mut stmt = self.conn.prepare(
+                "SELECT job_id, path, bytes, sha256 FROM outputs
+                     UNION ALL SELECT job_id, path, bytes, sha256 FROM member_outputs
+                     ORDER BY job_id",
+            )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
                     r.get::<_, i64>(0)?,

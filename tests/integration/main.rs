@@ -1,12 +1,14 @@
 //! The integration suite: the real binary, real SQLite files in fresh temporary folders, real
 //! HTTP on loopback against the project's own sandbox gateway.
 
+mod batches;
 mod common;
 mod config;
 mod cost;
 mod help;
 mod hooks_e2e;
 mod hostile;
+mod inputs;
 mod ledger_files;
 mod progress;
 mod report_html;

@@ -245,7 +245,8 @@ fn report_formats_are_pinned() {
               "output_megapixels": "0.48",
               "estimated": "0.0424",
               "charged": "0.0012",
-              "charge_unknown": "0.0112"
+              "charge_unknown": "0.0112",
+              "reused": 0
             },
             {
               "group": "portraits",
@@ -259,7 +260,8 @@ fn report_formats_are_pinned() {
               "output_megapixels": "1.2",
               "estimated": "0.00487697",
               "charged": "0.003",
-              "charge_unknown": "0"
+              "charge_unknown": "0",
+              "reused": 0
             }
           ],
           "total": {
@@ -274,7 +276,8 @@ fn report_formats_are_pinned() {
             "output_megapixels": "1.68",
             "estimated": "0.04727697",
             "charged": "0.0042",
-            "charge_unknown": "0.0112"
+            "charge_unknown": "0.0112",
+            "reused": 0
           },
           "reconciliation": {
             "not_sent": "0.03172161",

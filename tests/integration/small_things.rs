@@ -118,10 +118,28 @@ fn schema_of(path: &Path) -> Vec<(String, String, Option<String>)> {
     let mut stmt = db
         .prepare("SELECT type, name, sql FROM sqlite_master ORDER BY type, name")
         .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+    stmt.query_map([], |r| {
+        let sql: Option<String> = r.get(2)?;
+        Ok((r.get(0)?, r.get(1)?, sql.map(|s| normalized_sql(&s))))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// A table's SQL without its comments and with white space folded, so that a migration's text
+/// and schema.sql's commented one compare equal exactly when they define the same thing.
+fn normalized_sql(sql: &str) -> String {
+    let text: Vec<&str> = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect();
+    text.join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("( ", "(")
+        .replace(" )", ")")
 }
 
 #[test]
