@@ -4,6 +4,7 @@
 mod common;
 mod config;
 mod cost;
+mod gateway_answers;
 mod help;
 mod hooks_e2e;
 mod hostile;
