@@ -310,3 +310,33 @@ fn an_undocumented_status_in_a_callback_is_recorded_verbatim_and_moves_nothing()
         0
     );
 }
+
+/// Status calls answered by something that is not the API (here an HTML 404) stop the run at
+/// once: the job at the gateway is kept as it was and a run with the right URL finishes it.
+/// Before, the HTML 404 was taken as "unknown request id" and polled until the deadline.
+#[test]
+fn a_resume_against_a_plain_web_server_stops_and_keeps_the_job_at_the_gateway() {
+    let w = World::new();
+    let url = w.png("face.png", 8, 8);
+    let out = w.cli(&["submit", &url]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plain = PlainServer::start(w.dir.path());
+    let out = run_against(&plain.base, &w, &["--deadline", "3s"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("a status call got HTTP 404 with an HTML page") && err.contains(&plain.base),
+        "{err}"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'queued'"),
+        1
+    );
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        1
+    );
+    assert_eq!(w.sandbox.stats().submissions, 1);
+}
