@@ -926,7 +926,7 @@ impl<'a> Engine<'a> {
                 )));
                 final_state = Some(JobState::Uncertain);
                 let message = self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
-                    "That job is uncertain (it may exist and be billed); no other job was sent after it, and the jobs not sent stay planned.");
+                    "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned.");
                 self.stop_with(StopReason::Misconfigured { message });
             }
             SubmitOutcome::Unknown { reason } => {

@@ -303,6 +303,15 @@ impl Gateway {
             PollOutcome::Transient { reason } | PollOutcome::Unreachable { reason } => {
                 ApiCheck::Unreachable { reason }
             }
+            // The gateway may refuse an id of the wrong form with its JSON error.
+            PollOutcome::BadAnswer { .. }
+                if (400..500).contains(&http_status) && is_json_object(&exchange.body) =>
+            {
+                ApiCheck::Answers {
+                    http_status,
+                    latency_ms: exchange.latency_ms,
+                }
+            }
             PollOutcome::BadAnswer { reason } => ApiCheck::NotTheApi {
                 answer: format!(
                     "a status call on a made-up request id got HTTP {http_status}, and {reason}"
