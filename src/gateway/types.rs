@@ -194,6 +194,11 @@ impl RemoteJob {
                 status_text.chars().count()
             ));
         }
+        if status_text.chars().any(char::is_control) {
+            return Err(format!(
+                "status {status_text:?} contains a control character"
+            ));
+        }
         let status = RemoteStatus::parse(&status_text);
         let error = match raw.error {
             None | Some(serde_json::Value::Null) => None,
@@ -332,6 +337,7 @@ mod tests {
         assert!(RemoteJob::from_json(r#"{"request_id": "a", "status": ""}"#).is_err());
         let long = format!(r#"{{"request_id": "a", "status": "{}"}}"#, "X".repeat(65));
         assert!(RemoteJob::from_json(&long).is_err());
+        assert!(RemoteJob::from_json(r#"{"request_id": "a", "status": "\u001b[2J"}"#).is_err());
         assert!(RemoteJob::from_json(
             r#"{"request_id": "a", "status": "COMPLETED", "output": null}"#
         )
