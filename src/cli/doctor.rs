@@ -1,7 +1,7 @@
 //! `doctor`: checks the set-up, each with its result and a fix.
 
 use super::{CliError, CmdResult, Global};
-use codeformer_ledger::gateway::PollOutcome;
+use codeformer_ledger::gateway::{base_url_fix, ApiCheck};
 use codeformer_ledger::ledger::Ledger;
 use codeformer_ledger::KEY_ENV;
 use std::path::PathBuf;
@@ -9,7 +9,9 @@ use std::path::PathBuf;
 /// Check the set-up: the key, the gateway, the ledger, the output folder and hook files.
 ///
 /// The gateway check asks for the status of a request id that does not exist: it tells
-/// whether the gateway answers and accepts the key without submitting anything.
+/// whether the base URL leads to the API (an answer of the API's shape, not an HTML page or
+/// a redirect, and not the same 404 as a path that does not exist) and accepts the key,
+/// without submitting anything.
 ///
 /// Examples:
 ///   codeformer-ledger doctor
@@ -94,35 +96,42 @@ fn gateway_check(global: &Global) -> Check {
             }
         }
     };
-    let probe_id = "codeformer-ledger-doctor-probe";
-    let exchange = gateway.status(probe_id);
     let base = &global.base_url;
-    let (ok, result, fix) = match exchange.outcome {
-        PollOutcome::NotFound | PollOutcome::Status(_) | PollOutcome::BadAnswer { .. } => (
+    let key = if gateway.config().key.is_some() {
+        "and accepts the key"
+    } else {
+        "(no key was sent)"
+    };
+    let (ok, result, fix) = match gateway.check_api() {
+        ApiCheck::Answers {
+            http_status,
+            latency_ms,
+        } => (
             true,
-            format!(
-                "{base} answers (HTTP {}) in {} ms and accepts the key",
-                exchange.http_status.unwrap_or(0),
-                exchange.latency_ms
-            ),
+            format!("{base} answers as the API does (HTTP {http_status} for a made-up request id) in {latency_ms} ms {key}"),
             None,
         ),
-        PollOutcome::Unauthorized { status } => (
+        ApiCheck::KeyRefused { http_status } => (
             false,
-            format!("{base} refused the key (HTTP {status})"),
+            format!("{base} refused the key (HTTP {http_status})"),
             Some(format!("check {KEY_ENV}")),
         ),
-        PollOutcome::RateLimited { .. } => (
+        ApiCheck::RateLimited => (
             true,
             format!("{base} answers but rate-limits (HTTP 429)"),
             None,
         ),
-        PollOutcome::Unreachable { reason } | PollOutcome::Transient { reason } => (
+        ApiCheck::Unreachable { reason } => (
             false,
             format!("{base} cannot be reached: {reason}"),
             Some("check the network and --base-url / PIXAZO_BASE_URL".into()),
         ),
-        _ => (false, format!("{base}: unexpected answer"), None),
+        ApiCheck::NotTheApi { answer } => (
+            false,
+            format!("{base} is not the gateway's API: {answer}"),
+            Some(base_url_fix(base)),
+        ),
+        other => (false, format!("{base}: unexpected answer ({other:?})"), None),
     };
     Check {
         name: "gateway",

@@ -267,7 +267,9 @@ pub fn stop_error(reason: &StopReason) -> CliError {
             "the gateway's wallet cannot pay for the next job (HTTP 402: {message}); it and the jobs not yet sent are held. Top up the wallet, then run again"
         ),
         StopReason::Unauthorized { message } => message.clone(),
-        StopReason::Unreachable { message } => message.clone(),
+        StopReason::Unreachable { message } | StopReason::Misconfigured { message } => {
+            message.clone()
+        }
         StopReason::Interrupted => {
             "interrupted; what was in flight is recorded. `codeformer-ledger run` resumes".into()
         }

@@ -95,6 +95,9 @@ pub enum StopReason {
     Unauthorized { message: String },
     /// The gateway could not be reached; the rest stay planned.
     Unreachable { message: String },
+    /// The base URL does not lead to the API (a wrong path, a plain web server): sending
+    /// stopped at once and the jobs not created stay planned.
+    Misconfigured { message: String },
     /// Stopped from outside (Ctrl-C).
     Interrupted,
 }
@@ -929,7 +932,9 @@ impl<'a> Engine<'a> {
             } => {
                 self.reachable();
                 self.note_success();
-                let remote = RemoteStatus::parse(status).unwrap_or(RemoteStatus::Queued);
+                // An undocumented status in the 202 is kept as said; the job is at the
+                // gateway all the same, and its polls tell the rest.
+                let remote = RemoteStatus::parse(status);
                 change.state = Some(if remote == RemoteStatus::Processing {
                     JobState::Processing
                 } else {
@@ -993,6 +998,27 @@ impl<'a> Engine<'a> {
                 self.send_cursor = self.send_cursor.min(job_id - 1);
                 self.on_unreachable(reason);
             }
+            SubmitOutcome::NotTheApi { answer } => {
+                change.state = Some(JobState::Planned);
+                change.reason = Some(Some(format!(
+                    "not sent: the base URL does not lead to the API ({answer})"
+                )));
+                self.spent -= estimate;
+                self.send_cursor = self.send_cursor.min(job_id - 1);
+                let message = self.misconfigured(&format!("a submission got {answer}"),
+                    "Nothing was created: the jobs not sent stay planned, and a run with the right URL sends each once.");
+                self.stop_with(StopReason::Misconfigured { message });
+            }
+            SubmitOutcome::UnusableAcceptance { reason } => {
+                change.state = Some(JobState::Uncertain);
+                change.reason = Some(Some(format!(
+                    "the gateway may have created this job, but {reason}; it may be billed, so it is not resent on its own (run --resubmit-uncertain)"
+                )));
+                final_state = Some(JobState::Uncertain);
+                let message = self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
+                    "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned.");
+                self.stop_with(StopReason::Misconfigured { message });
+            }
             SubmitOutcome::Unknown { reason } => {
                 change.state = Some(JobState::Uncertain);
                 change.reason = Some(Some(format!(
@@ -1019,6 +1045,15 @@ impl<'a> Engine<'a> {
             )?;
         }
         Ok(())
+    }
+
+    /// The message of a run stopped because the base URL does not lead to the API.
+    fn misconfigured(&self, what_came_back: &str, outcome: &str) -> String {
+        let base = &self.gateway.config().base_url;
+        format!(
+            "the gateway at {base} does not answer as the CodeFormer API does: {what_came_back}. {outcome} Fix: {} (`codeformer-ledger doctor` checks it), then run again",
+            crate::gateway::base_url_fix(base)
+        )
     }
 
     /// The wait before the next poll of a job still at the gateway, sent `elapsed` ago and
@@ -1074,21 +1109,18 @@ impl<'a> Engine<'a> {
         match exchange.outcome {
             PollOutcome::Status(remote) => {
                 self.reachable();
-                self.failures.remove(&job_id);
                 self.note_success();
                 event.remote_status = Some(remote.status.as_str().to_string());
                 change.remote_status = Some(remote.status.as_str().to_string());
-                match remote.status {
-                    RemoteStatus::Queued | RemoteStatus::Processing => {
-                        change.state = Some(if remote.status == RemoteStatus::Queued {
-                            JobState::Queued
-                        } else {
-                            JobState::Processing
-                        });
+                match JobState::for_remote(&remote.status) {
+                    Some(state @ (JobState::Queued | JobState::Processing)) => {
+                        self.failures.remove(&job_id);
+                        change.state = Some(state);
                         let delay = self.next_poll_delay(&job, elapsed, job.polls as u32 + 1);
                         change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
                     }
-                    RemoteStatus::Completed => {
+                    Some(JobState::Completed) => {
+                        self.failures.remove(&job_id);
                         self.schedule.observe(elapsed);
                         change.state = Some(JobState::Completed);
                         change.output_urls = Some(remote.media_urls.clone());
@@ -1097,12 +1129,8 @@ impl<'a> Engine<'a> {
                         change.finished = true;
                         final_state = Some(JobState::Completed);
                     }
-                    RemoteStatus::Failed | RemoteStatus::Error => {
-                        let state = if remote.status == RemoteStatus::Failed {
-                            JobState::Failed
-                        } else {
-                            JobState::Error
-                        };
+                    Some(state) => {
+                        self.failures.remove(&job_id);
                         change.state = Some(state);
                         change.error = Some(Some(remote.error.clone().unwrap_or_else(|| {
                             format!("the gateway reported {}", remote.status.as_str())
@@ -1114,6 +1142,24 @@ impl<'a> Engine<'a> {
                             self.spent -= job.estimated_cost.unwrap_or_default();
                         }
                         final_state = Some(state);
+                    }
+                    None => {
+                        // Not finished, and not free: only a documented ERROR is. Polled
+                        // again, less often, until it says something documented or the
+                        // deadline stalls it.
+                        event.detail = Some(format!(
+                            "status {:?} is not one the API documents; the job stays {} and is polled again (it may be charged)",
+                            remote.status.as_str(),
+                            job.state
+                        ));
+                        let failures = self.failures.entry(job_id).or_insert(0);
+                        *failures += 1;
+                        let delay = backoff(
+                            *failures,
+                            self.schedule.min.max(Duration::from_millis(50)),
+                            self.options.poll_interval.max(Duration::from_secs(30)),
+                        );
+                        change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
                     }
                 }
             }
@@ -1135,6 +1181,15 @@ impl<'a> Engine<'a> {
                         crate::KEY_ENV
                     ),
                 });
+            }
+            PollOutcome::NotTheApi { answer } => {
+                event.detail = Some(format!("the base URL does not lead to the API: {answer}"));
+                change.next_poll_at = Some(Some(
+                    now_ms() + self.options.poll_interval.as_millis() as i64,
+                ));
+                let message = self.misconfigured(&format!("a status call got {answer}"),
+                    "The jobs at the gateway are kept as they were and are polled by a run with the right URL.");
+                self.stop_with(StopReason::Misconfigured { message });
             }
             PollOutcome::NotFound
             | PollOutcome::Transient { .. }
@@ -1321,6 +1376,7 @@ impl<'a> Engine<'a> {
             reason,
             StopReason::Unauthorized { .. }
                 | StopReason::Unreachable { .. }
+                | StopReason::Misconfigured { .. }
                 | StopReason::Interrupted
         ) {
             self.halted = true;
@@ -1345,8 +1401,14 @@ impl<'a> Engine<'a> {
             if self.in_flight.contains_key(&job.id) {
                 continue;
             }
+            let said = match job.remote_status.as_deref().map(RemoteStatus::parse) {
+                Some(RemoteStatus::Undocumented(text)) => format!(
+                    " (the gateway last reported {text:?}, a status the API does not document)"
+                ),
+                _ => String::new(),
+            };
             let reason = format!(
-                "still {} after the {}s deadline; no longer polled (the API has no cancel, so it may still be charged)",
+                "still {}{said} after the {}s deadline; no longer polled (the API has no cancel, so it may still be charged)",
                 job.state,
                 deadline.as_secs_f64()
             );

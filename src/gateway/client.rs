@@ -158,14 +158,18 @@ impl Gateway {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let retry_after = retry_after(&response);
+                let answer = Answer::of(status, &response);
                 let body = read_answer(&mut response);
                 let outcome = match &body {
-                    Err(reason) if (200..300).contains(&status) || status >= 500 => {
-                        SubmitOutcome::Unknown {
-                            reason: reason.clone(),
+                    Err(reason) if (200..300).contains(&status) || status == 303 => {
+                        SubmitOutcome::UnusableAcceptance {
+                            reason: format!("the HTTP {status} answer: {reason}"),
                         }
                     }
-                    _ => submit_outcome(status, body.as_deref().unwrap_or(""), retry_after),
+                    Err(reason) if status >= 500 && status != 501 => SubmitOutcome::Unknown {
+                        reason: reason.clone(),
+                    },
+                    _ => submit_outcome(&answer, body.as_deref().unwrap_or(""), retry_after),
                 };
                 Exchange {
                     http_status: Some(status),
@@ -212,14 +216,27 @@ impl Gateway {
             Ok(mut response) => {
                 let status = response.status().as_u16();
                 let retry_after = retry_after(&response);
+                let answer = Answer::of(status, &response);
                 let body = read_answer(&mut response);
                 let latency_ms = started.elapsed().as_millis() as u64;
+                let text = body.as_deref().unwrap_or("");
                 let outcome = match (&body, status) {
                     (_, 429) => PollOutcome::RateLimited { retry_after },
                     (_, 401 | 403) => PollOutcome::Unauthorized { status },
-                    (_, 404) => PollOutcome::NotFound,
+                    (_, 300..=399 | 405 | 501) => PollOutcome::NotTheApi {
+                        answer: answer.describe(text),
+                    },
+                    (_, 404) if text.trim().is_empty() || is_json_object(text) => {
+                        PollOutcome::NotFound
+                    }
+                    (_, 404) => PollOutcome::NotTheApi {
+                        answer: answer.describe(text),
+                    },
                     (_, s) if s >= 500 => PollOutcome::Transient {
                         reason: format!("HTTP {s}"),
+                    },
+                    (Ok(text), _) if answer.is_html(text) => PollOutcome::NotTheApi {
+                        answer: answer.describe(text),
                     },
                     (Err(reason), _) => PollOutcome::BadAnswer {
                         reason: reason.clone(),
@@ -246,6 +263,75 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Looks at the base URL without submitting anything: a status call on a made-up request
+    /// id must get an answer of the API's shape (its JSON, not an HTML page or a redirect),
+    /// and a 404 for it must differ from the answer to a path that cannot exist; if the two
+    /// are the same, no status endpoint is there (the base URL has a wrong path).
+    pub fn check_api(&self) -> ApiCheck {
+        let exchange = self.status(DOCTOR_REQUEST_ID);
+        let http_status = exchange.http_status.unwrap_or(0);
+        match exchange.outcome {
+            PollOutcome::Status(_) => ApiCheck::Answers {
+                http_status,
+                latency_ms: exchange.latency_ms,
+            },
+            PollOutcome::NotFound => {
+                let status_path = format!("{STATUS_PATH}{DOCTOR_REQUEST_ID}");
+                let made_up = strip(&exchange.body, &[&status_path, DOCTOR_REQUEST_ID]);
+                match self.get_raw(DOCTOR_NO_ROUTE) {
+                    Some((404, body)) if strip(&body, &[DOCTOR_NO_ROUTE]) == made_up => {
+                        ApiCheck::NotTheApi {
+                            answer: format!(
+                                "a status call on a made-up request id gets the same HTTP 404 as a path that does not exist ({}), so there is no status endpoint at {}{STATUS_PATH}",
+                                excerpt(&exchange.body, 120),
+                                self.config.base_url
+                            ),
+                        }
+                    }
+                    _ => ApiCheck::Answers {
+                        http_status,
+                        latency_ms: exchange.latency_ms,
+                    },
+                }
+            }
+            PollOutcome::Unauthorized { status } => ApiCheck::KeyRefused {
+                http_status: status,
+            },
+            PollOutcome::RateLimited { .. } => ApiCheck::RateLimited,
+            PollOutcome::Transient { reason } | PollOutcome::Unreachable { reason } => {
+                ApiCheck::Unreachable { reason }
+            }
+            // The gateway may refuse an id of the wrong form with its JSON error.
+            PollOutcome::BadAnswer { .. }
+                if (400..500).contains(&http_status) && is_json_object(&exchange.body) =>
+            {
+                ApiCheck::Answers {
+                    http_status,
+                    latency_ms: exchange.latency_ms,
+                }
+            }
+            PollOutcome::BadAnswer { reason } => ApiCheck::NotTheApi {
+                answer: format!(
+                    "a status call on a made-up request id got HTTP {http_status}, and {reason}"
+                ),
+            },
+            PollOutcome::NotTheApi { answer } => ApiCheck::NotTheApi {
+                answer: format!("a status call on a made-up request id got {answer}"),
+            },
+        }
+    }
+
+    /// A GET below the base URL: the answer's status and body, if one came.
+    fn get_raw(&self, path: &str) -> Option<(u16, String)> {
+        let mut request = self.api.get(format!("{}{path}", self.config.base_url));
+        if let Some(key) = &self.config.key {
+            request = request.header("Ocp-Apim-Subscription-Key", key.expose());
+        }
+        let mut response = request.call().ok()?;
+        let status = response.status().as_u16();
+        Some((status, read_answer(&mut response).unwrap_or_default()))
     }
 
     /// Streams an output into `sink`, refusing more than the size cap and anything that does
@@ -331,14 +417,134 @@ fn response_latency(measured: u64, started: Instant) -> u64 {
     measured.max(started.elapsed().as_millis() as u64)
 }
 
-fn submit_outcome(status: u16, body: &str, retry_after: Option<Duration>) -> SubmitOutcome {
+/// The fix for a base URL that does not lead to the API, naming the path it has, if any.
+pub fn base_url_fix(base_url: &str) -> String {
+    let path = base_url
+        .find("://")
+        .map(|at| &base_url[at + 3..])
+        .and_then(|rest| rest.find('/').map(|slash| &rest[slash..]))
+        .filter(|path| !path.is_empty() && *path != "/");
+    let has = path
+        .map(|p| format!(" ({base_url} has the path `{p}`)"))
+        .unwrap_or_default();
+    format!(
+        "is --base-url the gateway's root? Set it (or PIXAZO_BASE_URL, or base_url in the config file) to {DEFAULT_BASE_URL}, with no path{has}: the endpoint paths are added to it"
+    )
+}
+
+/// The made-up request id of [`Gateway::check_api`]: no job has it.
+pub const DOCTOR_REQUEST_ID: &str = "codeformer-ledger-doctor-probe";
+/// A path below the base URL that no gateway serves.
+const DOCTOR_NO_ROUTE: &str = "/codeformer-ledger-doctor/no-such-route";
+
+/// `body` without the texts a server may echo (the path asked for, the id).
+fn strip(body: &str, echoes: &[&str]) -> String {
+    echoes
+        .iter()
+        .fold(body.to_string(), |body, echo| body.replace(echo, ""))
+}
+
+/// The parts of an answer, besides its body, that tell whether it came from the API.
+struct Answer {
+    status: u16,
+    content_type: String,
+    location: Option<String>,
+}
+
+impl Answer {
+    fn of(status: u16, response: &ureq::http::Response<ureq::Body>) -> Answer {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Answer {
+            status,
+            content_type: header("content-type").unwrap_or_default(),
+            location: header("location"),
+        }
+    }
+
+    fn is_html(&self, body: &str) -> bool {
+        self.content_type.to_ascii_lowercase().contains("html")
+            || body.trim_start().starts_with('<')
+    }
+
+    /// What came back, in a few words: the status and the start of the body.
+    fn describe(&self, body: &str) -> String {
+        let status = self.status;
+        if let Some(location) = self
+            .location
+            .as_deref()
+            .filter(|_| (300..400).contains(&status))
+        {
+            return format!("HTTP {status}, a redirect to {}", excerpt(location, 200));
+        }
+        if self.is_html(body) {
+            let title = body
+                .find("<title>")
+                .map(|at| &body[at + 7..])
+                .and_then(|rest| rest.find("</title>").map(|end| &rest[..end]))
+                .map(|t| format!(" titled \"{}\"", excerpt(t, 80)))
+                .unwrap_or_default();
+            return format!("HTTP {status} with an HTML page{title}, not the API's JSON");
+        }
+        if body.trim().is_empty() {
+            return format!("HTTP {status} with an empty body");
+        }
+        format!("HTTP {status}: {}", excerpt(body, 200))
+    }
+}
+
+/// `text` on one line, at most `max` characters.
+fn excerpt(text: &str, max: usize) -> String {
+    let line: String = text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.chars().count() > max {
+        format!("{}...", line.chars().take(max).collect::<String>())
+    } else {
+        line
+    }
+}
+
+fn is_json_object(body: &str) -> bool {
+    matches!(
+        serde_json::from_str::<serde_json::Value>(body),
+        Ok(serde_json::Value::Object(_))
+    )
+}
+
+/// Sorts a submission's answer: accepted, refused for this job, refused for every job (the
+/// base URL is wrong), or unknown. Only an answer that proves the request was not carried out
+/// says "not created"; a success answer that cannot be used may still have created the job.
+fn submit_outcome(answer: &Answer, body: &str, retry_after: Option<Duration>) -> SubmitOutcome {
+    let status = answer.status;
     let message = error_message(body).unwrap_or_else(|| format!("HTTP {status}"));
     match status {
-        200..=299 => accepted(body),
+        200..=299 => accepted(status, body),
+        303 => SubmitOutcome::UnusableAcceptance {
+            reason: format!(
+                "the answer is {}, which may follow a job created",
+                answer.describe(body)
+            ),
+        },
+        300..=399 | 404 | 405 | 501 => SubmitOutcome::NotTheApi {
+            answer: answer.describe(body),
+        },
         401 => SubmitOutcome::Unauthorized { message },
         402 => SubmitOutcome::InsufficientBalance { message },
         403 => SubmitOutcome::Forbidden { message },
         429 => SubmitOutcome::RateLimited { retry_after },
+        400..=499 if !is_json_object(body) || model_not_found(body) => SubmitOutcome::NotTheApi {
+            answer: answer.describe(body),
+        },
         400..=499 => SubmitOutcome::Rejected { status, message },
         _ => SubmitOutcome::Unknown {
             reason: format!("HTTP {status}: {message}"),
@@ -346,31 +552,70 @@ fn submit_outcome(status: u16, body: &str, retry_after: Option<Duration>) -> Sub
     }
 }
 
-fn accepted(body: &str) -> SubmitOutcome {
+/// The gateway's own answer when the path does not name its model (a wrong base URL), or the
+/// model is off for this key: `{"error": "Model not found", ...}`.
+fn model_not_found(body: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+        .is_some_and(|e| e.trim().eq_ignore_ascii_case("model not found"))
+}
+
+/// The longest request id accepted.
+pub const MAX_REQUEST_ID_LEN: usize = 512;
+
+/// Why a request id cannot be one segment of a status URL, if it cannot.
+pub fn request_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() {
+        Some("it is empty")
+    } else if id.len() > MAX_REQUEST_ID_LEN {
+        Some("it is longer than 512 bytes")
+    } else if id == "." || id == ".." {
+        Some("it is a dot segment, `.` or `..`")
+    } else if id.contains('/') || id.contains('\\') {
+        Some("it contains a slash")
+    } else if id.chars().any(char::is_control) {
+        Some("it contains a control character such as NUL")
+    } else {
+        None
+    }
+}
+
+fn accepted(status: u16, body: &str) -> SubmitOutcome {
+    let unusable = |why: String| SubmitOutcome::UnusableAcceptance {
+        reason: format!("the HTTP {status} answer {why}"),
+    };
     let value: serde_json::Value = match serde_json::from_str(body) {
-        Ok(v) => v,
-        Err(e) => {
-            return SubmitOutcome::Unknown {
-                reason: format!("the 202 answer is not JSON: {e}"),
-            }
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        Ok(_) | Err(_) => {
+            return unusable(format!(
+                "is not the documented JSON ({})",
+                excerpt(body, 120)
+            ))
         }
     };
-    match value.get("request_id").and_then(|v| v.as_str()) {
-        Some(id) if !id.is_empty() && id.len() <= 512 => SubmitOutcome::Accepted {
-            request_id: id.to_string(),
-            status: value
-                .get("status")
-                .and_then(|s| s.as_str())
-                .unwrap_or("QUEUED")
-                .to_string(),
-            polling_url: value
-                .get("polling_url")
-                .and_then(|s| s.as_str())
-                .map(str::to_string),
-        },
-        _ => SubmitOutcome::Unknown {
-            reason: "the 202 answer has no usable request_id".into(),
-        },
+    let id = match value.get("request_id") {
+        Some(serde_json::Value::String(id)) => id,
+        _ => return unusable("has no request_id".into()),
+    };
+    if let Some(problem) = request_id_problem(id) {
+        return unusable(format!(
+            "gives the request id {:?}, which cannot be one segment of a status URL ({problem}), so the job cannot be polled",
+            id.chars().take(80).collect::<String>()
+        ));
+    }
+    SubmitOutcome::Accepted {
+        request_id: id.to_string(),
+        status: value
+            .get("status")
+            .and_then(|s| s.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= MAX_STATUS_LEN)
+            .unwrap_or("QUEUED")
+            .to_string(),
+        polling_url: value
+            .get("polling_url")
+            .and_then(|s| s.as_str())
+            .map(str::to_string),
     }
 }
 
@@ -485,29 +730,110 @@ mod tests {
         assert_eq!(escape_segment("a\0b"), "a%00b");
     }
 
+    fn answer(status: u16, content_type: &str) -> Answer {
+        Answer {
+            status,
+            content_type: content_type.into(),
+            location: None,
+        }
+    }
+
+    fn outcome(status: u16, body: &str) -> SubmitOutcome {
+        submit_outcome(&answer(status, "application/json"), body, None)
+    }
+
     #[test]
     fn error_statuses_map_to_outcomes() {
         let body = r#"{"error": "Insufficient Balance", "message": "Your wallet does not have enough balance."}"#;
         assert!(matches!(
-            submit_outcome(402, body, None),
+            outcome(402, body),
             SubmitOutcome::InsufficientBalance { .. }
         ));
         assert!(matches!(
-            submit_outcome(400, "{}", None),
+            outcome(
+                400,
+                r#"{"error": "codeformer_fidelity must be between 0 and 1"}"#
+            ),
             SubmitOutcome::Rejected { status: 400, .. }
         ));
+        assert!(matches!(outcome(500, ""), SubmitOutcome::Unknown { .. }));
         assert!(matches!(
-            submit_outcome(500, "", None),
-            SubmitOutcome::Unknown { .. }
+            outcome(202, "not json"),
+            SubmitOutcome::UnusableAcceptance { .. }
         ));
         assert!(matches!(
-            submit_outcome(202, "not json", None),
-            SubmitOutcome::Unknown { .. }
-        ));
-        assert!(matches!(
-            submit_outcome(202, r#"{"request_id": "r1", "status": "QUEUED"}"#, None),
+            outcome(202, r#"{"request_id": "r1", "status": "QUEUED"}"#),
             SubmitOutcome::Accepted { .. }
         ));
+    }
+
+    #[test]
+    fn answers_that_say_the_base_url_is_wrong_are_not_the_api() {
+        let model = r#"{"error": "Model not found", "message": "Model 'codeformer-image-restoration' not found or is disabled"}"#;
+        let html = "<html><head><title>Error response</title></head><body>404</body></html>";
+        for (status, content_type, body) in [
+            (400, "application/json", model),
+            (404, "application/json", r#"{"error": "Not Found"}"#),
+            (404, "text/html", html),
+            (405, "text/plain", ""),
+            (501, "text/html", html),
+            (400, "text/html", html),
+            (400, "text/plain", "Bad Request"),
+            (301, "text/plain", ""),
+        ] {
+            let got = submit_outcome(&answer(status, content_type), body, None);
+            assert!(
+                matches!(got, SubmitOutcome::NotTheApi { .. }),
+                "{status} {body}: {got:?}"
+            );
+        }
+        let SubmitOutcome::NotTheApi { answer: said } =
+            submit_outcome(&answer(501, "text/html"), html, None)
+        else {
+            unreachable!()
+        };
+        assert!(
+            said.contains("HTML page titled \"Error response\""),
+            "{said}"
+        );
+        assert!(matches!(
+            submit_outcome(&answer(303, "text/plain"), "", None),
+            SubmitOutcome::UnusableAcceptance { .. }
+        ));
+        assert!(matches!(
+            submit_outcome(&answer(200, "text/html"), html, None),
+            SubmitOutcome::UnusableAcceptance { .. }
+        ));
+    }
+
+    #[test]
+    fn request_ids_that_cannot_be_a_path_segment_are_unusable() {
+        for id in [
+            "../../etc/passwd",
+            "..",
+            ".",
+            "a/b",
+            "a\\b",
+            "a\u{0}b",
+            "a\nb",
+            "",
+        ] {
+            let body = serde_json::json!({"request_id": id, "status": "QUEUED"}).to_string();
+            assert!(
+                matches!(
+                    outcome(202, &body),
+                    SubmitOutcome::UnusableAcceptance { .. }
+                ),
+                "{id:?}"
+            );
+        }
+        for id in ["codeformer-image-restoration_019d", "a..b", "a b?c#d%"] {
+            let body = serde_json::json!({"request_id": id, "status": "QUEUED"}).to_string();
+            assert!(
+                matches!(outcome(202, &body), SubmitOutcome::Accepted { .. }),
+                "{id:?}"
+            );
+        }
     }
 
     #[test]

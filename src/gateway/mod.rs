@@ -9,8 +9,8 @@
 mod client;
 mod types;
 
-pub use client::{DownloadError, Gateway, GatewayConfig};
+pub use client::{base_url_fix, request_id_problem, DownloadError, Gateway, GatewayConfig};
 pub use types::{
-    ApiKey, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome, DEFAULT_BASE_URL,
-    GENERATE_PATH, STATUS_PATH,
+    ApiCheck, ApiKey, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome,
+    DEFAULT_BASE_URL, GENERATE_PATH, STATUS_PATH,
 };

@@ -68,43 +68,69 @@ pub enum SubmitOutcome {
     /// The request never left: no connection could be made. Safe to send again.
     NotSent { reason: String },
     /// The gateway may or may not have created the job: a 5xx, a timeout or a dropped
-    /// connection after sending, or a success answer that cannot be read.
+    /// connection after sending.
     Unknown { reason: String },
+    /// The answer says the base URL does not lead to the API, not that this job is wrong: a
+    /// 404, 405 or 501, a redirect, the gateway's 400 "Model not found", or any other 4xx
+    /// that is not the documented JSON (an HTML page, plain text, nothing). The request was
+    /// not carried out, so nothing was created; every other job would get the same answer.
+    NotTheApi { answer: String },
+    /// A success answer (or a 303 "see other") that is not the documented JSON, or whose
+    /// request id cannot be one segment of a status URL. The job may have been created and
+    /// may be billed, but it cannot be followed; every other job would likely fare the same.
+    UnusableAcceptance { reason: String },
 }
 
 /// A job's status as the gateway reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Only the five statuses the API documents, spelled exactly as it documents them (upper
+/// case), have a meaning here. Any other text (`CANCELLED`, `completed`, ...) is kept verbatim
+/// as [`RemoteStatus::Undocumented`]: it is recorded as said, never taken as finished, and
+/// never booked as free (only a documented `ERROR` is).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoteStatus {
     Queued,
     Processing,
     Completed,
     Failed,
     Error,
+    /// A status the API does not document, exactly as the gateway wrote it.
+    Undocumented(String),
 }
 
+/// The longest status text accepted; a longer one makes the answer malformed.
+pub const MAX_STATUS_LEN: usize = 64;
+
 impl RemoteStatus {
-    pub fn parse(text: &str) -> Option<RemoteStatus> {
-        match text.trim().to_ascii_uppercase().as_str() {
-            "QUEUED" => Some(RemoteStatus::Queued),
-            "PROCESSING" | "STARTING" | "RUNNING" => Some(RemoteStatus::Processing),
-            "COMPLETED" | "SUCCEEDED" => Some(RemoteStatus::Completed),
-            "FAILED" => Some(RemoteStatus::Failed),
-            "ERROR" | "CANCELED" | "CANCELLED" => Some(RemoteStatus::Error),
-            _ => None,
+    /// The status for this text: a documented one on an exact match, else `Undocumented`.
+    pub fn parse(text: &str) -> RemoteStatus {
+        match text {
+            "QUEUED" => RemoteStatus::Queued,
+            "PROCESSING" => RemoteStatus::Processing,
+            "COMPLETED" => RemoteStatus::Completed,
+            "FAILED" => RemoteStatus::Failed,
+            "ERROR" => RemoteStatus::Error,
+            other => RemoteStatus::Undocumented(other.to_string()),
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    /// The text as the gateway wrote it.
+    pub fn as_str(&self) -> &str {
         match self {
             RemoteStatus::Queued => "QUEUED",
             RemoteStatus::Processing => "PROCESSING",
             RemoteStatus::Completed => "COMPLETED",
             RemoteStatus::Failed => "FAILED",
             RemoteStatus::Error => "ERROR",
+            RemoteStatus::Undocumented(text) => text,
         }
     }
 
-    pub fn is_final(self) -> bool {
+    pub fn is_documented(&self) -> bool {
+        !matches!(self, RemoteStatus::Undocumented(_))
+    }
+
+    pub fn is_final(&self) -> bool {
         matches!(
             self,
             RemoteStatus::Completed | RemoteStatus::Failed | RemoteStatus::Error
@@ -162,8 +188,18 @@ impl RemoteJob {
             }
             None => return Err("the answer has no status".into()),
         };
-        let status = RemoteStatus::parse(&status_text)
-            .ok_or_else(|| format!("status `{status_text}` is not one the API documents"))?;
+        if status_text.is_empty() || status_text.len() > MAX_STATUS_LEN {
+            return Err(format!(
+                "status is {} characters long where one of QUEUED, PROCESSING, COMPLETED, FAILED, ERROR was expected",
+                status_text.chars().count()
+            ));
+        }
+        if status_text.chars().any(char::is_control) {
+            return Err(format!(
+                "status {status_text:?} contains a control character"
+            ));
+        }
+        let status = RemoteStatus::parse(&status_text);
         let error = match raw.error {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(s)) => Some(s),
@@ -252,6 +288,25 @@ pub enum PollOutcome {
     Unreachable { reason: String },
     /// An answer that is not the documented JSON.
     BadAnswer { reason: String },
+    /// The answer says the base URL does not lead to the API: a redirect, a 405 or 501, an
+    /// HTML page, or a 404 that is not the gateway's JSON.
+    NotTheApi { answer: String },
+}
+
+/// What a status call on a made-up request id (no submission) tells about the base URL.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ApiCheck {
+    /// The status endpoint answered as the API does.
+    Answers { http_status: u16, latency_ms: u64 },
+    /// 401 or 403: the key was refused.
+    KeyRefused { http_status: u16 },
+    /// 429: the gateway answers but rate-limits.
+    RateLimited,
+    /// No answer, or a 5xx.
+    Unreachable { reason: String },
+    /// Something answered, but not the API: what came back.
+    NotTheApi { answer: String },
 }
 
 #[cfg(test)]
@@ -279,11 +334,10 @@ mod tests {
         assert!(RemoteJob::from_json(r#"{"status": "QUEUED"}"#)
             .unwrap_err()
             .contains("request_id"));
-        assert!(
-            RemoteJob::from_json(r#"{"request_id": "a", "status": "DONE"}"#)
-                .unwrap_err()
-                .contains("DONE")
-        );
+        assert!(RemoteJob::from_json(r#"{"request_id": "a", "status": ""}"#).is_err());
+        let long = format!(r#"{{"request_id": "a", "status": "{}"}}"#, "X".repeat(65));
+        assert!(RemoteJob::from_json(&long).is_err());
+        assert!(RemoteJob::from_json(r#"{"request_id": "a", "status": "\u001b[2J"}"#).is_err());
         assert!(RemoteJob::from_json(
             r#"{"request_id": "a", "status": "COMPLETED", "output": null}"#
         )
@@ -291,6 +345,33 @@ mod tests {
         .contains("media_url"));
         let bomb = "[".repeat(100_000);
         assert!(RemoteJob::from_json(&bomb).is_err());
+    }
+
+    #[test]
+    fn only_the_documented_spelling_is_a_documented_status() {
+        for text in ["QUEUED", "PROCESSING", "COMPLETED", "FAILED", "ERROR"] {
+            let status = RemoteStatus::parse(text);
+            assert!(status.is_documented(), "{text}");
+            assert_eq!(status.as_str(), text);
+        }
+        for text in [
+            "CANCELLED",
+            "cancelled",
+            "Canceled",
+            "error",
+            "completed",
+            " ERROR",
+        ] {
+            let status = RemoteStatus::parse(text);
+            assert_eq!(status, RemoteStatus::Undocumented(text.to_string()));
+            assert_eq!(status.as_str(), text, "kept verbatim");
+            assert!(!status.is_final());
+        }
+        let body = r#"{"request_id": "a", "status": "CANCELLED", "output": null}"#;
+        assert_eq!(
+            RemoteJob::from_json(body).unwrap().status.as_str(),
+            "CANCELLED"
+        );
     }
 
     #[test]

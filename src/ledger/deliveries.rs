@@ -18,8 +18,8 @@
 //! - `duplicate`: the same request_id and status were already applied, or the job already is
 //!   in that final state;
 //! - `stale`: the status would not move the job forward (PROCESSING after COMPLETED, QUEUED
-//!   while processing, a different final status than the one recorded), or it is about an
-//!   earlier attempt of the job;
+//!   while processing, a different final status than the one recorded, a status the API does
+//!   not document such as `CANCELLED`), or it is about an earlier attempt of the job;
 //! - `orphan`: no job of this ledger has that request_id (recorded with `job_id` NULL).
 
 use super::record::{apply_change, cap_body, insert_event};
@@ -72,8 +72,8 @@ pub struct DeliveryOutcome {
     pub delivery_id: i64,
     pub kind: DeliveryKind,
     pub request_id: String,
-    /// The status the callback reported (`QUEUED` … `ERROR`).
-    pub status: &'static str,
+    /// The status the callback reported, verbatim (`QUEUED` … `ERROR`, or an undocumented one).
+    pub status: String,
     /// The job the request_id belongs to; `None` for an orphan.
     pub job_id: Option<i64>,
     /// The attempt the request_id belongs to (maybe an earlier one than the job's current).
@@ -86,8 +86,8 @@ pub struct DeliveryOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DeliveryError {
-    /// The body is not a callback the API documents (not JSON, a field of the wrong type, an
-    /// unknown status, a COMPLETED without outputs). Nothing was written.
+    /// The body is not a callback the API documents (not JSON, a field of the wrong type, no
+    /// status, a COMPLETED without outputs). Nothing was written.
     #[error("malformed callback body: {0}")]
     Malformed(String),
     /// The ledger could not record it (busy for too long, disk full, ...). Nothing was
@@ -203,7 +203,7 @@ fn record_in(
     body: &str,
     now: &str,
 ) -> Result<DeliveryOutcome> {
-    let status = remote.status;
+    let status = &remote.status;
     let owner = find_owner(tx, &remote.request_id)?;
     let (kind, detail) = match &owner {
         None => (
@@ -249,7 +249,7 @@ fn record_in(
         delivery_id,
         kind,
         request_id: remote.request_id.clone(),
-        status: status.as_str(),
+        status: status.as_str().to_string(),
         job_id,
         attempt,
         detail,
@@ -291,7 +291,7 @@ fn owner_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Owner> {
     })
 }
 
-fn already_applied(tx: &Transaction<'_>, request_id: &str, status: RemoteStatus) -> Result<bool> {
+fn already_applied(tx: &Transaction<'_>, request_id: &str, status: &RemoteStatus) -> Result<bool> {
     Ok(tx
         .prepare_cached(
             "SELECT 1 FROM deliveries WHERE request_id = ?1 AND remote_status = ?2
@@ -300,17 +300,6 @@ fn already_applied(tx: &Transaction<'_>, request_id: &str, status: RemoteStatus)
         .query_row(params![request_id, status.as_str()], |_| Ok(()))
         .optional()?
         .is_some())
-}
-
-/// The job state a remote status stands for.
-fn state_of(status: RemoteStatus) -> JobState {
-    match status {
-        RemoteStatus::Queued => JobState::Queued,
-        RemoteStatus::Processing => JobState::Processing,
-        RemoteStatus::Completed => JobState::Completed,
-        RemoteStatus::Failed => JobState::Failed,
-        RemoteStatus::Error => JobState::Error,
-    }
 }
 
 /// How far along the gateway's flow a state is; `None` for states the gateway never reports.
@@ -324,11 +313,20 @@ fn rank(state: JobState) -> Option<u8> {
 }
 
 /// Decides a delivery's outcome for a known job, with the account that goes in its event.
-fn classify(owner: &Owner, status: RemoteStatus, already: bool) -> (DeliveryKind, String) {
-    let (current, target) = (owner.state, state_of(status));
+fn classify(owner: &Owner, status: &RemoteStatus, already: bool) -> (DeliveryKind, String) {
     let st = status.as_str();
+    let Some(target) = JobState::for_remote(status) else {
+        return (
+            DeliveryKind::Stale,
+            format!(
+                "status {st:?} is not one the API documents; the job stays {} and is still polled (it may be charged)",
+                owner.state
+            ),
+        );
+    };
+    let current = owner.state;
     if owner.attempt != owner.current_attempt {
-        let note = if status == RemoteStatus::Completed {
+        let note = if *status == RemoteStatus::Completed {
             " (that attempt may have been charged)"
         } else {
             ""
@@ -370,7 +368,9 @@ fn classify(owner: &Owner, status: RemoteStatus, already: bool) -> (DeliveryKind
 }
 
 fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> Result<()> {
-    let target = state_of(remote.status);
+    let Some(target) = JobState::for_remote(&remote.status) else {
+        return Ok(());
+    };
     let mut change = Change {
         state: Some(target),
         remote_status: Some(remote.status.as_str().to_string()),
@@ -389,6 +389,7 @@ fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> 
             change.reason = Some(None);
             change.finished = true;
         }
+        RemoteStatus::Undocumented(_) => {}
         RemoteStatus::Failed | RemoteStatus::Error => {
             change.error = Some(Some(remote.error.clone().unwrap_or_else(|| {
                 format!("the gateway reported {}", remote.status.as_str())
@@ -466,7 +467,7 @@ mod tests {
     }
 
     fn kind(state: JobState, status: RemoteStatus, already: bool) -> DeliveryKind {
-        classify(&owner(state), status, already).0
+        classify(&owner(state), &status, already).0
     }
 
     #[test]
@@ -486,6 +487,10 @@ mod tests {
         assert_eq!(kind(J::Stalled, R::Completed, false), Applied);
         assert_eq!(kind(J::Stalled, R::Processing, false), Stale);
         assert_eq!(kind(J::Planned, R::Completed, false), Stale);
+        for text in ["CANCELLED", "cancelled", "error"] {
+            assert_eq!(kind(J::Queued, R::Undocumented(text.into()), false), Stale);
+            assert_eq!(kind(J::Stalled, R::Undocumented(text.into()), false), Stale);
+        }
     }
 
     #[test]
@@ -494,7 +499,7 @@ mod tests {
             current_attempt: 2,
             ..owner(JobState::Queued)
         };
-        let (kind, detail) = classify(&old, RemoteStatus::Completed, true);
+        let (kind, detail) = classify(&old, &RemoteStatus::Completed, true);
         assert_eq!(kind, DeliveryKind::Stale);
         assert!(detail.contains("attempt 1") && detail.contains("charged"));
     }

@@ -53,6 +53,20 @@ impl JobState {
         }
     }
 
+    /// The state a status reported by the gateway (a poll's answer or a callback) stands
+    /// for; `None` for a status the API does not document, which moves no job.
+    pub fn for_remote(status: &crate::gateway::RemoteStatus) -> Option<JobState> {
+        use crate::gateway::RemoteStatus;
+        match status {
+            RemoteStatus::Queued => Some(JobState::Queued),
+            RemoteStatus::Processing => Some(JobState::Processing),
+            RemoteStatus::Completed => Some(JobState::Completed),
+            RemoteStatus::Failed => Some(JobState::Failed),
+            RemoteStatus::Error => Some(JobState::Error),
+            RemoteStatus::Undocumented(_) => None,
+        }
+    }
+
     /// The gateway has the job and it is not finished: it is polled.
     pub fn is_remote_pending(self) -> bool {
         matches!(self, JobState::Queued | JobState::Processing)

@@ -6,16 +6,16 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 
-type Route = dyn Fn(&str, &str) -> Vec<u8> + Send + Sync;
+pub type Route = dyn Fn(&str, &str) -> Vec<u8> + Send + Sync;
 
 /// A tiny HTTP/1.1 server answering every request with `route(method, path)`, one connection
 /// per request.
-struct Hostile {
-    base: String,
+pub struct Hostile {
+    pub base: String,
 }
 
 impl Hostile {
-    fn start(route: Arc<Route>) -> Hostile {
+    pub fn start(route: Arc<Route>) -> Hostile {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || {
@@ -56,7 +56,7 @@ fn serve(stream: TcpStream, route: &Route) {
     let _ = stream.write_all(&route(&method, &path));
 }
 
-fn answer(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+pub fn answer(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -66,7 +66,7 @@ fn answer(status: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn accepted(id: &str) -> Vec<u8> {
+pub fn accepted(id: &str) -> Vec<u8> {
     answer(
         "202 Accepted",
         "application/json",
@@ -85,7 +85,7 @@ fn completed(id: &str, media: &str) -> Vec<u8> {
     answer("200 OK", "application/json", body.to_string().as_bytes())
 }
 
-fn run_against(base: &str, w: &World, extra: &[&str]) -> std::process::Output {
+pub fn run_against(base: &str, w: &World, extra: &[&str]) -> std::process::Output {
     let out = w.out_dir();
     let mut args = vec![
         "run",
@@ -99,7 +99,7 @@ fn run_against(base: &str, w: &World, extra: &[&str]) -> std::process::Output {
     w.cli_env(&args, &[("PIXAZO_BASE_URL", base)])
 }
 
-fn submit_offline(w: &World) {
+pub fn submit_offline(w: &World) {
     let out = w.cli(&[
         "submit",
         "http://127.0.0.1:9/in.png",
@@ -181,10 +181,10 @@ fn a_redirect_loop_on_the_output_ends_as_an_error() {
 }
 
 #[test]
-fn huge_nested_and_path_bending_answers_are_contained() {
-    // The request id carries `/`, `..` and NUL; status answers are a nesting bomb, then a
-    // body of several megabytes, then never final: the deadline stalls the job.
-    let evil_id = "../../etc/passwd\u{0}x";
+fn huge_and_nested_answers_are_contained() {
+    // Status answers are a nesting bomb, then a body of several megabytes, then never final:
+    // the deadline stalls the job. The request id needs escaping in the status URL.
+    let evil_id = "r 1?x=..#%";
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let seen_in = Arc::clone(&seen);
     let hostile = Hostile::start(Arc::new(move |method: &str, path: &str| {
@@ -212,10 +212,7 @@ fn huge_nested_and_path_bending_answers_are_contained() {
     );
     // Every status request stayed one path segment below /v2/requests/status/.
     for path in seen.lock().unwrap().iter().skip(1) {
-        assert!(
-            path.starts_with("/v2/requests/status/..%2F..%2Fetc%2Fpasswd%00x"),
-            "{path}"
-        );
+        assert_eq!(path, "/v2/requests/status/r%201%3Fx%3D..%23%25");
     }
     // The ledger kept the bodies capped.
     let longest: i64 = w
@@ -224,4 +221,153 @@ fn huge_nested_and_path_bending_answers_are_contained() {
         .unwrap();
     assert!(longest < 64 * 1024, "{longest}");
     verify_sound(&w);
+}
+
+/// A server that accepts every submission with `id` and answers every status call with
+/// `status`; it counts the submissions and the status calls.
+fn fixed_status(
+    id: &'static str,
+    status: &'static str,
+) -> (Hostile, Arc<std::sync::Mutex<(u32, u32)>>) {
+    let calls = Arc::new(std::sync::Mutex::new((0, 0)));
+    let calls_in = Arc::clone(&calls);
+    let hostile = Hostile::start(Arc::new(move |method: &str, _path: &str| {
+        let mut calls = calls_in.lock().unwrap();
+        if method == "POST" {
+            calls.0 += 1;
+            accepted(id)
+        } else {
+            calls.1 += 1;
+            let body = serde_json::json!({
+                "request_id": id, "status": status, "model_id": "codeformer-image-restoration",
+                "error": null, "output": null
+            });
+            answer("200 OK", "application/json", body.to_string().as_bytes())
+        }
+    }));
+    (hostile, calls)
+}
+
+fn report_total(w: &World, field: &str) -> serde_json::Value {
+    let out = w.cli(&["report", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    report["total"][field].clone()
+}
+
+/// Regression: `CANCELLED` (in any letter case) and a lower-case `error` were booked as ERROR,
+/// "not charged". An undocumented status is kept verbatim, polled on, and stalls at the
+/// deadline with its estimate as the worst case.
+fn an_undocumented_status_is_never_booked_as_free(status: &'static str) {
+    let (hostile, calls) = fixed_status("r-undocumented", status);
+    let w = World::new();
+    submit_offline(&w);
+    let out = run_against(&hostile.base, &w, &["--deadline", "2s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'stalled'"),
+        1,
+        "{}",
+        text(&out)
+    );
+    let polls = w.count(&format!(
+        "SELECT count(*) FROM events WHERE kind = 'poll' AND remote_status = '{status}'
+         AND detail LIKE '%not one the API documents%'"
+    ));
+    assert!(polls >= 2, "polled again after {status}: {polls}");
+    assert_eq!(calls.lock().unwrap().0, 1, "submitted once");
+    let kept: String = w
+        .db()
+        .query_row("SELECT remote_status || ' ' || reason FROM jobs", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(kept.starts_with(&format!("{status} ")), "{kept}");
+    assert!(
+        kept.contains(&format!("last reported \"{status}\"")),
+        "{kept}"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM attempts WHERE actual_cost IS NOT NULL"),
+        0,
+        "not booked as free"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'charge'"),
+        0
+    );
+    // 10x10 at upscale 2: 400 px at 0.0021 USD/MP.
+    assert_eq!(report_total(&w, "charge_unknown"), "0.00000084");
+    assert_eq!(report_total(&w, "stalled"), 1);
+    verify_sound(&w);
+}
+
+#[test]
+fn cancelled_is_never_booked_as_free() {
+    an_undocumented_status_is_never_booked_as_free("CANCELLED");
+}
+
+#[test]
+fn lower_case_cancelled_is_never_booked_as_free() {
+    an_undocumented_status_is_never_booked_as_free("cancelled");
+}
+
+#[test]
+fn lower_case_error_is_not_the_documented_error() {
+    an_undocumented_status_is_never_booked_as_free("error");
+}
+
+/// Regression: an id with `/`, `..` or NUL was polled percent-encoded (or, the README said,
+/// ended as an error). The gateway created the job, so the attempt is uncertain: it is not
+/// polled, not resent on its own, counted as charge-unknown, and the run sends nothing more.
+#[test]
+fn a_request_id_that_cannot_be_a_path_segment_makes_the_attempt_uncertain() {
+    for evil in ["../../etc/passwd\u{0}x", "..", "a/b", "a\u{0}b"] {
+        let (hostile, calls) = fixed_status(evil, "QUEUED");
+        let w = World::new();
+        submit_offline(&w);
+        let second = w.cli(&[
+            "submit",
+            "http://127.0.0.1:9/second.png",
+            "--size",
+            "10x10",
+            "--no-send",
+        ]);
+        assert_eq!(second.status.code(), Some(0), "{}", text(&second));
+        let out = run_against(&hostile.base, &w, &["--concurrency", "1"]);
+        assert_eq!(out.status.code(), Some(1), "{evil:?}: {}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot be one segment of a status URL")
+                && stderr.contains(&hostile.base),
+            "{stderr}"
+        );
+        assert_eq!(
+            *calls.lock().unwrap(),
+            (1, 0),
+            "{evil:?}: one POST, no status call"
+        );
+        assert_eq!(
+            w.count(
+                "SELECT count(*) FROM jobs WHERE state = 'uncertain' AND request_id IS NULL
+                     AND reason LIKE '%may have created this job%'"
+            ),
+            1,
+            "{evil:?}"
+        );
+        assert_eq!(
+            w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+            1
+        );
+        assert_eq!(report_total(&w, "charge_unknown"), "0.00000084", "{evil:?}");
+        // Not resent on its own.
+        let again = run_against(&hostile.base, &w, &["--concurrency", "1"]);
+        assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+        assert_eq!(calls.lock().unwrap().0, 2, "only the planned job was sent");
+        assert_eq!(
+            w.count("SELECT count(*) FROM jobs WHERE state = 'uncertain'"),
+            2
+        );
+        verify_sound(&w);
+    }
 }

@@ -5,6 +5,7 @@ mod batches;
 mod common;
 mod config;
 mod cost;
+mod gateway_answers;
 mod help;
 mod hooks_e2e;
 mod hostile;
