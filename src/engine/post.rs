@@ -98,6 +98,15 @@ fn record_outcome(
             ),
         ),
     };
+    if let Err(f) = &outcome.result {
+        let subject = job_id.map(|id| format!(" (job {id})")).unwrap_or_default();
+        eprintln!(
+            "hook failed [{file}] {}{subject}: {}: {}",
+            func.name(),
+            f.kind.as_str(),
+            f.message
+        );
+    }
     let mut event = Event::new(job_id, attempt, "hook").detail(detail);
     if let Err(f) = &outcome.result {
         if let Some(tb) = &f.traceback {

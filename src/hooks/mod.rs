@@ -21,7 +21,8 @@
 //!
 //! Functions a file may define (each optional): `on_submit(job)` returns `nil` (send as is), a
 //! table of changes (`{fidelity = 0.8, upscale = 4, background_enhance = false,
-//! face_upsample = true}`, checked like command-line input, see [`apply_submit_changes`]), or
+//! face_upsample = true}`, checked like command-line input, see [`apply_submit_changes`]; the
+//! API's name `codeformer_fidelity` works as well as `fidelity`), or
 //! `false, "reason"` (skip the job); `on_complete(job)`, `on_failed(job)` and
 //! `on_batch_done(summary)` may return anything JSON can hold, which is recorded. JSON `null`
 //! reaches Lua as `nil` inside objects and as `json.null` inside arrays.

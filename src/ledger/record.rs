@@ -844,6 +844,21 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// How many hook runs in scope (a batch's jobs and the batch itself, or the whole ledger)
+    /// have a failure as their latest outcome: what `hooks failed` lists for that scope.
+    pub fn failed_hook_count(&self, batch: Option<&str>) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM hook_runs h
+             WHERE h.status != 'ok' AND h.id = (SELECT max(id) FROM hook_runs g
+                 WHERE g.job_id IS h.job_id AND g.attempt IS h.attempt AND g.batch IS h.batch
+                 AND g.hook_file = h.hook_file AND g.function = h.function)
+             AND (?1 IS NULL OR h.batch = ?1
+                  OR h.job_id IN (SELECT id FROM jobs WHERE batch = ?1))",
+            params![batch],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Jobs at the gateway that were sent before `cutoff` (a ledger timestamp).
     pub fn overdue(&self, cutoff: &str, batch: Option<&str>) -> Result<Vec<JobRow>> {
         let sql = format!(
