@@ -4,10 +4,12 @@
 mod common;
 mod config;
 mod cost;
+mod examples_run;
 mod help;
 mod hooks_e2e;
 mod hostile;
 mod ledger_files;
+mod listen;
 mod report_output;
 mod report_totals;
 mod resume;
