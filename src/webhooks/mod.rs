@@ -237,6 +237,7 @@ impl Listener {
         };
         let socket = TcpListener::bind(config.addr).map_err(bind)?;
         socket.set_nonblocking(true).map_err(bind)?;
+        deepen_backlog(&socket, config.max_connections);
         let addr = socket.local_addr().map_err(bind)?;
         let max_connections = fd_room(config.max_connections);
         if max_connections < config.max_connections {
@@ -331,6 +332,23 @@ impl Drop for Listener {
         self.shut_down();
     }
 }
+
+/// Lets the kernel queue as many connections as the cap allows (std asks for 128): a burst
+/// of connections beyond the queue is dropped by the kernel and retried by the client only
+/// after a second or more.
+#[cfg(unix)]
+fn deepen_backlog(socket: &TcpListener, cap: usize) {
+    use std::os::fd::AsRawFd;
+    let backlog = cap.clamp(128, 4096) as libc::c_int;
+    // SAFETY: listen(2) on a socket we own, already bound and listening; on failure the
+    // backlog std asked for stays.
+    unsafe {
+        libc::listen(socket.as_raw_fd(), backlog);
+    }
+}
+
+#[cfg(not(unix))]
+fn deepen_backlog(_: &TcpListener, _: usize) {}
 
 /// How many connections the open-file limit leaves room for, raising the soft limit towards
 /// the hard one first when `wanted` needs it.

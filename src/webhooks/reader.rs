@@ -223,6 +223,9 @@ fn read(conn: &mut Conn, shared: &Shared) -> Next {
                     continue;
                 }
                 conn.buf.extend_from_slice(&chunk[..n]);
+                if !worth_parsing(conn, n) {
+                    continue;
+                }
                 match advance(conn, shared) {
                     Next::Keep => {}
                     other => return other,
@@ -236,6 +239,19 @@ fn read(conn: &mut Conn, shared: &Shared) -> Next {
             Err(_) => return Next::Close,
         }
     }
+}
+
+/// Whether the `n` bytes just received can have completed (or broken) the head: a head is
+/// parsed again only when its end may have arrived or it has reached its size limit, so a
+/// client sending a byte at a time does not make each byte cost a parse of all the others.
+fn worth_parsing(conn: &Conn, n: usize) -> bool {
+    if !matches!(conn.phase, Phase::Head) || conn.buf.len() >= http::MAX_HEAD_BYTES {
+        return true;
+    }
+    let from = conn.buf.len().saturating_sub(n + 3);
+    conn.buf[from..]
+        .windows(2)
+        .any(|w| w == b"\n\n" || w == b"\n\r")
 }
 
 /// Looks at the bytes received so far: a whole head, a whole body, or a refusal.
@@ -275,7 +291,18 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
     let Phase::Body { head, at, framing } = &conn.phase else {
         return Next::Keep;
     };
-    match http::body(*framing, &conn.buf[*at..], shared.config.max_body) {
+    // Chunk framing and trailers around a body within the limit fit in this much more.
+    let most = shared.config.max_body.saturating_add(http::MAX_HEAD_BYTES);
+    let received = &conn.buf[*at..];
+    let body = if received.len() > most {
+        Err(Refusal::new(
+            413,
+            format!("the body is over the {}-byte limit", shared.config.max_body),
+        ))
+    } else {
+        http::body(*framing, received, shared.config.max_body)
+    };
+    match body {
         Ok(None) => Next::Keep,
         Ok(Some(body)) => Next::Deliver {
             method: head.method.clone(),

@@ -154,3 +154,21 @@ fn a_callback_lands_while_many_idle_and_slow_connections_are_open() {
     assert_eq!(receiver.deliveries(), 5);
     drop((idle, slow));
 }
+
+#[test]
+fn a_callback_sent_a_byte_at_a_time_is_still_recorded() {
+    let receiver = Receiver::start(&[]);
+    let body = r#"{"request_id": "req-slow", "status": "PROCESSING"}"#;
+    let request = format!(
+        "POST /callback HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = receiver.connect();
+    stream.set_nodelay(true).unwrap();
+    for byte in request.as_bytes() {
+        stream.write_all(std::slice::from_ref(byte)).unwrap();
+    }
+    let (answer, _) = read_all(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(receiver.deliveries(), 1);
+}
