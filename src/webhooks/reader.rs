@@ -265,10 +265,6 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
                     refuse(conn, shared, refusal, &head.method, &target);
                     return Next::Keep;
                 }
-                if head.expects_continue() {
-                    let mut stream = &conn.stream;
-                    let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
-                }
                 let framing = match http::framing(&head, shared.config.max_body) {
                     Ok(framing) => framing,
                     Err(refusal) => {
@@ -276,6 +272,11 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
                         return Next::Keep;
                     }
                 };
+                if head.expects_continue() {
+                    // Small enough for an idle socket's send buffer, like an answer.
+                    let mut stream = &conn.stream;
+                    let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                }
                 conn.phase = Phase::Body {
                     head,
                     at: len,

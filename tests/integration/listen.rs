@@ -172,3 +172,26 @@ fn a_callback_sent_a_byte_at_a_time_is_still_recorded() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert_eq!(receiver.deliveries(), 1);
 }
+
+#[test]
+fn bad_header_timeouts_and_caps_exit_2_and_name_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, named) in [
+        (["--header-timeout", "11s"], "header timeout"),
+        (["--header-timeout", "0s"], "--header-timeout"),
+        (["--max-connections", "0"], "connection limit"),
+    ] {
+        let out = std::process::Command::new(BIN)
+            .args(["listen", "--addr", "127.0.0.1:0"])
+            .args(args)
+            .env("CODEFORMER_LEDGER", dir.path().join("ledger.db"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(named), "{args:?}: {}", text(&out));
+    }
+    assert!(
+        !dir.path().join("ledger.db").exists(),
+        "nothing was written"
+    );
+}
