@@ -173,8 +173,20 @@ fn accept(socket: &TcpListener, shared: &Shared, conns: &mut Vec<Conn>) {
         let stream = match socket.accept() {
             Ok((stream, _)) => stream,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
             Err(_) => {
-                // Out of file descriptors and the like: the others are still read.
+                // Out of file descriptors and the like (the cap is kept below the open-file
+                // limit, so rare): the listener stays readable, so pause instead of spinning.
+                std::thread::sleep(Duration::from_millis(10));
                 return;
             }
         };
