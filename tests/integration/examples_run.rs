@@ -1,7 +1,7 @@
 //! The bundled examples run as the README says: every manifest in `examples/manifests/` names
 //! images of `examples/images/` at the README's sandbox address, and completes against a
-//! sandbox serving that folder (the test's sandbox, wherever its port is: the manifests' URLs
-//! are pointed at it, the files stay as documented). `sort_by_tag.lua` moves outputs and the
+//! `sandbox` command serving that folder (on a free port: the manifests' URLs are pointed at
+//! it, the files stay as documented). `sort_by_tag.lua` moves outputs and the
 //! ledger follows them.
 
 use crate::common::*;
@@ -25,6 +25,51 @@ fn world() -> World {
         std::fs::copy(&path, w.dir.path().join("static").join(name)).unwrap();
     }
     w
+}
+
+/// `codeformer-ledger sandbox --static-dir examples/images` on a free loopback port, with
+/// quick job timings.
+struct SandboxCommand {
+    child: std::process::Child,
+    base_url: String,
+    static_url: String,
+}
+
+impl SandboxCommand {
+    fn start() -> SandboxCommand {
+        use std::io::BufRead;
+        let images = examples("images");
+        let mut child = std::process::Command::new(BIN)
+            .args(["sandbox", "--addr", "127.0.0.1:0", "--static-dir"])
+            .arg(&images)
+            .args(["--queue-ms", "10", "--processing-ms", "20-40"])
+            .env_remove("PIXAZO_SANDBOX_KEY")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut value = |name: &str| {
+            let line = lines.next().unwrap().unwrap();
+            line.strip_prefix(name)
+                .unwrap_or_else(|| panic!("expected {name}..., got {line}"))
+                .to_string()
+        };
+        let base_url = value("PIXAZO_BASE_URL=");
+        let static_url = value("SANDBOX_STATIC_URL=");
+        SandboxCommand {
+            child,
+            base_url,
+            static_url,
+        }
+    }
+}
+
+impl Drop for SandboxCommand {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The image file names a manifest's text points at (after the README's address).
@@ -88,8 +133,24 @@ fn every_example_manifest_names_bundled_images_and_completes() {
                 manifest.display()
             );
         }
-        let w = world();
-        let out = batch(&w, &pointed_at(&w, &manifest), &[]);
+        // The README's `sandbox --static-dir examples/images`, on a free port.
+        let sandbox = SandboxCommand::start();
+        let dir = tempfile::tempdir().unwrap();
+        let pointed = dir.path().join(manifest.file_name().unwrap());
+        std::fs::write(
+            &pointed,
+            written.replace(README_STATIC, &sandbox.static_url),
+        )
+        .unwrap();
+        let out = std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .env_remove("PIXAZO_API_KEY")
+            .env("CODEFORMER_LEDGER", dir.path().join("ledger.db"))
+            .env("PIXAZO_BASE_URL", &sandbox.base_url)
+            .args(["batch", pointed.to_str().unwrap(), "--quiet"])
+            .args(["--poll-interval", "50ms", "--out-dir", "out"])
+            .output()
+            .unwrap();
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -97,13 +158,21 @@ fn every_example_manifest_names_bundled_images_and_completes() {
             manifest.display(),
             text(&out)
         );
-        assert_eq!(
-            w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
-            images.len() as i64,
-            "{}",
-            manifest.display()
-        );
-        let verify = w.cli(&["verify", "--files"]);
+        let completed: i64 = rusqlite::Connection::open(dir.path().join("ledger.db"))
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM jobs WHERE state = 'completed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(completed, images.len() as i64, "{}", manifest.display());
+        let verify = std::process::Command::new(BIN)
+            .env("CODEFORMER_LEDGER", dir.path().join("ledger.db"))
+            .current_dir(dir.path())
+            .args(["verify", "--files"])
+            .output()
+            .unwrap();
         assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     }
 }
