@@ -286,10 +286,19 @@ fn example_sort_by_tag_moves_outputs_into_tag_folders() {
         HookFn::OnComplete,
         &job(&["b1/12.png", "b1/12_face.png"]),
     );
+    // Each rename is reported with full paths, so that the ledger's output paths follow it.
+    let root = place.out().canonicalize().unwrap();
+    let full = |p: &str| root.join(p).to_string_lossy().into_owned();
+    let moved = |from: &str, to: &str| HookEffect::Moved {
+        from: full(from),
+        to: full(to),
+    };
     assert_eq!(
         outcome.effects,
         vec![
+            moved("b1/12.png", "acme/b1-12-1.png"),
             HookEffect::Note("moved b1/12.png to acme/b1-12-1.png".into()),
+            moved("b1/12_face.png", "acme/b1-12-2.png"),
             HookEffect::Note("moved b1/12_face.png to acme/b1-12-2.png".into()),
             HookEffect::Tag("folder".into(), "acme".into()),
         ]

@@ -3,6 +3,9 @@
 --
 --   codeformer-ledger batch photos.csv --tag client=acme --hook examples/hooks/sort_by_tag.lua
 --   out/b1/12.png  ->  out/acme/b1-12-1.png
+--
+-- fs.rename of a downloaded output is recorded in the ledger (an `output_moved` event, and
+-- the output's path follows the file), so `verify --files` still finds every output.
 
 local TAG = "client"                        -- the tag whose value names the folder
 local PATTERN = "{batch}-{id}-{n}{ext}"     -- fields: {id} {key} {batch} {n} {stem} {ext}

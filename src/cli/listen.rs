@@ -13,6 +13,8 @@ use std::sync::Arc;
 /// recorded as `ingest` records it, and only then answered 200, so a callback the gateway
 /// sees accepted is on disk. A malformed body gets 400 (nothing recorded), a body over
 /// --max-body 413, and with --path-token any path but /callback/TOKEN gets 404 or 401.
+/// Idle or slow clients cannot hold it up: a connection that has not sent its request head
+/// within --header-timeout is closed, and beyond --max-connections new ones get 503.
 ///
 /// It speaks plain HTTP: put it behind your HTTPS reverse proxy (the gateway calls back to
 /// https URLs only) and give the public URL to --webhook-url. Prints LISTEN_ADDR=<ip:port> on
@@ -43,6 +45,14 @@ pub struct ListenArgs {
     #[arg(long, value_name = "BYTES", default_value_t = codeformer_ledger::webhooks::DEFAULT_MAX_BODY)]
     pub max_body: usize,
 
+    /// Close a connection that has not sent its whole request head in this time (at most 10s).
+    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "5s")]
+    pub header_timeout: std::time::Duration,
+
+    /// Connections open at once; beyond this, new ones are answered 503 (Retry-After: 1).
+    #[arg(long, value_name = "N", default_value_t = codeformer_ledger::webhooks::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
     /// Do not log each request on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -53,6 +63,8 @@ impl ListenArgs {
         let mut config = ListenConfig::new(self.addr);
         config.path_token = self.path_token.clone().filter(|t| !t.is_empty());
         config.max_body = self.max_body;
+        config.header_timeout = self.header_timeout;
+        config.max_connections = self.max_connections;
         if !self.quiet {
             config.log = Some(Arc::new(|line: &str| eprintln!("listen: {line}")));
         }
@@ -78,14 +90,15 @@ pub fn run(global: &Global, args: ListenArgs) -> CmdResult {
         return Err(CliError::error(format!("cannot write to stdout: {e}")));
     }
     eprintln!(
-        "listening on http://{}{} for {}; stop with Ctrl-C",
+        "listening on http://{}{} for {} (at most {} connections); stop with Ctrl-C",
         listener.addr(),
         if token {
             "/callback/<token>"
         } else {
             " (any path)"
         },
-        global.ledger.display()
+        global.ledger.display(),
+        listener.max_connections()
     );
     let _ = stop_rx.recv();
     let stats = listener.stop();

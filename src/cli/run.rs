@@ -860,6 +860,12 @@ fn print_summary(ledger: &Ledger, summary: &RunSummary, out_dir: &Path) -> Resul
             ),
         }
     }
+    if summary.failed_hooks > 0 {
+        println!(
+            "{} hook run(s) failed; see `codeformer-ledger hooks failed`, fix the script, then `codeformer-ledger hooks retry`",
+            summary.failed_hooks
+        );
+    }
     if summary.hook_blocked > 0 {
         println!(
             "{} job(s) were not sent because an on_submit hook failed; see `codeformer-ledger hooks failed`",

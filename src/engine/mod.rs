@@ -119,6 +119,8 @@ pub struct RunSummary {
     pub owing_downloads: i64,
     /// Jobs (per batch) that still owe hooks because this run had none loaded.
     pub owing_hooks: Vec<(Option<String>, i64)>,
+    /// Hook runs in scope whose latest outcome is a failure (`hooks failed` lists them).
+    pub failed_hooks: i64,
 }
 
 impl RunSummary {
@@ -138,6 +140,7 @@ impl RunSummary {
             }
             Some(_) => crate::exit::ERROR,
             None if self.hook_blocked > 0
+                || self.failed_hooks > 0
                 || self.owing_downloads > 0
                 || !self.owing_hooks.is_empty() =>
             {
@@ -1547,6 +1550,7 @@ impl<'a> Engine<'a> {
         }
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
         self.summary.hook_blocked = self.hook_blocked;
+        self.summary.failed_hooks = self.ledger.failed_hook_count(self.scope())?;
         self.summary.owing_downloads = self.ledger.owing_downloads(self.scope())?;
         if self.hooks.is_none() {
             self.summary.owing_hooks = self.ledger.owing_hooks_by_batch(self.scope())?;

@@ -5,7 +5,7 @@
 
 use super::{PostProcessor, SubmitVerdict};
 use crate::hooks::{HookConfig, HookEffect, HookError, HookFn, HookHost, SubmitDecision};
-use crate::ledger::{Event, JobRow, JobState, Ledger, LedgerError};
+use crate::ledger::{Event, FileOp, JobRow, JobState, Ledger, LedgerError};
 use crate::money;
 use serde_json::{json, Value};
 
@@ -67,6 +67,7 @@ fn record_outcome(
     let (job_id, attempt) = (key.map(|k| k.0), key.map(|k| k.1));
     let mut events = Vec::new();
     let mut tags = Vec::new();
+    let mut files = Vec::new();
     for effect in &outcome.effects {
         match effect {
             HookEffect::Log { level, message } => {
@@ -83,6 +84,14 @@ fn record_outcome(
                 events.push(Event::new(job_id, attempt, "tag").detail(format!("{k}={v}")));
                 tags.push((k.clone(), v.clone()));
             }
+            HookEffect::Moved { from, to } => files.push(FileOp::Moved {
+                from: from.clone(),
+                to: to.clone(),
+            }),
+            HookEffect::Copied { from, to } => files.push(FileOp::Copied {
+                from: from.clone(),
+                to: to.clone(),
+            }),
         }
     }
     let millis = (outcome.ended_at - outcome.started_at).num_milliseconds();
@@ -98,6 +107,15 @@ fn record_outcome(
             ),
         ),
     };
+    if let Err(f) = &outcome.result {
+        let subject = job_id.map(|id| format!(" (job {id})")).unwrap_or_default();
+        eprintln!(
+            "hook failed [{file}] {}{subject}: {}: {}",
+            func.name(),
+            f.kind.as_str(),
+            f.message
+        );
+    }
     let mut event = Event::new(job_id, attempt, "hook").detail(detail);
     if let Err(f) = &outcome.result {
         if let Some(tb) = &f.traceback {
@@ -105,7 +123,7 @@ fn record_outcome(
         }
     }
     events.insert(0, event);
-    ledger.finish_hook_run(run_id, error.as_deref(), events, &tags)
+    ledger.finish_hook_run(run_id, error.as_deref(), events, &tags, &files)
 }
 
 fn log_line(level: &str, file: &str, message: &str) {
@@ -187,7 +205,7 @@ impl PostProcessor for LuaHooks {
                     )?;
                     let event =
                         Event::new(Some(job.id), Some(job.attempt), "hook").detail(message.clone());
-                    ledger.finish_hook_run(run, Some(&message), vec![event], &[])?;
+                    ledger.finish_hook_run(run, Some(&message), vec![event], &[], &[])?;
                     return Ok(SubmitVerdict::Failed(message));
                 }
             }

@@ -49,6 +49,16 @@ impl Outbox {
         self.in_call.set(false);
     }
 
+    /// Reports a file operation already done (`fs.rename`, `fs.copy`), so that the ledger can
+    /// keep its output paths true. Outside a call (top-level code) there is nothing to
+    /// record it against; it is not counted against the effect limit, because refusing it
+    /// after the fact would only leave the ledger wrong.
+    pub(crate) fn file_moved(&self, effect: HookEffect) {
+        if self.in_call.get() && self.send(&Reply::Effect(effect)).is_err() {
+            std::process::exit(1);
+        }
+    }
+
     fn effect(
         &self,
         lua: &Lua,
@@ -100,7 +110,7 @@ pub(crate) fn register(lua: &Lua, ctx: &Rc<ApiContext>) -> mlua::Result<()> {
     globals.raw_set("log", log_table(lua, ctx)?)?;
     globals.raw_set("ledger", ledger_table(lua, ctx)?)?;
     globals.raw_set("json", json_table(lua)?)?;
-    globals.raw_set("fs", super::fs::table(lua, &ctx.fs)?)?;
+    globals.raw_set("fs", super::fs::table(lua, &ctx.fs, &ctx.outbox)?)?;
     Ok(())
 }
 

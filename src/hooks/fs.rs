@@ -9,7 +9,8 @@
 //! Not covered: a link created by another process between the check and the operation. Hooks
 //! themselves cannot create links.
 
-use super::api::{error_at_caller, string_arg};
+use super::api::{error_at_caller, string_arg, Outbox};
+use super::HookEffect;
 use mlua::{Lua, Table, Value};
 use std::io::{self, Write};
 use std::path::{Component, Path, PathBuf};
@@ -180,8 +181,8 @@ fn write_atomically(
     Ok(())
 }
 
-/// The `fs` table.
-pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>) -> mlua::Result<Table> {
+/// The `fs` table. Renames and copies are reported to `outbox` once done.
+pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>, outbox: &Rc<Outbox>) -> mlua::Result<Table> {
     let table = lua.create_table()?;
 
     let confined = Rc::clone(fs);
@@ -251,6 +252,7 @@ pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>) -> mlua::Result<Table> {
     table.raw_set("mkdir", mkdir)?;
 
     let confined = Rc::clone(fs);
+    let copy_outbox = Rc::clone(outbox);
     let copy = lua.create_function(move |lua, (from, to): (Value, Value)| {
         const FUNC: &str = "fs.copy";
         let (from, to, source, target) = confined.resolve_pair(lua, FUNC, &from, &to)?;
@@ -270,11 +272,17 @@ pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>) -> mlua::Result<Table> {
                 &format!("{FUNC}: '{to}' is a directory"),
             ));
         }
-        write_atomically(&target, &mut file, Some(metadata.permissions())).map_err(fail)
+        write_atomically(&target, &mut file, Some(metadata.permissions())).map_err(fail)?;
+        copy_outbox.file_moved(HookEffect::Copied {
+            from: source.to_string_lossy().into_owned(),
+            to: target.to_string_lossy().into_owned(),
+        });
+        Ok(())
     })?;
     table.raw_set("copy", copy)?;
 
     let confined = Rc::clone(fs);
+    let rename_outbox = Rc::clone(outbox);
     let rename = lua.create_function(move |lua, (from, to): (Value, Value)| {
         const FUNC: &str = "fs.rename";
         let (from, to, source, target) = confined.resolve_pair(lua, FUNC, &from, &to)?;
@@ -283,7 +291,12 @@ pub(crate) fn table(lua: &Lua, fs: &Rc<Confined>) -> mlua::Result<Table> {
                 lua,
                 &io_failure(FUNC, &format!("rename '{from}' to '{to}'"), e),
             )
-        })
+        })?;
+        rename_outbox.file_moved(HookEffect::Moved {
+            from: source.to_string_lossy().into_owned(),
+            to: target.to_string_lossy().into_owned(),
+        });
+        Ok(())
     })?;
     table.raw_set("rename", rename)?;
 

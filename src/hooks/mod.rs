@@ -21,7 +21,8 @@
 //!
 //! Functions a file may define (each optional): `on_submit(job)` returns `nil` (send as is), a
 //! table of changes (`{fidelity = 0.8, upscale = 4, background_enhance = false,
-//! face_upsample = true}`, checked like command-line input, see [`apply_submit_changes`]), or
+//! face_upsample = true}`, checked like command-line input, see [`apply_submit_changes`]; the
+//! API's name `codeformer_fidelity` works as well as `fidelity`), or
 //! `false, "reason"` (skip the job); `on_complete(job)`, `on_failed(job)` and
 //! `on_batch_done(summary)` may return anything JSON can hold, which is recorded. JSON `null`
 //! reaches Lua as `nil` inside objects and as `json.null` inside arrays.
@@ -40,7 +41,7 @@
 //! | `fs.exists(path)` | whether it exists | `fs.exists("summary.json")` |
 //! | `fs.mkdir(path)` | creates a directory and its parents | `fs.mkdir("acme/2026")` |
 //! | `fs.copy(from, to)` | copies a file | `fs.copy("b1/12.png", "web/12.png")` |
-//! | `fs.rename(from, to)` | moves a file or directory | `fs.rename("b1/12.png", "acme/12.png")` |
+//! | `fs.rename(from, to)` | moves a file or directory; a moved output is recorded, so the ledger's path follows it | `fs.rename("b1/12.png", "acme/12.png")` |
 //! | `fs.relative(path)` | an output path (absolute or relative) as `fs.*` wants it | `fs.relative(job.outputs[1].path)` |
 //!
 //! `fs.*` paths are relative to the output directory; absolute paths, `..` that climbs out and
@@ -254,6 +255,11 @@ pub enum HookEffect {
     Note(String),
     /// `ledger.tag(key, value)`.
     Tag(String, String),
+    /// `fs.rename(from, to)` succeeded: the full paths, so that the ledger can follow a
+    /// downloaded output (or a folder of them) to its new place.
+    Moved { from: String, to: String },
+    /// `fs.copy(from, to)` succeeded: the full paths.
+    Copied { from: String, to: String },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

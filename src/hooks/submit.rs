@@ -21,14 +21,17 @@ pub enum SubmitDecision {
 }
 
 /// The parameters `on_submit` may change.
-const CHANGEABLE: &str = "fidelity, upscale, background_enhance or face_upsample";
+const CHANGEABLE: &str =
+    "fidelity (or the API's codeformer_fidelity), upscale, background_enhance or face_upsample";
 
 /// Applies an `on_submit` return value ([`super::HookOutcome::result`]) to `params`, validated
 /// exactly like command-line input.
 ///
 /// `nil` keeps the job; `false` (or `false, "reason"`, which arrives as `[false, "reason"]`)
 /// skips it; a table of changes (`{fidelity = 0.8, upscale = 4}`) changes it. A table that
-/// changes nothing is [`SubmitDecision::Keep`].
+/// changes nothing is [`SubmitDecision::Keep`]. The API's own field names are accepted too
+/// (`codeformer_fidelity` for `fidelity`; the others are the same); a table that gives both
+/// names with different values is refused.
 pub fn apply_submit_changes(
     params: &JobParams,
     value: &Value,
@@ -48,9 +51,22 @@ pub fn apply_submit_changes(
         }
         Value::Object(changes) => {
             let mut changed = params.clone();
+            let mut fidelity_given: Option<(&str, rust_decimal::Decimal)> = None;
             for (key, value) in changes {
                 match key.as_str() {
-                    "fidelity" => changed.fidelity = fidelity(value)?,
+                    name @ ("fidelity" | "codeformer_fidelity") => {
+                        let new = fidelity(value)?;
+                        if let Some((other, old)) = fidelity_given {
+                            if old != new {
+                                return Err(ParamError::new(
+                                    "fidelity",
+                                    format!("`{other}` is {} but `{name}` is {}: they name the same parameter; return one of them", old.normalize(), new.normalize()),
+                                ));
+                            }
+                        }
+                        fidelity_given = Some((name, new));
+                        changed.fidelity = new;
+                    }
                     "upscale" => changed.upscale = upscale(value)?,
                     "background_enhance" => {
                         changed.background_enhance = boolean("background_enhance", value)?
@@ -180,6 +196,25 @@ mod tests {
     }
 
     #[test]
+    fn the_api_field_names_are_accepted() {
+        let SubmitDecision::Change(changed) =
+            apply_submit_changes(&params(), &json!({"codeformer_fidelity": 0.9})).unwrap()
+        else {
+            panic!("expected a change");
+        };
+        assert_eq!(changed.fidelity.to_string(), "0.9");
+        let same = json!({"fidelity": "0.90", "codeformer_fidelity": 0.9, "upscale": 4});
+        let SubmitDecision::Change(changed) = apply_submit_changes(&params(), &same).unwrap()
+        else {
+            panic!("expected a change");
+        };
+        assert_eq!(
+            (changed.fidelity.normalize().to_string(), changed.upscale),
+            ("0.9".into(), 4)
+        );
+    }
+
+    #[test]
     fn bad_changes_name_their_field() {
         let error = |v| apply_submit_changes(&params(), &v).unwrap_err();
         assert_eq!(error(json!({"fidelity": 1.5})).field, "fidelity");
@@ -189,6 +224,12 @@ mod tests {
         assert_eq!(
             error(json!({"background_enhance": 1})).field,
             "background_enhance"
+        );
+        assert_eq!(error(json!({"codeformer_fidelity": 1.5})).field, "fidelity");
+        let both = error(json!({"fidelity": 0.5, "codeformer_fidelity": 0.9}));
+        assert!(
+            both.message.contains("`codeformer_fidelity` is 0.9"),
+            "{both}"
         );
         let unknown = error(json!({"image": "https://x.test/b.png"}));
         assert!(unknown.message.contains("`image`"), "{unknown}");

@@ -22,7 +22,7 @@ pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
 pub use jobs::{EnqueueReport, Enqueued, EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
-pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
+pub use record::{cap_body, Change, Event, FileOp, HookRunRow, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
 pub use state::JobState;
 pub use verify::Problem;

@@ -818,12 +818,17 @@ impl Ledger {
     }
 
     /// Finishes a hook run with its outcome, the events it produced, and its notes and tags.
+    /// Finishes a hook run with its outcome, the events and tags it produced, and the file
+    /// operations it did (`fs.rename`, `fs.copy`): a renamed output's `outputs.path` follows
+    /// the file (also when a folder holding it was renamed), and each moved or copied output
+    /// gets an `output_moved` / `output_copied` event on its job. All in one transaction.
     pub fn finish_hook_run(
         &mut self,
         run_id: i64,
         error: Option<&str>,
         events: Vec<Event>,
         tags: &[(String, String)],
+        files: &[FileOp],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
@@ -849,6 +854,11 @@ impl Ledger {
         }
         for event in events {
             insert_event(&tx, event, &now)?;
+        }
+        for op in files {
+            for event in apply_file_op(&tx, op)? {
+                insert_event(&tx, event, &now)?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -906,6 +916,21 @@ impl Ledger {
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many hook runs in scope (a batch's jobs and the batch itself, or the whole ledger)
+    /// have a failure as their latest outcome: what `hooks failed` lists for that scope.
+    pub fn failed_hook_count(&self, batch: Option<&str>) -> Result<i64> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM hook_runs h
+             WHERE h.status != 'ok' AND h.id = (SELECT max(id) FROM hook_runs g
+                 WHERE g.job_id IS h.job_id AND g.attempt IS h.attempt AND g.batch IS h.batch
+                 AND g.hook_file = h.hook_file AND g.function = h.function)
+             AND (?1 IS NULL OR h.batch = ?1
+                  OR h.job_id IN (SELECT id FROM jobs WHERE batch = ?1))",
+            params![batch],
+            |r| r.get(0),
+        )?)
     }
 
     /// Jobs at the gateway that were sent before `cutoff` (a ledger timestamp).
@@ -1094,4 +1119,50 @@ impl Ledger {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// A file operation a hook did inside the output folder, by full paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileOp {
+    Moved { from: String, to: String },
+    Copied { from: String, to: String },
+}
+
+/// Follows one file operation in `outputs`; the events it makes.
+fn apply_file_op(tx: &rusqlite::Transaction<'_>, op: &FileOp) -> Result<Vec<Event>> {
+    let (from, to, moved) = match op {
+        FileOp::Moved { from, to } => (from, to, true),
+        FileOp::Copied { from, to } => (from, to, false),
+    };
+    let under = format!("{}/", from.trim_end_matches('/'));
+    let mut stmt = tx.prepare_cached(
+        "SELECT job_id, attempt, idx, path FROM outputs
+         WHERE path = ?1 OR (?3 AND substr(path, 1, length(?2)) = ?2)",
+    )?;
+    let rows: Vec<(i64, i64, i64, String)> = stmt
+        .query_map(params![from, under, moved], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (job_id, attempt, idx, path) in rows {
+        let new_path = format!("{to}{}", &path[from.len()..]);
+        if moved {
+            tx.prepare_cached(
+                "UPDATE outputs SET path = ?4 WHERE job_id = ?1 AND attempt = ?2 AND idx = ?3",
+            )?
+            .execute(params![job_id, attempt, idx, new_path])?;
+        }
+        let (kind, verb) = if moved {
+            ("output_moved", "moved")
+        } else {
+            ("output_copied", "copied")
+        };
+        events.push(
+            Event::new(Some(job_id), Some(attempt), kind).detail(format!(
+                "output {idx} {verb} by a hook: {path} -> {new_path}"
+            )),
+        );
+    }
+    Ok(events)
 }

@@ -58,8 +58,8 @@ const CHECKS: &[(&str, &str)] = &[
 ];
 
 impl Ledger {
-    /// Every problem found; an empty list is a sound ledger. With `files`, outputs on disk are
-    /// checked against their recorded size and sha256 too.
+    /// Every problem found; an empty list is a sound ledger. Every recorded output must exist;
+    /// with `files`, it is also checked against its recorded size and sha256.
     pub fn verify(&self, files: bool) -> Result<Vec<Problem>> {
         let mut problems = Vec::new();
         let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
@@ -82,6 +82,22 @@ impl Ledger {
                     check,
                     detail: row?,
                 });
+            }
+        }
+        if !files {
+            // Cheap enough for every run of `verify`: one stat per output.
+            let mut stmt = self
+                .conn
+                .prepare("SELECT job_id, path FROM outputs ORDER BY job_id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (job, path) = row?;
+                if let Err(e) = std::fs::metadata(&path) {
+                    problems.push(Problem {
+                        check: "output file",
+                        detail: format!("job {job}: {path}: {e}"),
+                    });
+                }
             }
         }
         if files {

@@ -143,12 +143,27 @@ fn a_failing_hook_keeps_the_job_and_hooks_retry_reruns_it() {
     std::fs::write(&hook, "function on_complete(job) error('disk full') end").unwrap();
     let m = manifest(&w, "f.txt", &[url]);
     let out = batch(&w, &m, &["--hook", hook.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // Regression: a batch whose on_complete raised exited 0 and said nothing about it.
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("1 hook run(s) failed; see `codeformer-ledger hooks failed`"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("hook failed ["),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
         1
     );
     assert_eq!(w.count("SELECT count(*) FROM outputs"), 1);
+    // A resume does not rerun it, and still says so.
+    let out = w.run(&["--batch", "f"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     let listed = w.cli(&["hooks", "failed"]);
     assert!(
         String::from_utf8_lossy(&listed.stdout).contains("disk full"),
@@ -170,6 +185,73 @@ fn a_failing_hook_keeps_the_job_and_hooks_retry_reruns_it() {
         "{}",
         text(&listed)
     );
+    let out = w.run(&["--batch", "f"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn failing_on_failed_and_on_batch_done_exit_3_and_a_retry_that_fails_again_too() {
+    let w = World::with(codeformer_ledger::sandbox::SandboxConfig {
+        fail_rate: 1.0,
+        ..Default::default()
+    });
+    let url = w.png("a.png", 16, 16);
+    let hook = w.dir.path().join("both.lua");
+    std::fs::write(
+        &hook,
+        "function on_failed(job) error('no pager') end\n\
+         function on_batch_done(s) error('no mail') end",
+    )
+    .unwrap();
+    let m = manifest(&w, "b.txt", &[url]);
+    let out = batch(&w, &m, &["--hook", hook.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 hook run(s) failed"),
+        "{}",
+        text(&out)
+    );
+    let out = w.cli(&["hooks", "retry", "--out-dir", w.out_dir().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 failed"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn on_submit_accepts_the_api_field_names() {
+    let w = World::new();
+    let a = w.png("a.png", 20, 20);
+    let b = w.png("b.png", 20, 20);
+    let hook = w.dir.path().join("api_names.lua");
+    std::fs::write(
+        &hook,
+        r#"function on_submit(job)
+             if job.image_url:find("a.png") then return { codeformer_fidelity = 0.9, upscale = 4 } end
+             return { fidelity = 0.2, codeformer_fidelity = 0.3 }
+           end"#,
+    )
+    .unwrap();
+    let m = manifest(&w, "api.txt", &[a, b]);
+    let out = batch(&w, &m, &["--hook", hook.to_str().unwrap()]);
+    // Regression: `codeformer_fidelity`, the API's name, was refused as unknown.
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE image_url LIKE '%a.png' AND fidelity = '0.9' AND upscale = 4 AND state = 'completed'"),
+        1,
+        "{}",
+        text(&out)
+    );
+    // Both names with different values: refused, the job is not sent, and the error says why.
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(w.sandbox.stats().submissions, 1);
+    let listed = w.cli(&["hooks", "failed"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("`codeformer_fidelity` is 0.3 but `fidelity` is 0.2"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -189,7 +271,7 @@ fn a_runaway_hook_is_stopped_and_recorded() {
         &m,
         &["--hook", hook.to_str().unwrap(), "--hook-timeout", "1s"],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_eq!(
         w.count("SELECT count(*) FROM hook_runs WHERE status = 'failed' AND error LIKE 'timeout%'"),
