@@ -10,7 +10,12 @@ use std::path::Path;
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// Upgrades, in order: `MIGRATIONS[i]` takes a ledger from version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[];
+const MIGRATIONS: &[&str] = &[
+    // The file's identity in the header (application_id "CFLG"), as `schema.sql` sets it for a
+    // new ledger: the open checks that a write-ahead log beside the file carries it before
+    // SQLite may replay the log, so another database's log is refused instead of applied.
+    "PRAGMA application_id = 1128680519;",
+];
 
 /// The version this program writes.
 pub const CURRENT: i64 = 1 + MIGRATIONS.len() as i64;

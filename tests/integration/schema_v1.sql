@@ -1,0 +1,157 @@
+-- The codeformer-ledger schema, version 1, as shipped: the starting point of the migration test.
+--
+-- The ledger is one SQLite file in WAL mode. `events` is the append-only record of everything
+-- the program did and learned; `jobs` and `attempts` hold the current state, and change only in
+-- the same transaction as the event that explains the change. Money is stored as exact decimal
+-- text in US dollars (e.g. '0.0084'); timestamps as RFC 3339 UTC text with milliseconds.
+-- Shipped versions of this file are never edited: an upgrade adds a numbered migration in
+-- src/ledger/migrations.rs.
+
+-- One row per named batch (a manifest run, or `submit --batch NAME`).
+CREATE TABLE batches (
+    name        TEXT PRIMARY KEY,           -- the batch name, chosen by the user or from the manifest file
+    created_at  TEXT NOT NULL,
+    hooks       TEXT NOT NULL DEFAULT '[]', -- JSON array of hook file paths, so a resume runs the same hooks
+    out_dir     TEXT,                       -- output folder remembered for resumes
+    budget      TEXT                        -- the last --budget given, USD
+);
+
+-- One row per job: a photo with its parameters. Current state only; history is in `events`.
+CREATE TABLE jobs (
+    id                     INTEGER PRIMARY KEY,
+    key                    TEXT NOT NULL UNIQUE,   -- idempotency key: given, or a hash of URL and parameters
+    batch                  TEXT REFERENCES batches(name),
+    image_url              TEXT NOT NULL,
+    fidelity               TEXT NOT NULL,          -- codeformer_fidelity, exact decimal 0..1
+    upscale                INTEGER NOT NULL,
+    background_enhance     INTEGER NOT NULL,       -- 0 or 1
+    face_upsample          INTEGER NOT NULL,       -- 0 or 1
+    webhook                TEXT,                   -- body field `webhook`
+    webhook_events_filter  TEXT,                   -- JSON array, body field `webhook_events_filter`
+    webhook_url            TEXT,                   -- header X-Webhook-URL
+    webhook_mode           TEXT,                   -- header X-Webhook-Mode: terminal | sync
+    input_width            INTEGER,                -- input size, when known
+    input_height           INTEGER,
+    size_source            TEXT,                   -- where the input size came from: given | manifest | header
+    state                  TEXT NOT NULL,          -- planned submitting queued processing completed failed error
+                                                   -- rejected uncertain held stalled skipped
+    attempt                INTEGER NOT NULL DEFAULT 1, -- current attempt number (see `attempts`)
+    request_id             TEXT,                   -- the gateway's id of the current attempt
+    remote_status          TEXT,                   -- last status the gateway reported
+    next_poll_at           INTEGER,                -- unix milliseconds of the next status poll; NULL when not polled
+    polls                  INTEGER NOT NULL DEFAULT 0, -- status polls of the current attempt
+    post                   TEXT,                   -- post-processing still owed: download | hooks | NULL (nothing)
+    output_urls            TEXT,                   -- JSON array of output.media_url of the completed attempt
+    expects_callbacks      INTEGER NOT NULL DEFAULT 0, -- 1 when the gateway was asked to call back
+    reason                 TEXT,                   -- why a job is held, skipped, rejected, uncertain or stalled
+    error                  TEXT,                   -- the gateway's or the download's error text
+    created_at             TEXT NOT NULL,
+    updated_at             TEXT NOT NULL
+);
+CREATE INDEX jobs_by_state ON jobs(state, id);
+CREATE INDEX jobs_by_batch ON jobs(batch, state);
+CREATE INDEX jobs_due ON jobs(next_poll_at) WHERE next_poll_at IS NOT NULL;
+CREATE INDEX jobs_post ON jobs(post) WHERE post IS NOT NULL;
+CREATE INDEX jobs_by_request ON jobs(request_id);
+
+-- One row per attempt to have a job processed (a retry is a new attempt). Cost lives here.
+CREATE TABLE attempts (
+    job_id          INTEGER NOT NULL REFERENCES jobs(id),
+    attempt         INTEGER NOT NULL,
+    request_id      TEXT,                   -- the gateway's id, once accepted
+    state           TEXT NOT NULL,          -- the job state this attempt ended in (or is in)
+    price_per_mp    TEXT,                   -- USD per output megapixel in force when it was submitted
+    estimated_cost  TEXT,                   -- USD, from the input size before sending
+    actual_cost     TEXT,                   -- USD, from the downloaded output; set once
+    output_width    INTEGER,
+    output_height   INTEGER,
+    submitted_at    TEXT,                   -- when the submission was sent
+    finished_at     TEXT,                   -- when a final state was recorded
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX attempts_by_submitted ON attempts(submitted_at);
+
+-- The append-only record. Never updated, never deleted.
+CREATE TABLE events (
+    id             INTEGER PRIMARY KEY,
+    job_id         INTEGER,                 -- NULL for events about no single job
+    attempt        INTEGER,
+    at             TEXT NOT NULL,
+    kind           TEXT NOT NULL,           -- planned submit_intent submit_answer poll estimate download
+                                            -- charge state hook retry note tag callback ...
+    http_status    INTEGER,                 -- status code of the answer, when there was one
+    remote_status  TEXT,                    -- the gateway's job status in that answer
+    latency_ms     INTEGER,                 -- time from request to answer
+    detail         TEXT,                    -- a short human-readable account
+    body           TEXT                     -- the answer's body (capped), or a JSON payload
+);
+CREATE INDEX events_by_job ON events(job_id, id);
+
+-- Tags (`--tag KEY=VALUE`) attributing jobs to clients or projects.
+CREATE TABLE tags (
+    job_id  INTEGER NOT NULL REFERENCES jobs(id),
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (job_id, key)
+);
+
+-- Files downloaded for an attempt.
+CREATE TABLE outputs (
+    job_id      INTEGER NOT NULL REFERENCES jobs(id),
+    attempt     INTEGER NOT NULL,
+    idx         INTEGER NOT NULL,           -- position in output.media_url
+    url         TEXT NOT NULL,
+    path        TEXT NOT NULL,              -- where the file was written
+    bytes       INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    width       INTEGER,
+    height      INTEGER,
+    PRIMARY KEY (job_id, attempt, idx)
+);
+
+-- The price table: a new price is a new row, in force from its date.
+CREATE TABLE prices (
+    id              INTEGER PRIMARY KEY,
+    model           TEXT NOT NULL,
+    per_megapixel   TEXT NOT NULL,          -- USD per output megapixel (10^6 pixels)
+    effective_from  TEXT NOT NULL,
+    recorded_at     TEXT NOT NULL,
+    note            TEXT
+);
+
+-- Input sizes read from image headers, so an image is probed once.
+CREATE TABLE image_sizes (
+    url         TEXT PRIMARY KEY,
+    width       INTEGER NOT NULL,
+    height      INTEGER NOT NULL,
+    format      TEXT NOT NULL,
+    bytes_read  INTEGER NOT NULL,
+    probed_at   TEXT NOT NULL
+);
+
+-- One row per hook call; `ended_at` NULL means it was interrupted (a crash) and is owed again.
+CREATE TABLE hook_runs (
+    id          INTEGER PRIMARY KEY,
+    job_id      INTEGER REFERENCES jobs(id),
+    attempt     INTEGER,
+    batch       TEXT,
+    hook_file   TEXT NOT NULL,
+    function    TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    ended_at    TEXT,
+    status      TEXT NOT NULL,              -- running | ok | failed
+    error       TEXT
+);
+CREATE INDEX hook_runs_by_job ON hook_runs(job_id, attempt, function, hook_file);
+
+-- Webhook callbacks received (`ingest`, `listen`), each once per body: request_id is the key.
+CREATE TABLE deliveries (
+    id             INTEGER PRIMARY KEY,
+    received_at    TEXT NOT NULL,
+    request_id     TEXT,
+    remote_status  TEXT,
+    job_id         INTEGER,                 -- NULL for an orphan (unknown request_id)
+    outcome        TEXT NOT NULL,           -- applied | duplicate | stale | orphan
+    body           TEXT NOT NULL
+);
+CREATE INDEX deliveries_by_request ON deliveries(request_id);
