@@ -527,8 +527,12 @@ mod names {
 
 /// Percent-encodes a path for an SQLite `file:` URI.
 pub fn uri(path: &Path) -> String {
+    #[cfg(unix)]
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    #[cfg(not(unix))]
+    let bytes = path.to_string_lossy().into_owned().into_bytes();
     let mut out = String::from("file:");
-    for b in path.to_string_lossy().bytes() {
+    for b in bytes {
         if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
             out.push(b as char);
         } else {
