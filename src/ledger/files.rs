@@ -124,8 +124,10 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
             "is truncated ({len} bytes, not a whole number of {page}-byte pages)"
         )));
     }
-    let wal = wal::read(&companion(path, "-wal"))?;
+    // The index first: a writer appends frames to the log before it indexes them, so a log
+    // read after its index holds at least the frames the index names.
     let shm = shm::read(&companion(path, "-shm"))?;
+    let wal = wal::read(&companion(path, "-wal"))?;
     let committed = wal.as_ref().map_or(0, |w| w.committed);
     if committed == 0 {
         if let Some(pages) = header.pages {
@@ -565,5 +567,39 @@ mod tests {
         let header = parse_db_header(&head[..100]).unwrap();
         assert_eq!(shm.belongs_to(&header, Some(&wal)), Ok(()));
         drop(conn);
+    }
+
+    /// A log whose transactions change rows in place has no first page; it belongs to the
+    /// file whose size it records, and to no other.
+    #[test]
+    fn a_log_without_a_first_page_is_told_by_the_size_it_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str, rows: i64| {
+            let db = dir.path().join(name);
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            conn.pragma_update(None, "application_id", APPLICATION_ID)
+                .unwrap();
+            conn.execute_batch(&format!(
+                "CREATE TABLE t (x);
+                 WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
+                 INSERT INTO t SELECT zeroblob(500) FROM n;
+                 PRAGMA wal_checkpoint(TRUNCATE);"
+            ))
+            .unwrap();
+            conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+            conn.execute("UPDATE t SET x = 1 WHERE rowid = 1", [])
+                .unwrap();
+            (db, conn)
+        };
+        let (small, _a) = make("small.db", 10);
+        let (large, _b) = make("large.db", 100);
+        let header = |db: &Path| parse_db_header(&std::fs::read(db).unwrap()[..100]).unwrap();
+        let len = |db: &Path| std::fs::metadata(db).unwrap().len();
+        let log = wal::read(&companion(&small, "-wal")).unwrap().unwrap();
+        assert!(log.committed > 0 && log.page_one.is_none(), "{log:?}");
+        assert_eq!(log.belongs_to(&header(&small), len(&small)), Ok(()));
+        let err = log.belongs_to(&header(&large), len(&large)).unwrap_err();
+        assert!(err.contains("describe a database of"), "{err}");
     }
 }
