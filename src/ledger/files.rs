@@ -83,7 +83,11 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
         path: path.to_path_buf(),
         what,
     };
-    let meta = std::fs::metadata(path)?;
+    let unreadable = |file: &Path| {
+        let file = file.to_path_buf();
+        move |source| LedgerError::Unreadable { path: file, source }
+    };
+    let meta = std::fs::metadata(path).map_err(unreadable(path))?;
     if meta.is_dir() {
         return Err(refuse("is a directory".into()));
     }
@@ -95,7 +99,9 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
         return Err(refuse("is empty".into()));
     }
     let mut head = Vec::with_capacity(100);
-    File::open(path)?.take(100).read_to_end(&mut head)?;
+    File::open(path)
+        .and_then(|f| f.take(100).read_to_end(&mut head))
+        .map_err(unreadable(path))?;
     if head.len() < 16 || &head[..16] != b"SQLite format 3\0" {
         return Err(LedgerError::NotALedger {
             path: path.to_path_buf(),
@@ -126,8 +132,9 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
     }
     // The index first: a writer appends frames to the log before it indexes them, so a log
     // read after its index holds at least the frames the index names.
-    let shm = shm::read(&companion(path, "-shm"))?;
-    let wal = wal::read(&companion(path, "-wal"))?;
+    let (shm_path, wal_path) = (companion(path, "-shm"), companion(path, "-wal"));
+    let shm = shm::read(&shm_path).map_err(unreadable(&shm_path))?;
+    let wal = wal::read(&wal_path).map_err(unreadable(&wal_path))?;
     let committed = wal.as_ref().map_or(0, |w| w.committed);
     if committed == 0 {
         if let Some(pages) = header.pages {
@@ -241,11 +248,11 @@ mod wal {
     }
 
     /// `None` when there is no `-wal` or it is empty.
-    pub fn read(path: &Path) -> Result<Option<Wal>> {
+    pub fn read(path: &Path) -> std::io::Result<Option<Wal>> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let len = file.metadata()?.len();
         if len == 0 {
@@ -400,11 +407,11 @@ mod shm {
         salts: (u32, u32),
     }
 
-    pub fn read(path: &Path) -> Result<Option<Shm>> {
+    pub fn read(path: &Path) -> std::io::Result<Option<Shm>> {
         let file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         };
         let mut head = Vec::with_capacity(96);
         file.take(96).read_to_end(&mut head)?;

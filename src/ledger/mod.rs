@@ -48,6 +48,12 @@ pub enum LedgerError {
     /// with a damaged header.
     #[error("{path} {what}, not a ledger; it was left untouched")]
     NotALedgerFile { path: PathBuf, what: String },
+    /// The ledger, or a file beside it, could not be read.
+    #[error("{path} cannot be read: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A `-wal` or `-shm` beside the ledger belongs to another database: SQLite would replay
     /// it into the ledger.
     #[error("{file} does not belong to the ledger {ledger} ({reason}); both files were left untouched. Move {file} away (it is not the ledger's), then run the command again")]
