@@ -160,6 +160,20 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
             return Err(foreign("-shm", reason));
         }
     }
+    // A newer program's ledger is refused before a connection could fold its log in.
+    let newest = wal
+        .as_ref()
+        .and_then(|w| w.page_one.as_deref())
+        .and_then(|head| parse_db_header(head).ok())
+        .map_or(header.user_version, |h| h.user_version);
+    let supported = super::migrations::CURRENT;
+    if i64::from(newest) > supported {
+        return Err(LedgerError::TooNew {
+            path: path.to_path_buf(),
+            found: i64::from(newest),
+            supported,
+        });
+    }
     Ok(header)
 }
 

@@ -35,9 +35,14 @@ impl EngineLock {
         // Written whole and renamed into place: a reader sees one pid or the other, never
         // an empty file.
         let dir = path.parent().unwrap_or(Path::new("."));
-        let mut pid = tempfile::Builder::new()
-            .prefix(".engine-pid-")
-            .tempfile_in(dir)?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(".engine-pid-");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            builder.permissions(std::fs::Permissions::from_mode(0o644));
+        }
+        let mut pid = builder.tempfile_in(dir)?;
         write!(pid, "{}", std::process::id())?;
         pid.persist(&path).map_err(|e| e.error)?;
         Ok(EngineLock {

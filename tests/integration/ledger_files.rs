@@ -103,6 +103,40 @@ fn foreign_and_newer_files_are_refused_and_left_untouched() {
 }
 
 #[test]
+fn regression_a_newer_ledger_left_with_its_log_is_refused_before_the_log_is_folded_in() {
+    let w = completed_world();
+    // A newer program stamped the ledger and was killed before any checkpoint: a copy of the
+    // file and its log, taken while its connection is open.
+    let newer = w.dir.path().join("newer.db");
+    {
+        let db = w.db();
+        db.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        db.pragma_update(None, "user_version", 99).unwrap();
+        std::fs::copy(w.ledger(), &newer).unwrap();
+        std::fs::copy(companion(&w.ledger(), "-wal"), companion(&newer, "-wal")).unwrap();
+    }
+    let wal = companion(&newer, "-wal");
+    let before = (sha(&newer), sha(&wal));
+    for args in [
+        &["submit", "http://127.0.0.1:9/a.png", "--no-send"][..],
+        &["jobs"],
+    ] {
+        let out = w.cli_env(args, &[("CODEFORMER_LEDGER", newer.to_str().unwrap())]);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("version 99, newer"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            (sha(&newer), sha(&wal)),
+            before,
+            "{args:?}: the file and its log are untouched"
+        );
+    }
+}
+
+#[test]
 fn a_truncated_ledger_is_an_error_not_a_panic() {
     let w = completed_world();
     // Fold the WAL in, then cut the file in half.
