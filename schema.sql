@@ -190,3 +190,7 @@ CREATE TABLE deliveries (
     body           TEXT NOT NULL
 );
 CREATE INDEX deliveries_by_request ON deliveries(request_id);
+
+-- The file's identity ("CFLG" in the header's application_id): it tells a ledger's first page
+-- from any other database's, so a write-ahead log of another database is never replayed into it.
+PRAGMA application_id = 1128680519;

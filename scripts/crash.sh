@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The long crash test: a batch of CRASH_JOBS images against the `sandbox` command running in
 # its own process, the release binary killed with SIGKILL CRASH_KILLS times at random moments,
-# then resumed (and what the kills left uncertain resent) until done. At the end the ledger is
-# audited against the sandbox's own counts (GET /sandbox/stats):
+# then resumed (and what the kills left uncertain resent) until done. Every round starts two
+# engines at the same instant, one through a symbolic link to the ledger and one through a hard
+# link: one engine per ledger file, so one of them exits 5. At the end the ledger is audited
+# against the sandbox's own counts (GET /sandbox/stats):
 #   - every job completed, no post-processing owed;
 #   - per image, the sandbox received the attempts the ledger knows by request id, plus at
 #     most one for each attempt the ledger holds as uncertain;
@@ -85,6 +87,9 @@ for i in $(seq 0 $((JOBS - 1))); do
 done >"$WORK/crash.txt"
 "$BIN" batch "$WORK/crash.txt" --name crash --enqueue-only >/dev/null
 
+ln -s "$WORK/ledger.db" "$WORK/symlink.db"
+ln "$WORK/ledger.db" "$WORK/hardlink.db"
+
 RUN=(run --batch crash --quiet --poll-interval 100ms --concurrency 4 --out-dir "$WORK/out")
 run() {
     timeout 300 "$BIN" "${RUN[@]}" "$@" >>"$WORK/runs.log" 2>&1
@@ -93,6 +98,7 @@ run() {
 RANDOM=$SEED
 START=$SECONDS
 kills=0
+refused=0
 rounds=0
 echo "$JOBS jobs; killing the engine up to $KILLS times..." >&2
 while [ "$kills" -lt "$KILLS" ] && [ $((SECONDS - START)) -lt "$LIMIT_S" ]; do
@@ -100,19 +106,25 @@ while [ "$kills" -lt "$KILLS" ] && [ $((SECONDS - START)) -lt "$LIMIT_S" ]; do
     extra=()
     # Every third run also resends what earlier kills left uncertain.
     [ $((rounds % 3)) -eq 0 ] && extra=(--resubmit-uncertain)
-    "$BIN" "${RUN[@]}" "${extra[@]}" >>"$WORK/runs.log" 2>&1 &
+    CODEFORMER_LEDGER="$WORK/symlink.db" "$BIN" "${RUN[@]}" "${extra[@]}" >>"$WORK/runs.log" 2>&1 &
     pid=$!
+    CODEFORMER_LEDGER="$WORK/hardlink.db" "$BIN" "${RUN[@]}" "${extra[@]}" >>"$WORK/runs.log" 2>&1 &
+    twin=$!
     sleep "$(printf '0.%03d' $((RANDOM % 900 + 100)))"
-    if kill -9 "$pid" 2>/dev/null; then
-        wait "$pid" 2>/dev/null || true
-        kills=$((kills + 1))
-    else
+    done_code=
+    for p in "$pid" "$twin"; do
+        # An engine that already exited keeps its own code; a killed one reports 137.
+        kill -9 "$p" 2>/dev/null || true
         code=0
-        wait "$pid" || code=$?
-        [ "$code" -eq 0 ] && break
-    fi
+        wait "$p" 2>/dev/null || code=$?
+        case "$code" in
+            0) done_code=0 ;;
+            5) refused=$((refused + 1)) ;;
+            137) kills=$((kills + 1)) ;;
+        esac
+    done
+    [ "$done_code" = 0 ] && break
 done
-
 finish_code=1
 for _ in 1 2 3 4 5 6; do
     code=0
@@ -134,10 +146,11 @@ if [ "$finish_code" -ne 0 ]; then
     exit 1
 fi
 
-python3 - "$WORK" "$BASE_URL" "$kills" "$((SECONDS - START))" <<'PY' || { CRASH_KEEP=1; exit 1; }
+python3 - "$WORK" "$BASE_URL" "$kills" "$((SECONDS - START))" "$refused" "$rounds" <<'PY' || { CRASH_KEEP=1; exit 1; }
 import hashlib, json, os, sqlite3, struct, sys, time, urllib.request
 from decimal import Decimal
 work, base, kills, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+refused, rounds = int(sys.argv[5]), int(sys.argv[6])
 problems = []
 def check(ok, message):
     if not ok:
@@ -217,7 +230,8 @@ caught = db.execute("SELECT count(*) FROM events WHERE kind = 'state' AND detail
 resent = db.execute("SELECT count(*) FROM events WHERE kind = 'retry'").fetchone()[0]
 
 print(f"jobs               {jobs} ({len(attempts)} attempts)")
-print(f"kills              {kills} in {seconds}s")
+print(f"kills              {kills} in {seconds}s ({rounds} rounds of two engines at once)")
+print(f"second engines     {refused} exited 5 (the ledger was held through its other name)")
 print(f"uncertain          {uncertain} attempt(s): {caught} caught mid-submission by a kill, {resent} resent")
 print(f"charged: ledger    {ledger} USD")
 print(f"charged: sandbox   {sandbox} USD")

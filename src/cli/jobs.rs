@@ -3,7 +3,7 @@
 use super::{CmdResult, Format, Global};
 use codeformer_ledger::ledger::{JobFilter, JobRow, JobState};
 use codeformer_ledger::money;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 
 /// List jobs (read only; works while an engine runs).
 ///
@@ -107,7 +107,9 @@ pub fn list(global: &Global, args: JobsArgs) -> CmdResult {
         batch: args.batch,
         limit: args.limit,
     };
-    let mut out = BufWriter::new(std::io::stdout().lock());
+    // The listing is spooled (in memory, on disk past 8 MiB) and printed only once it is
+    // whole: an error halfway leaves stdout empty, never half a JSON array or CSV table.
+    let mut out = BufWriter::new(tempfile::spooled_tempfile(8 << 20));
     match args.format {
         Format::Table => {
             writeln!(
@@ -172,7 +174,11 @@ pub fn list(global: &Global, args: JobsArgs) -> CmdResult {
     if args.format == Format::Json {
         writeln!(out, "{}]", if first { "" } else { "\n" })?;
     }
-    out.flush()?;
+    let mut spool = out.into_inner().map_err(|e| e.into_error())?;
+    spool.seek(std::io::SeekFrom::Start(0))?;
+    let mut stdout = std::io::stdout().lock();
+    std::io::copy(&mut spool, &mut stdout)?;
+    stdout.flush()?;
     Ok(codeformer_ledger::exit::DONE)
 }
 

@@ -36,6 +36,10 @@ const MIGRATIONS: &[&str] = &[
          placed_at   TEXT NOT NULL,
          PRIMARY KEY (batch, job_id, attempt, idx)
      );",
+    // The file's identity in the header (application_id "CFLG"), as `schema.sql` sets it for a
+    // new ledger: the open checks that a write-ahead log beside the file carries it before
+    // SQLite may replay the log, so another database's log is refused instead of applied.
+    "PRAGMA application_id = 1128680519;",
 ];
 
 /// The version this program writes.

@@ -5,11 +5,15 @@
 //!   (`jobs`, `show`, `report`) work while an engine writes;
 //! - `events` is append-only; a row of `jobs` or `attempts` changes only in the same transaction
 //!   as the event that explains the change;
-//! - a file that is not a ledger, or a ledger from a newer version, is refused and left untouched;
+//! - a file that is not a ledger, or a ledger from a newer version, is refused and left untouched,
+//!   and so is a ledger whose `-wal` or `-shm` is another database's (see [`files`]);
+//! - a new ledger appears whole: it is built under a temporary name and linked into place;
+//! - every process reaches one ledger file under one name, and one engine at a time drives it;
 //! - the API key is never written here (nothing in this module ever receives it).
 
 mod batches;
 mod deliveries;
+mod files;
 mod jobs;
 mod lock;
 pub mod migrations;
@@ -20,6 +24,7 @@ mod verify;
 
 pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
+pub use files::APPLICATION_ID;
 pub use jobs::{EnqueueReport, Enqueued, EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, FileOp, HookRunRow, SubmitRecord};
@@ -41,6 +46,24 @@ pub enum LedgerError {
     /// The file exists but is not a codeformer-ledger database.
     #[error("{path} is not a codeformer-ledger ledger ({reason}); it was left untouched")]
     NotALedger { path: PathBuf, reason: String },
+    /// The path names something that cannot be a ledger: empty, a directory, truncated, or
+    /// with a damaged header.
+    #[error("{path} {what}, not a ledger; it was left untouched")]
+    NotALedgerFile { path: PathBuf, what: String },
+    /// The ledger, or a file beside it, could not be read.
+    #[error("{path} cannot be read: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A `-wal` or `-shm` beside the ledger belongs to another database: SQLite would replay
+    /// it into the ledger.
+    #[error("{file} does not belong to the ledger {ledger} ({reason}); both files were left untouched. Move {file} away (it is not the ledger's), then run the command again")]
+    ForeignCompanion {
+        ledger: PathBuf,
+        file: PathBuf,
+        reason: String,
+    },
     /// The ledger was written by a newer version of the program.
     #[error("{path} has ledger schema version {found}, newer than this program's {supported}; upgrade codeformer-ledger to read it (the file was left untouched)")]
     TooNew {
@@ -87,21 +110,26 @@ pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
+    /// Counts this handle among the process's open ones (dropped after `conn`).
+    _handle: files::OpenHandle,
 }
 
 impl Ledger {
     /// Opens a ledger, creating it (and its folder) if missing and migrating an older one.
     pub fn open(path: &Path) -> Result<Ledger> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+        let mut path = files::resolve(path)?;
+        if !path.exists() {
+            create(&path)?;
+            // Now that the file exists, its name is recorded for other names of it.
+            path = files::resolve(&path)?;
         }
-        check_header(path)?;
-        let conn = Connection::open(path)?;
+        let (conn, handle) =
+            files::open_checked(&path, check_files, |path| Ok(Connection::open(path)?))?;
         conn.busy_timeout(Duration::from_secs(10))?;
         // Refuse a foreign or newer file before WAL mode rewrites its header.
-        migrations::check_readable(&conn, path)?;
-        let mut ledger = Ledger::configure(conn, path)?;
-        migrations::migrate(&mut ledger.conn, path)?;
+        migrations::check_readable(&conn, &path)?;
+        let mut ledger = Ledger::configure(conn, handle, &path)?;
+        migrations::migrate(&mut ledger.conn, &path)?;
         Ok(ledger)
     }
 
@@ -110,17 +138,19 @@ impl Ledger {
         if !path.exists() {
             return Err(LedgerError::Missing(path.to_path_buf()));
         }
-        check_header(path)?;
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        let ledger = Ledger::configure(conn, path)?;
-        migrations::check_readable(&ledger.conn, path)?;
+        let path = files::resolve(path)?;
+        let (conn, handle) = files::open_checked(&path, check_files, |path| {
+            Ok(Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?)
+        })?;
+        let ledger = Ledger::configure(conn, handle, &path)?;
+        migrations::check_readable(&ledger.conn, &path)?;
         Ok(ledger)
     }
 
-    fn configure(mut conn: Connection, path: &Path) -> Result<Ledger> {
+    fn configure(mut conn: Connection, handle: files::OpenHandle, path: &Path) -> Result<Ledger> {
         conn.busy_timeout(Duration::from_secs(10))?;
         let not_a_ledger = |e: rusqlite::Error| LedgerError::NotALedger {
             path: path.to_path_buf(),
@@ -163,6 +193,7 @@ impl Ledger {
         Ok(Ledger {
             conn,
             path: path.to_path_buf(),
+            _handle: handle,
         })
     }
 
@@ -184,23 +215,53 @@ impl Ledger {
     }
 }
 
-/// Refuses a file that exists and is not SQLite before SQLite gets a chance to touch it.
-fn check_header(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let Ok(mut file) = std::fs::File::open(path) else {
-        return Ok(());
-    };
-    let mut head = [0u8; 16];
-    let n = file.read(&mut head)?;
-    if n == 0 {
-        return Ok(());
+/// Builds a new ledger under a temporary name and links it into place, so a ledger file never
+/// exists half made (a crash leaves only the temporary file, which is not a ledger's name). If
+/// another process created the ledger meanwhile, its file is kept.
+fn create(path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(".new-ledger-");
+    #[cfg(unix)]
+    {
+        // The mode SQLite gives the files it creates (before the umask).
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o644));
     }
-    if n < 16 || &head != b"SQLite format 3\0" {
-        return Err(LedgerError::NotALedger {
-            path: path.to_path_buf(),
-            reason: "it is not an SQLite database".into(),
-        });
+    let new = builder.tempfile_in(dir)?;
+    let mut conn = Connection::open(new.path())?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    migrations::migrate(&mut conn, new.path())?;
+    // The last connection folds the log into the file and removes it.
+    conn.close().map_err(|(_, e)| e)?;
+    match new.persist_noclobber(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e.error.into()),
     }
+}
+
+/// Reads the ledger's bytes and those of its `-wal` and `-shm` (see [`files`]) before SQLite
+/// may touch them.
+fn check_files(path: &Path) -> Result<()> {
+    let header = files::inspect(path)?;
+    if header.application_id != APPLICATION_ID {
+        check_untouched(path)?;
+    }
+    Ok(())
+}
+
+/// Reads a file that does not carry the ledger's identity (another program's database, or a
+/// ledger from before the identity existed) without locks, log or index files, so that a
+/// foreign one is refused exactly as it was.
+fn check_untouched(path: &Path) -> Result<()> {
+    let conn = Connection::open_with_flags(
+        format!("{}?immutable=1", files::uri(path)),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    migrations::check_readable(&conn, path)?;
     Ok(())
 }
 

@@ -355,7 +355,17 @@ fn crash_kill_nine_at_random_moments_then_resume() {
         jobs,
         env_or("CRASH_KILLS", 10),
         &["completed"],
+        false,
     );
+}
+
+#[test]
+fn crash_two_engines_at_once_through_a_symlink_and_a_hard_link_then_resume() {
+    let config = SandboxConfig {
+        seed: env_or("CRASH_SEED", 7) + 2,
+        ..SandboxConfig::default()
+    };
+    crash("twins", config, 60, 6, &["completed"], true);
 }
 
 #[test]
@@ -369,12 +379,21 @@ fn crash_kill_nine_on_a_faulty_gateway_then_resume() {
         seed: env_or("CRASH_SEED", 7) + 1,
         ..SandboxConfig::default()
     };
-    crash("storm", config, 80, 6, &["completed", "failed", "error"]);
+    crash(
+        "storm",
+        config,
+        80,
+        6,
+        &["completed", "failed", "error"],
+        false,
+    );
 }
 
 /// Kills `run` with SIGKILL `kills` times at seeded random moments, resumes until done, and
-/// audits the ledger against the sandbox.
-fn crash(name: &str, config: SandboxConfig, jobs: usize, kills: u64, finals: &[&str]) {
+/// audits the ledger against the sandbox. With `twins`, every round starts two engines at the
+/// same instant, one through a symbolic link to the ledger and one through a hard link: one
+/// of them must exit 5, and nothing may be sent twice.
+fn crash(name: &str, config: SandboxConfig, jobs: usize, kills: u64, finals: &[&str], twins: bool) {
     let mut dice = fastrand::Rng::with_seed(config.seed);
     let w = World::timed(SandboxConfig {
         render: false,
@@ -400,34 +419,54 @@ fn crash(name: &str, config: SandboxConfig, jobs: usize, kills: u64, finals: &[&
         if round % 3 == 2 {
             args.push("--resubmit-uncertain");
         }
-        let mut child = w.spawn_run(&args, &log);
+        let mut children = if twins {
+            let names = links(&w);
+            vec![
+                spawn_run_as(&w, &names[0], &args, &log),
+                spawn_run_as(
+                    &w,
+                    &names[1],
+                    &args,
+                    &w.dir.path().join(format!("twin-{round}.log")),
+                ),
+            ]
+        } else {
+            vec![w.spawn_run(&args, &log)]
+        };
         let life = Duration::from_millis(dice.u64(100..1000));
         let end = Instant::now() + life;
-        let mut exited = None;
-        while Instant::now() < end {
-            if let Some(status) = child.try_wait().unwrap() {
-                exited = Some(status.code());
-                break;
+        let mut exited: Vec<Option<Option<i32>>> = vec![None; children.len()];
+        while Instant::now() < end && exited.iter().any(Option::is_none) {
+            for (child, exit) in children.iter_mut().zip(exited.iter_mut()) {
+                if exit.is_none() {
+                    if let Some(status) = child.try_wait().unwrap() {
+                        *exit = Some(status.code());
+                    }
+                }
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        match exited {
-            Some(code) => {
-                let log = log_of(&log);
-                assert!(
-                    matches!(code, Some(0 | 3)),
-                    "round {round}: {code:?}\n{log}"
-                );
-                if code == Some(0) {
-                    finished_early = true;
-                    break;
+        let mut done = false;
+        for (child, exit) in children.iter_mut().zip(exited) {
+            match exit {
+                Some(code) => {
+                    let log = log_of(&log);
+                    assert!(
+                        matches!(code, Some(0 | 3)) || (twins && code == Some(5)),
+                        "round {round}: {code:?}\n{log}"
+                    );
+                    done |= code == Some(0);
+                }
+                None => {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    killed += 1;
                 }
             }
-            None => {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                killed += 1;
-            }
+        }
+        if done {
+            finished_early = true;
+            break;
         }
         recovered += w.count("SELECT count(*) FROM jobs WHERE state = 'submitting'");
     }
@@ -872,6 +911,131 @@ fn running_engine(w: &World, extra: &[&str], log: &Path) -> std::process::Child 
         std::thread::sleep(Duration::from_millis(10));
     }
     child
+}
+
+/// A symbolic link and a hard link to the ledger (made once), for engines started through them.
+fn links(w: &World) -> [std::path::PathBuf; 2] {
+    let symlink = w.dir.path().join("symlink.db");
+    let hard = w.dir.path().join("hardlink.db");
+    if !hard.exists() {
+        std::os::unix::fs::symlink(w.ledger(), &symlink).unwrap();
+        std::fs::hard_link(w.ledger(), &hard).unwrap();
+    }
+    [symlink, hard]
+}
+
+/// Every other way to name the ledger: links, a path through `..`, a relative path (the
+/// binary runs in the world's folder).
+fn other_names(w: &World) -> Vec<(&'static str, std::path::PathBuf)> {
+    let [symlink, hard] = links(w);
+    std::fs::create_dir_all(w.dir.path().join("sub")).unwrap();
+    vec![
+        ("a symbolic link", symlink),
+        ("a hard link", hard),
+        ("a path through ..", w.dir.path().join("sub/../ledger.db")),
+        ("a relative path", "ledger.db".into()),
+    ]
+}
+
+/// [`World::spawn_run`] with the ledger named by `ledger`.
+fn spawn_run_as(w: &World, ledger: &Path, extra: &[&str], log: &Path) -> std::process::Child {
+    let args = w.run_args(extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let file = std::fs::File::create(log).unwrap();
+    w.command(&args)
+        .env("CODEFORMER_LEDGER", ledger)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn regression_a_second_engine_through_another_name_exits_5_and_submit_still_works() {
+    let w = World::with(SandboxConfig {
+        render: false,
+        latency_ms: 150,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 24);
+    let m = w.manifest("slow.txt", &urls);
+    let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let names = other_names(&w);
+    let log = w.dir.path().join("engine.log");
+    let mut engine = running_engine(&w, &["--concurrency", "2"], &log);
+    let pid = engine.id().to_string();
+    let mut late = Vec::new();
+    for (i, (what, name)) in names.iter().enumerate() {
+        let env = [("CODEFORMER_LEDGER", name.to_str().unwrap())];
+        let run = w.run_args(&[]);
+        let run: Vec<&str> = run.iter().map(String::as_str).collect();
+        let out = w.cli_env(&run, &env);
+        assert_eq!(out.status.code(), Some(5), "{what}: {}", text(&out));
+        assert!(
+            stderr(&out).contains(&format!("pid {pid}")),
+            "{what}: {}",
+            text(&out)
+        );
+        let url = w.png(&format!("late{i}.png"), 200 + i as u32, 8);
+        let out = w.cli_env(&["submit", &url], &env);
+        assert_eq!(out.status.code(), Some(0), "{what}: {}", text(&out));
+        assert!(
+            stdout(&out).contains(&format!("another engine (pid {pid}) holds the ledger")),
+            "{what}: {}",
+            text(&out)
+        );
+        late.push(url);
+    }
+    assert!(
+        engine.try_wait().unwrap().is_none(),
+        "the engine ran all along"
+    );
+    let code = wait_for(&mut engine, Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}", log_of(&log));
+    let stats = w.sandbox.stats();
+    for url in &late {
+        assert_eq!(stats.submissions_by_image[url], 1, "{url}");
+    }
+    audit(&w, &["completed"]);
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        28
+    );
+}
+
+#[test]
+fn regression_two_engines_started_together_through_links_send_each_job_once() {
+    let w = World::with(SandboxConfig {
+        render: false,
+        latency_ms: 20,
+        ..SandboxConfig::default()
+    });
+    let urls = images(&w, 40);
+    let m = w.manifest("twins.txt", &urls);
+    let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let names = links(&w);
+    let logs = [w.dir.path().join("a.log"), w.dir.path().join("b.log")];
+    let mut engines = [
+        spawn_run_as(&w, &names[0], &["--concurrency", "4"], &logs[0]),
+        spawn_run_as(&w, &names[1], &["--concurrency", "4"], &logs[1]),
+    ];
+    let codes: Vec<Option<i32>> = engines
+        .iter_mut()
+        .map(|e| wait_for(e, Duration::from_secs(60)))
+        .collect();
+    for (code, log) in codes.iter().zip(&logs) {
+        assert!(matches!(code, Some(0 | 5)), "{code:?}: {}", log_of(log));
+    }
+    assert!(codes.contains(&Some(0)), "{codes:?}");
+    let stats = w.sandbox.stats();
+    assert_eq!(stats.submissions, 40, "{stats:?}");
+    for url in &urls {
+        assert_eq!(stats.submissions_by_image[url], 1, "{url}");
+    }
+    audit(&w, &["completed"]);
 }
 
 #[test]

@@ -176,6 +176,17 @@ fn a_version_1_ledger_migrates_to_the_schema_of_a_new_one() {
         version(&w.ledger()),
         codeformer_ledger::ledger::migrations::CURRENT
     );
+    let identity = |p: &Path| -> u32 {
+        rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(identity(&old), codeformer_ledger::ledger::APPLICATION_ID);
+    assert_eq!(
+        identity(&w.ledger()),
+        codeformer_ledger::ledger::APPLICATION_ID
+    );
 }
 
 #[test]
