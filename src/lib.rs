@@ -39,7 +39,6 @@ pub mod ledger;
 pub mod manifest;
 pub mod money;
 pub mod params;
-pub mod probe;
 pub mod sandbox;
 pub mod webhooks;
 

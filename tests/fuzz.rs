@@ -7,7 +7,7 @@
 use codeformer_ledger::gateway::RemoteJob;
 use codeformer_ledger::manifest::{parse_manifest, Format};
 use codeformer_ledger::params::{self, JobParams};
-use codeformer_ledger::{clock, money, probe};
+use codeformer_ledger::{clock, gateway::probe, money};
 use proptest::prelude::*;
 
 /// 256 cases per property in the test suite; `PROPTEST_CASES` raises it (scripts/fuzz.sh).

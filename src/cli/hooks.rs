@@ -94,8 +94,12 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
                 .out_dir(out_dir.as_deref(), remembered.as_deref());
             std::fs::create_dir_all(&dir)?;
             let files: Vec<PathBuf> = files.into_iter().map(PathBuf::from).collect();
-            let Some(mut hooks) =
-                super::run::start_hooks(files, &dir.canonicalize()?, trusted_hooks, hook_timeout)?
+            let Some(mut hooks) = super::common::start_hooks(
+                files,
+                &dir.canonicalize()?,
+                trusted_hooks,
+                hook_timeout,
+            )?
             else {
                 return Ok(codeformer_ledger::exit::DONE);
             };

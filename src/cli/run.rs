@@ -1,6 +1,6 @@
 //! `run` and `batch`: drive the engine until nothing is unfinished.
 
-use super::submit::{stop_error, ParamArgs};
+use super::common::{hook_file, start_hooks, stop_error, usable_out_dir, ParamArgs};
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::engine::{self, EngineOptions, Progress, ProgressSink, RunSummary};
 use codeformer_ledger::ledger::{JobState, Ledger, NewJob};
@@ -410,37 +410,6 @@ impl Given {
     }
 }
 
-/// A hook file that exists and is a regular file, as an absolute path.
-fn hook_file(path: &Path) -> Result<PathBuf, CliError> {
-    let real = path
-        .canonicalize()
-        .map_err(|e| CliError::usage(format!("--hook {}: {e}", path.display())))?;
-    if !real.is_file() {
-        return Err(CliError::usage(format!(
-            "--hook {}: is not a file (give a Lua source file)",
-            path.display()
-        )));
-    }
-    Ok(real)
-}
-
-/// Creates the output folder if needed and checks that a file can be written in it.
-pub fn usable_out_dir(dir: &Path) -> Result<PathBuf, CliError> {
-    let bad = |e: std::io::Error| {
-        CliError::usage(format!(
-            "the output folder {} cannot be used: {e}; give a writable folder with --out-dir",
-            dir.display()
-        ))
-    };
-    std::fs::create_dir_all(dir).map_err(bad)?;
-    let real = dir.canonicalize().map_err(bad)?;
-    tempfile::Builder::new()
-        .prefix(".write-check-")
-        .tempfile_in(&real)
-        .map_err(bad)?;
-    Ok(real)
-}
-
 /// A run's inputs, all checked, before anything is written; [`Plan::remember`] writes what a
 /// batch keeps.
 pub struct Plan {
@@ -696,24 +665,6 @@ fn explain_stop(
         _ => {}
     }
     Ok(error)
-}
-
-/// Starts the hook worker for these files; a file that does not compile is a usage error.
-pub fn start_hooks(
-    files: Vec<PathBuf>,
-    out_dir: &Path,
-    trusted: bool,
-    timeout: Duration,
-) -> Result<Option<engine::LuaHooks>, CliError> {
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let mut config = codeformer_ledger::hooks::HookConfig::new(files, out_dir);
-    config.trusted = trusted;
-    config.timeout = timeout;
-    engine::LuaHooks::start(config)
-        .map(Some)
-        .map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// Says which cap the run keeps, and that a cap without a batch is for this run only.

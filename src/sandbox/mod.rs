@@ -32,6 +32,7 @@ mod faults;
 mod files;
 mod http;
 mod jobs;
+mod paths;
 mod protocol;
 mod render;
 mod routes;
@@ -375,7 +376,7 @@ impl Sandbox {
         format!(
             "{}/static/{}",
             self.shared.base_url,
-            files::encode_path(relative.trim_start_matches('/'))
+            paths::encode_path(relative.trim_start_matches('/'))
         )
     }
 
