@@ -12,6 +12,7 @@ pub mod hooks;
 pub mod ingest;
 pub mod jobs;
 pub mod listen;
+pub mod options;
 pub mod prices;
 pub mod report;
 pub mod run;

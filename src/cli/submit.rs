@@ -1,6 +1,7 @@
 //! `submit`: record, estimate and send one job.
 
 use super::common::{size, stop_error, usable_out_dir, ParamArgs};
+use super::options::{Checked, EngineArgs};
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::engine;
 use codeformer_ledger::ledger::{JobState, LedgerError, NewJob};
@@ -49,16 +50,24 @@ pub struct SubmitArgs {
 
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     let params = args.params.params(&args.image_url)?;
-    if args.wait {
-        // Checked before the job is recorded: exit 2 leaves the ledger as it was.
-        if let Some(dir) = args
-            .out_dir
-            .as_ref()
-            .or(global.config.file.out_dir.as_ref())
-        {
-            usable_out_dir(dir)?;
+    // The run of --wait, checked before the job is recorded: exit 2 leaves the ledger as it
+    // was. Its options are those of `run` with every flag unset but these two.
+    let wait = match args.wait {
+        true => {
+            let mut engine = EngineArgs::unset();
+            engine.out_dir = args.out_dir.clone();
+            engine.poll_interval = args.poll_interval;
+            if let Some(dir) = args
+                .out_dir
+                .as_ref()
+                .or(global.config.file.out_dir.as_ref())
+            {
+                usable_out_dir(dir)?;
+            }
+            Some(Checked::check(&global.config, &engine)?)
         }
-    }
+        false => None,
+    };
     let gateway = global.gateway()?;
     let mut ledger = global.open_ledger()?;
     let job = NewJob {
@@ -108,12 +117,9 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         return Err(not_sent(global, &row));
     }
     print_outcome(&row, args.wait);
-    if args.wait {
+    if let Some(checked) = wait {
         drop(lock);
-        let mut run_args = super::run::RunArgs::for_wait(args.batch);
-        run_args.engine.out_dir = args.out_dir;
-        run_args.engine.poll_interval = args.poll_interval;
-        return super::run::run(global, run_args);
+        return super::run::run_checked(global, args.batch.as_deref(), checked, Vec::new(), false);
     }
     Ok(match row.state {
         JobState::Rejected | JobState::Uncertain => codeformer_ledger::exit::SOME_FAILED,
