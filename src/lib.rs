@@ -35,6 +35,7 @@ pub mod engine;
 pub mod exit;
 pub mod gateway;
 pub mod hooks;
+mod http_server;
 pub mod ledger;
 pub mod manifest;
 pub mod money;

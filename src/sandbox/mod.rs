@@ -332,8 +332,14 @@ impl Sandbox {
         sandbox.spawn_background()?;
         let handler_shared = shared.clone();
         let handler: http::Handler = Arc::new(move |req| routes::handle(&handler_shared, req));
-        let server = http::Server::spawn(listener, shared.config.workers, stop, handler)
-            .map_err(SandboxError::Thread)?;
+        let server = http::Server::spawn(
+            listener,
+            shared.config.workers,
+            http::MAX_CONNECTIONS,
+            stop,
+            handler,
+        )
+        .map_err(SandboxError::Thread)?;
         sandbox.server = Some(server);
         Ok(sandbox)
     }
