@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The engine's options as the command line gives them (`run`, `batch`; `submit --wait`
-/// builds one with [`EngineArgs::unset`]). Parsing them does no I/O.
+/// gives two, see [`Checked::for_wait`]). Parsing them does no I/O.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EngineArgs {
     /// Where outputs are written [default: the batch's folder from an earlier run, else the
@@ -77,7 +77,7 @@ pub struct EngineArgs {
 impl EngineArgs {
     /// Every option unset, so that the config file and the batch's remembered settings apply
     /// as they do for `run` (the engine run of `submit --wait`).
-    pub fn unset() -> Self {
+    fn unset() -> Self {
         EngineArgs {
             out_dir: None,
             name_pattern: None,
@@ -192,6 +192,25 @@ impl Checked {
             callback_fallback: args.callback_fallback,
             quiet: args.quiet,
         })
+    }
+}
+
+impl Checked {
+    /// The run of `submit --wait`: `run`'s options with every flag unset but these two,
+    /// checked before the job is recorded. The config file's output folder is checked now
+    /// too (a batch's remembered one, once the ledger is open).
+    pub fn for_wait(
+        config: &Config,
+        out_dir: Option<PathBuf>,
+        poll_interval: Option<Duration>,
+    ) -> Result<Checked, CliError> {
+        let mut args = EngineArgs::unset();
+        args.out_dir = out_dir;
+        args.poll_interval = poll_interval;
+        if let (None, Some(dir)) = (&args.out_dir, &config.file.out_dir) {
+            usable_out_dir(dir)?;
+        }
+        Checked::check(config, &args)
     }
 }
 

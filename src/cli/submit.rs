@@ -1,7 +1,7 @@
 //! `submit`: record, estimate and send one job.
 
-use super::common::{size, stop_error, usable_out_dir, ParamArgs};
-use super::options::{Checked, EngineArgs};
+use super::common::{size, stop_error, ParamArgs};
+use super::options::Checked;
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::engine;
 use codeformer_ledger::ledger::{JobState, LedgerError, NewJob};
@@ -50,22 +50,13 @@ pub struct SubmitArgs {
 
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     let params = args.params.params(&args.image_url)?;
-    // The run of --wait, checked before the job is recorded: exit 2 leaves the ledger as it
-    // was. Its options are those of `run` with every flag unset but these two.
+    // The run of --wait, checked before the job is recorded: exit 2 leaves the ledger as it was.
     let wait = match args.wait {
-        true => {
-            let mut engine = EngineArgs::unset();
-            engine.out_dir = args.out_dir.clone();
-            engine.poll_interval = args.poll_interval;
-            if let Some(dir) = args
-                .out_dir
-                .as_ref()
-                .or(global.config.file.out_dir.as_ref())
-            {
-                usable_out_dir(dir)?;
-            }
-            Some(Checked::check(&global.config, &engine)?)
-        }
+        true => Some(Checked::for_wait(
+            &global.config,
+            args.out_dir.clone(),
+            args.poll_interval,
+        )?),
         false => None,
     };
     let gateway = global.gateway()?;
