@@ -33,8 +33,23 @@ pub const MAX_HEADERS: usize = 100;
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How long an idle keep-alive connection is kept when nobody else waits.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections open or waiting for a worker, by default; beyond, a new one is answered 503.
-pub const MAX_CONNECTIONS: usize = 1024;
+/// What a client may hold: connections and time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open or waiting for a worker; beyond, a new one is answered 503.
+    pub max_connections: usize,
+    /// How long a request may take to arrive whole, from its first byte.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 /// How often an idle connection looks at the stop flag and the queue.
 const IDLE_TICK: Duration = Duration::from_millis(50);
 const SERVER_NAME: &str = "codeformer-ledger-sandbox";
@@ -159,7 +174,7 @@ impl Server {
     pub fn spawn(
         listener: TcpListener,
         workers: usize,
-        max_connections: usize,
+        limits: Limits,
         stop: Arc<AtomicBool>,
         handler: Handler,
     ) -> io::Result<Server> {
@@ -168,7 +183,7 @@ impl Server {
             open: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
-            cap: max_connections,
+            cap: limits.max_connections,
         });
         let (tx, rx) = mpsc::channel::<TcpStream>();
         let rx = Arc::new(Mutex::new(rx));
@@ -176,6 +191,7 @@ impl Server {
         for i in 0..workers {
             let rx = rx.clone();
             let ctx = WorkerContext {
+                request_timeout: limits.request_timeout,
                 stop: stop.clone(),
                 connections: connections.clone(),
                 handler: handler.clone(),
@@ -268,6 +284,7 @@ fn refuse_busy(stream: TcpStream, cap: usize) {
 }
 
 struct WorkerContext {
+    request_timeout: Duration,
     stop: Arc<AtomicBool>,
     connections: Arc<Connections>,
     handler: Handler,
@@ -293,7 +310,7 @@ impl WorkerContext {
 
     fn serve(&self, stream: TcpStream) -> io::Result<()> {
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
+        stream.set_write_timeout(Some(self.request_timeout))?;
         let timed = Timed {
             stream: stream.try_clone()?,
             deadline: None,
@@ -304,7 +321,7 @@ impl WorkerContext {
                 return Ok(());
             }
             // From the first byte, the whole request has this long to arrive.
-            reader.get_mut().deadline = Some(Instant::now() + REQUEST_TIMEOUT);
+            reader.get_mut().deadline = Some(Instant::now() + self.request_timeout);
             let read = read_request(&mut reader, &stream);
             reader.get_mut().deadline = None;
             let request = match read {
@@ -751,10 +768,13 @@ mod tests {
 
     /// A server answering every request with its method, path and body length.
     fn echo_server() -> (Server, SocketAddr, Arc<AtomicBool>) {
-        echo_server_capped(64)
+        echo_server_with(Limits {
+            max_connections: 64,
+            ..Limits::default()
+        })
     }
 
-    fn echo_server_capped(cap: usize) -> (Server, SocketAddr, Arc<AtomicBool>) {
+    fn echo_server_with(limits: Limits) -> (Server, SocketAddr, Arc<AtomicBool>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -765,7 +785,7 @@ mod tests {
             let text = format!("{} {} {}", req.method, req.path, req.body.len());
             Outcome::Respond(Response::new(200).bytes(text.into_bytes()))
         });
-        let server = Server::spawn(listener, 2, cap, stop.clone(), handler).unwrap();
+        let server = Server::spawn(listener, 2, limits, stop.clone(), handler).unwrap();
         (server, addr, stop)
     }
 
@@ -865,7 +885,10 @@ mod tests {
     /// two, a third is told 503 at once instead of waiting behind them.
     #[test]
     fn past_the_connection_cap_comes_503_with_retry_after() {
-        let (server, addr, _) = echo_server_capped(2);
+        let (server, addr, _) = echo_server_with(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        });
         let slow: Vec<TcpStream> = (0..2)
             .map(|_| {
                 let mut s = TcpStream::connect(addr).unwrap();
@@ -890,6 +913,38 @@ mod tests {
         assert!(answer.contains("Retry-After: 1"), "{answer}");
         assert!(answer.contains("the limit is 2"), "{answer}");
         drop(slow);
+        server.stop();
+    }
+
+    /// Regression: the limit was a timeout on each read, so a client sending a byte now and
+    /// then held its worker for ever. The request's deadline covers all its reads.
+    #[test]
+    fn a_client_dribbling_its_head_is_cut_off_at_the_deadline() {
+        let (server, addr, _) = echo_server_with(Limits {
+            request_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+        let guard = Instant::now() + Duration::from_secs(30);
+        let closed = loop {
+            if Instant::now() > guard {
+                break false;
+            }
+            if stream.write_all(b"a").is_err() {
+                break true;
+            }
+            let mut byte = [0u8; 1];
+            match stream.read(&mut byte) {
+                Ok(0) => break true,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break true,
+                _ => {}
+            }
+        };
+        assert!(closed, "the server kept reading a request that never ends");
         server.stop();
     }
 }

@@ -335,7 +335,7 @@ impl Sandbox {
         let server = http::Server::spawn(
             listener,
             shared.config.workers,
-            http::MAX_CONNECTIONS,
+            http::Limits::default(),
             stop,
             handler,
         )
