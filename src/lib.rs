@@ -35,11 +35,11 @@ pub mod engine;
 pub mod exit;
 pub mod gateway;
 pub mod hooks;
+mod http_server;
 pub mod ledger;
 pub mod manifest;
 pub mod money;
 pub mod params;
-pub mod probe;
 pub mod sandbox;
 pub mod webhooks;
 

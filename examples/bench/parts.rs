@@ -178,8 +178,10 @@ pub fn probes(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
     let gateway = Gateway::new(GatewayConfig::new(&sandbox.base_url(), None));
     let mut worst: Vec<(&str, u64, u64, u64)> = Vec::new();
     for (format, name, len) in &files {
-        let probe =
-            codeformer_ledger::probe::probe_url(gateway.file_agent(), &sandbox.static_url(name))?;
+        let probe = codeformer_ledger::gateway::probe::probe_url(
+            gateway.file_agent(),
+            &sandbox.static_url(name),
+        )?;
         let served = sandbox
             .stats()
             .static_bytes_by_path

@@ -1,5 +1,6 @@
 //! The config file: defaults a user sets once. Precedence: flag > environment > config file >
-//! built-in default. `config show` prints every effective value and where it came from.
+//! built-in default. `config show` prints every effective value and where it came from; the
+//! options of the commands that run the engine are resolved against it in `options.rs`.
 
 use super::{CliError, CmdResult, Global};
 use serde::Deserialize;
@@ -133,24 +134,6 @@ impl Config {
                 })
             })
             .transpose()
-    }
-
-    /// Where outputs go, resolved in one place for every command that writes or touches them:
-    /// the flag, else the batch's remembered folder, else the config file's out_dir, else
-    /// ./restored.
-    pub fn out_dir(&self, flag: Option<&Path>, remembered: Option<&str>) -> PathBuf {
-        flag.map(Path::to_path_buf)
-            .or_else(|| remembered.map(PathBuf::from))
-            .or_else(|| self.file.out_dir.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_DIR))
-    }
-
-    /// The longest wait between two polls: the flag, else the config file's, else 5 s.
-    pub fn poll_interval_or(&self, flag: Option<Duration>) -> Result<Duration, CliError> {
-        Ok(match flag {
-            Some(d) => d,
-            None => self.poll_interval()?.unwrap_or(DEFAULT_POLL_INTERVAL),
-        })
     }
 
     fn origin(&self) -> String {

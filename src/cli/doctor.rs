@@ -19,9 +19,9 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct DoctorArgs {
-    /// The output folder to check.
-    #[arg(long, value_name = "DIR", default_value = "restored")]
-    pub out_dir: PathBuf,
+    /// The output folder to check [default: the config file's out_dir, else ./restored].
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
     /// Hook files to compile (repeatable).
     #[arg(long = "hook", value_name = "FILE")]
     pub hooks: Vec<PathBuf>,
@@ -35,12 +35,13 @@ struct Check {
 }
 
 pub fn run(global: &Global, args: DoctorArgs) -> CmdResult {
+    let out_dir = super::options::out_dir(&global.config, args.out_dir.as_deref(), None);
     let checks = vec![
         key_check(global),
         gateway_check(global),
         ledger_check(global),
-        out_dir_check(&args.out_dir),
-        hooks_check(&args.hooks, &args.out_dir),
+        out_dir_check(&out_dir),
+        hooks_check(&args.hooks, &out_dir),
     ];
     let mut failed = 0;
     for c in &checks {

@@ -2,6 +2,7 @@
 //! are parsed in two stages: clap structs that do no I/O, then a resolved [`Global`] (ledger
 //! path, gateway, key) that the commands use.
 
+pub mod common;
 pub mod config;
 pub mod demo;
 pub mod docs;
@@ -11,6 +12,7 @@ pub mod hooks;
 pub mod ingest;
 pub mod jobs;
 pub mod listen;
+pub mod options;
 pub mod prices;
 pub mod report;
 pub mod run;

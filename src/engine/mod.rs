@@ -885,7 +885,7 @@ impl<'a> Engine<'a> {
         &mut self,
         job_id: i64,
         attempt: i64,
-        result: Result<crate::probe::Probe, String>,
+        result: Result<crate::gateway::probe::Probe, String>,
     ) -> Result<(), EngineError> {
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(());

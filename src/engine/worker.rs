@@ -34,7 +34,7 @@ pub enum Task {
 /// What a task found.
 #[derive(Debug)]
 pub enum TaskResult {
-    Probe(Result<crate::probe::Probe, String>),
+    Probe(Result<crate::gateway::probe::Probe, String>),
     Submit(Exchange<SubmitOutcome>),
     Poll(Exchange<PollOutcome>),
     Download(Result<Vec<OutputRow>, String>),
@@ -113,7 +113,7 @@ fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway:
 pub fn perform(gateway: &Gateway, task: Task, attempt: i64) -> TaskResult {
     match task {
         Task::Probe { url } => TaskResult::Probe(
-            crate::probe::probe_url(gateway.file_agent(), &url).map_err(|e| e.to_string()),
+            crate::gateway::probe::probe_url(gateway.file_agent(), &url).map_err(|e| e.to_string()),
         ),
         Task::Submit { params } => TaskResult::Submit(gateway.submit(&params)),
         Task::Poll { request_id } => TaskResult::Poll(gateway.status(&request_id)),
