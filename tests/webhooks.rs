@@ -3,7 +3,8 @@
 //! Real SQLite files, real sockets, the real binary: no mocks.
 
 use codeformer_ledger::ledger::{
-    Change, DeliveryError, DeliveryKind, Event, JobState, Ledger, NewJob,
+    Change, DeliveryError, DeliveryKind, Event, Expect, Field, JobState, JobUpdate, Ledger, NewJob,
+    Submitted,
 };
 use codeformer_ledger::params::JobParams;
 use codeformer_ledger::webhooks::{ListenConfig, Listener};
@@ -59,11 +60,16 @@ fn queued_job(ledger: &mut Ledger, request_id: &str, batch: Option<&str>) -> i64
         state: Some(JobState::Queued),
         request_id: Some(request_id.to_string()),
         remote_status: Some("QUEUED".into()),
-        submitted: Some((Decimal::new(21, 4), Some(Decimal::new(84, 4)))),
+        submitted: Some(Submitted {
+            price: Decimal::new(21, 4),
+            estimate: Some(Decimal::new(84, 4)),
+        }),
         ..Change::default()
     };
     let event = Event::new(Some(id), Some(1), "submit_answer").detail("202 accepted");
-    ledger.record(vec![(id, 1, change, event)]).unwrap();
+    ledger
+        .record(vec![JobUpdate::new(id, 1, change, event)])
+        .unwrap();
     id
 }
 
@@ -363,13 +369,15 @@ mod ingest {
         let id = queued_job(&mut ledger, "req-1", None);
         let stall = Change {
             state: Some(JobState::Stalled),
-            next_poll_at: Some(None),
+            next_poll_at: Field::Clear,
             finished: true,
-            reason: Some(Some("still queued after the deadline".into())),
+            reason: Field::Set("still queued after the deadline".into()),
             ..Change::default()
         };
         let event = Event::new(Some(id), Some(1), "state").detail("queued -> stalled");
-        ledger.record(vec![(id, 1, stall, event)]).unwrap();
+        ledger
+            .record(vec![JobUpdate::new(id, 1, stall, event)])
+            .unwrap();
         let outcome = ledger.record_delivery(&body("req-1", "COMPLETED")).unwrap();
         assert_eq!(outcome.kind, DeliveryKind::Applied);
         let job = ledger.job(id).unwrap().unwrap();
@@ -714,7 +722,7 @@ mod listen {
                         .iter()
                         .map(|&id| {
                             let event = Event::new(Some(id), Some(1), "poll").detail("engine-like");
-                            (id, 1, Change::default(), event)
+                            JobUpdate::new(id, 1, Change::default(), event)
                         })
                         .collect();
                     engine.record(items).unwrap();
@@ -1019,11 +1027,16 @@ fn a_poll_answer_does_not_undo_a_callback_recorded_while_it_was_in_flight() {
         state: Some(JobState::Processing),
         remote_status: Some("PROCESSING".into()),
         count_poll: true,
-        expect: Some((JobState::Queued, 1)),
+        expect: Some(Expect {
+            state: JobState::Queued,
+            attempt: 1,
+        }),
         ..Change::default()
     };
     let event = Event::new(Some(id), Some(1), "poll").detail("PROCESSING");
-    ledger.record(vec![(id, 1, stale, event)]).unwrap();
+    ledger
+        .record(vec![JobUpdate::new(id, 1, stale, event)])
+        .unwrap();
     assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Completed);
     assert_eq!(
         place.count(&format!(

@@ -11,13 +11,17 @@ mod post;
 mod schedule;
 mod worker;
 
+pub use crate::digest::hex;
 pub use post::{job_view_full, LuaHooks};
 pub use schedule::{backoff, PollSchedule};
-pub use worker::{check_name_pattern, hex, render_name, stem_of, DEFAULT_NAME_PATTERN};
+pub use worker::{check_name_pattern, render_name, stem_of, DEFAULT_NAME_PATTERN};
 
 use crate::clock;
 use crate::gateway::{Gateway, PollOutcome, RemoteStatus, SubmitOutcome};
-use crate::ledger::{Change, Event, JobRow, JobState, Ledger, LedgerError, SubmitRecord};
+use crate::ledger::{
+    Change, Event, Expect, Field, JobRow, JobState, JobUpdate, Ledger, LedgerError, Post,
+    SubmitRecord,
+};
 use crate::money;
 use rust_decimal::Decimal;
 use std::collections::{HashMap, HashSet};
@@ -313,7 +317,10 @@ pub fn send_now(
 
 /// A recorded poll answer: the job, its attempt, the change, the event, and the final state
 /// it reached, if any.
-type PollItem = (i64, i64, Change, Event, Option<JobState>);
+struct PollItem {
+    update: JobUpdate,
+    final_state: Option<JobState>,
+}
 
 struct Engine<'a> {
     ledger: &'a mut Ledger,
@@ -574,7 +581,7 @@ impl<'a> Engine<'a> {
                 if self.in_flight.contains_key(&job.id) {
                     continue;
                 }
-                if job.post.as_deref() == Some("download") && job.state == JobState::Completed {
+                if job.owes() == Some(Post::Download) && job.state == JobState::Completed {
                     self.in_flight.insert(job.id, "download");
                     workers.send(
                         job.id,
@@ -603,11 +610,11 @@ impl<'a> Engine<'a> {
                     }
                 } else {
                     // Nothing to poll any more (a callback or another process finished it).
-                    self.ledger.record(vec![(
+                    self.ledger.record(vec![JobUpdate::new(
                         job.id,
                         job.attempt,
                         Change {
-                            next_poll_at: Some(None),
+                            next_poll_at: Field::Clear,
                             ..Change::default()
                         },
                         Event::new(Some(job.id), Some(job.attempt), "unscheduled")
@@ -761,21 +768,20 @@ impl<'a> Engine<'a> {
                 Ok(self.ledger.job(job.id)?)
             }
             SubmitVerdict::Skip(reason) => {
-                let (id, attempt, mut change, event) =
-                    self.state_change(&job, JobState::Skipped, &reason);
-                change.finished = true;
-                self.ledger.record(vec![(id, attempt, change, event)])?;
+                let mut update = self.state_change(&job, JobState::Skipped, &reason);
+                update.change.finished = true;
+                self.ledger.record(vec![update])?;
                 Ok(None)
             }
             SubmitVerdict::Failed(reason) => {
                 self.passed.insert(job.id);
                 self.hook_blocked += 1;
-                let (id, attempt, change, event) = self.state_change(
+                let update = self.state_change(
                     &job,
                     JobState::Planned,
                     &format!("not sent: {reason}; fix the hook, then `run` again"),
                 );
-                self.ledger.record(vec![(id, attempt, change, event)])?;
+                self.ledger.record(vec![update])?;
                 Ok(None)
             }
         }
@@ -844,18 +850,13 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn state_change(
-        &self,
-        job: &JobRow,
-        state: JobState,
-        reason: &str,
-    ) -> (i64, i64, Change, Event) {
-        (
+    fn state_change(&self, job: &JobRow, state: JobState, reason: &str) -> JobUpdate {
+        JobUpdate::new(
             job.id,
             job.attempt,
             Change {
                 state: Some(state),
-                reason: Some(Some(reason.to_string())),
+                reason: Field::Set(reason.to_string()),
                 ..Change::default()
             },
             Event::new(Some(job.id), Some(job.attempt), "state")
@@ -943,15 +944,15 @@ impl<'a> Engine<'a> {
                 change.request_id = Some(request_id.clone());
                 change.remote_status = Some(remote.as_str().to_string());
                 let delay = self.next_poll_delay(&job, Duration::ZERO, 0);
-                change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
             }
             SubmitOutcome::Rejected { status, message } => {
                 self.reachable();
                 change.state = Some(JobState::Rejected);
-                change.reason = Some(Some(format!(
+                change.reason = Field::Set(format!(
                     "the gateway refused the submission (HTTP {status}): {message}"
-                )));
-                change.error = Some(Some(message.clone()));
+                ));
+                change.error = Field::Set(message.clone());
                 change.finished = true;
                 self.spent -= estimate;
                 final_state = Some(JobState::Rejected);
@@ -963,7 +964,7 @@ impl<'a> Engine<'a> {
                     403
                 };
                 change.state = Some(JobState::Planned);
-                change.reason = Some(Some(format!("not sent: HTTP {code}")));
+                change.reason = Field::Set(format!("not sent: HTTP {code}"));
                 self.spent -= estimate;
                 self.send_cursor = self.send_cursor.min(job_id - 1);
                 self.stop_with(StopReason::Unauthorized {
@@ -976,7 +977,7 @@ impl<'a> Engine<'a> {
             SubmitOutcome::InsufficientBalance { message } => {
                 self.reachable();
                 change.state = Some(JobState::Held);
-                change.reason = Some(Some(format!("insufficient balance (HTTP 402): {message}")));
+                change.reason = Field::Set(format!("insufficient balance (HTTP 402): {message}"));
                 self.spent -= estimate;
                 self.passed.insert(job_id);
                 self.stop_with(StopReason::InsufficientBalance {
@@ -986,23 +987,23 @@ impl<'a> Engine<'a> {
             SubmitOutcome::RateLimited { retry_after } => {
                 self.reachable();
                 change.state = Some(JobState::Planned);
-                change.reason = Some(Some("not sent: HTTP 429, will be sent again".into()));
+                change.reason = Field::Set("not sent: HTTP 429, will be sent again".into());
                 self.spent -= estimate;
                 self.send_cursor = self.send_cursor.min(job_id - 1);
                 self.on_rate_limited(*retry_after)?;
             }
             SubmitOutcome::NotSent { reason } => {
                 change.state = Some(JobState::Planned);
-                change.reason = Some(Some(format!("not sent: {reason}")));
+                change.reason = Field::Set(format!("not sent: {reason}"));
                 self.spent -= estimate;
                 self.send_cursor = self.send_cursor.min(job_id - 1);
                 self.on_unreachable(reason);
             }
             SubmitOutcome::NotTheApi { answer } => {
                 change.state = Some(JobState::Planned);
-                change.reason = Some(Some(format!(
+                change.reason = Field::Set(format!(
                     "not sent: the base URL does not lead to the API ({answer})"
-                )));
+                ));
                 self.spent -= estimate;
                 self.send_cursor = self.send_cursor.min(job_id - 1);
                 let message = self.misconfigured(&format!("a submission got {answer}"),
@@ -1011,9 +1012,9 @@ impl<'a> Engine<'a> {
             }
             SubmitOutcome::UnusableAcceptance { reason } => {
                 change.state = Some(JobState::Uncertain);
-                change.reason = Some(Some(format!(
+                change.reason = Field::Set(format!(
                     "the gateway may have created this job, but {reason}; it may be billed, so it is not resent on its own (run --resubmit-uncertain)"
-                )));
+                ));
                 final_state = Some(JobState::Uncertain);
                 let message = self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
                     "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned.");
@@ -1021,18 +1022,19 @@ impl<'a> Engine<'a> {
             }
             SubmitOutcome::Unknown { reason } => {
                 change.state = Some(JobState::Uncertain);
-                change.reason = Some(Some(format!(
+                change.reason = Field::Set(format!(
                     "the submission's outcome is unknown ({reason}); the job may exist and be billed, so it is not resent on its own (run --resubmit-uncertain)"
-                )));
+                ));
                 final_state = Some(JobState::Uncertain);
             }
         }
         if let Some(state) = final_state {
             if state != JobState::Uncertain {
-                change.post = Some(self.post_after(state));
+                change.post = Field::set_or_clear(self.post_after(state));
             }
         }
-        self.ledger.record(vec![(job_id, attempt, change, event)])?;
+        self.ledger
+            .record(vec![JobUpdate::new(job_id, attempt, change, event)])?;
         if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
             // A callback can beat the 202 to the ledger; it was kept as an orphan.
             self.ledger.adopt_orphans(request_id)?;
@@ -1066,9 +1068,9 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn post_after(&self, state: JobState) -> Option<&'static str> {
+    fn post_after(&self, state: JobState) -> Option<Post> {
         match &self.hooks {
-            Some(h) if h.wants(state) => Some("hooks"),
+            Some(h) if h.wants(state) => Some(Post::Hooks),
             _ => None,
         }
     }
@@ -1089,14 +1091,20 @@ impl<'a> Engine<'a> {
                 .http(exchange.http_status, exchange.latency_ms)
                 .detail("answer after the job had already moved on")
                 .body(exchange.body);
-            return Ok(Some((job_id, attempt, Change::default(), event, None)));
+            return Ok(Some(PollItem {
+                update: JobUpdate::new(job_id, attempt, Change::default(), event),
+                final_state: None,
+            }));
         }
         let mut event = Event::new(Some(job_id), Some(attempt), "poll")
             .http(exchange.http_status, exchange.latency_ms)
             .body(exchange.body.clone());
         let mut change = Change {
             count_poll: true,
-            expect: Some((job.state, attempt)),
+            expect: Some(Expect {
+                state: job.state,
+                attempt,
+            }),
             ..Change::default()
         };
         let mut final_state = None;
@@ -1117,26 +1125,26 @@ impl<'a> Engine<'a> {
                         self.failures.remove(&job_id);
                         change.state = Some(state);
                         let delay = self.next_poll_delay(&job, elapsed, job.polls as u32 + 1);
-                        change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+                        change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
                     }
                     Some(JobState::Completed) => {
                         self.failures.remove(&job_id);
                         self.schedule.observe(elapsed);
                         change.state = Some(JobState::Completed);
                         change.output_urls = Some(remote.media_urls.clone());
-                        change.post = Some(Some("download"));
-                        change.next_poll_at = Some(Some(now_ms()));
+                        change.post = Field::Set(Post::Download);
+                        change.next_poll_at = Field::Set(now_ms());
                         change.finished = true;
                         final_state = Some(JobState::Completed);
                     }
                     Some(state) => {
                         self.failures.remove(&job_id);
                         change.state = Some(state);
-                        change.error = Some(Some(remote.error.clone().unwrap_or_else(|| {
+                        change.error = Field::Set(remote.error.clone().unwrap_or_else(|| {
                             format!("the gateway reported {}", remote.status.as_str())
-                        })));
-                        change.next_poll_at = Some(None);
-                        change.post = Some(self.post_after(state));
+                        }));
+                        change.next_poll_at = Field::Clear;
+                        change.post = Field::set_or_clear(self.post_after(state));
                         change.finished = true;
                         if state == JobState::Error {
                             self.spent -= job.estimated_cost.unwrap_or_default();
@@ -1159,7 +1167,7 @@ impl<'a> Engine<'a> {
                             self.schedule.min.max(Duration::from_millis(50)),
                             self.options.poll_interval.max(Duration::from_secs(30)),
                         );
-                        change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+                        change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
                     }
                 }
             }
@@ -1169,12 +1177,11 @@ impl<'a> Engine<'a> {
                     .unwrap_or(self.options.poll_interval)
                     .min(MAX_RATE_LIMIT_WAIT)
                     .max(self.schedule.min);
-                change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
             }
             PollOutcome::Unauthorized { status } => {
-                change.next_poll_at = Some(Some(
-                    now_ms() + self.options.poll_interval.as_millis() as i64,
-                ));
+                change.next_poll_at =
+                    Field::Set(now_ms() + self.options.poll_interval.as_millis() as i64);
                 self.stop_with(StopReason::Unauthorized {
                     message: format!(
                         "the gateway refused the API key when polling (HTTP {status}); set {} to a valid key and run again",
@@ -1184,9 +1191,8 @@ impl<'a> Engine<'a> {
             }
             PollOutcome::NotTheApi { answer } => {
                 event.detail = Some(format!("the base URL does not lead to the API: {answer}"));
-                change.next_poll_at = Some(Some(
-                    now_ms() + self.options.poll_interval.as_millis() as i64,
-                ));
+                change.next_poll_at =
+                    Field::Set(now_ms() + self.options.poll_interval.as_millis() as i64);
                 let message = self.misconfigured(&format!("a status call got {answer}"),
                     "The jobs at the gateway are kept as they were and are polled by a run with the right URL.");
                 self.stop_with(StopReason::Misconfigured { message });
@@ -1218,24 +1224,23 @@ impl<'a> Engine<'a> {
                     self.schedule.min.max(Duration::from_millis(50)),
                     self.options.poll_interval.max(Duration::from_secs(30)),
                 );
-                change.next_poll_at = Some(Some(now_ms() + delay.as_millis() as i64));
+                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
             }
         }
-        Ok(Some((job_id, attempt, change, event, final_state)))
+        Ok(Some(PollItem {
+            update: JobUpdate::new(job_id, attempt, change, event),
+            final_state,
+        }))
     }
 
     fn commit_polls(&mut self, items: Vec<PollItem>) -> Result<(), EngineError> {
         let errors: Vec<(i64, i64)> = items
             .iter()
-            .filter(|i| i.4 == Some(JobState::Error))
-            .map(|i| (i.0, i.1))
+            .filter(|i| i.final_state == Some(JobState::Error))
+            .map(|i| (i.update.job_id, i.update.attempt))
             .collect();
-        self.ledger.record(
-            items
-                .into_iter()
-                .map(|(j, a, c, e, _)| (j, a, c, e))
-                .collect(),
-        )?;
+        self.ledger
+            .record(items.into_iter().map(|i| i.update).collect())?;
         for (job_id, attempt) in errors {
             self.ledger
                 .record_no_charge(job_id, attempt, "ERROR jobs are not charged")?;
@@ -1269,12 +1274,12 @@ impl<'a> Engine<'a> {
                     Duration::from_millis(200),
                     Duration::from_secs(60),
                 );
-                let item = (
+                let item = JobUpdate::new(
                     job_id,
                     attempt,
                     Change {
-                        next_poll_at: Some(Some(now_ms() + delay.as_millis() as i64)),
-                        error: Some(Some(format!("download failed: {reason}"))),
+                        next_poll_at: Field::Set(now_ms() + delay.as_millis() as i64),
+                        error: Field::Set(format!("download failed: {reason}")),
                         ..Change::default()
                     },
                     Event::new(Some(job_id), Some(attempt), "download_failed").detail(reason),
@@ -1282,11 +1287,11 @@ impl<'a> Engine<'a> {
                 self.ledger.record(vec![item])?;
                 if *self.failures.get(&job_id).unwrap_or(&0) >= 5 {
                     // Keep the job owing its download for a later run, but stop trying now.
-                    self.ledger.record(vec![(
+                    self.ledger.record(vec![JobUpdate::new(
                         job_id,
                         attempt,
                         Change {
-                            next_poll_at: Some(None),
+                            next_poll_at: Field::Clear,
                             ..Change::default()
                         },
                         Event::new(Some(job_id), Some(attempt), "download_deferred")
@@ -1412,12 +1417,12 @@ impl<'a> Engine<'a> {
                 job.state,
                 deadline.as_secs_f64()
             );
-            let (id, attempt, mut change, event) =
-                self.state_change(&job, JobState::Stalled, &reason);
-            change.next_poll_at = Some(None);
+            let mut update = self.state_change(&job, JobState::Stalled, &reason);
+            let change = &mut update.change;
+            change.next_poll_at = Field::Clear;
             change.finished = true;
-            change.post = Some(self.post_after(JobState::Stalled));
-            items.push((id, attempt, change, event));
+            change.post = Field::set_or_clear(self.post_after(JobState::Stalled));
+            items.push(update);
         }
         if !items.is_empty() {
             self.ledger.record(items)?;

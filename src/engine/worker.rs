@@ -1,6 +1,7 @@
 //! The HTTP workers: threads that take a task, talk to the network, and send back what
 //! happened. They never touch the ledger; the engine's thread records every result.
 
+use crate::digest::hex;
 use crate::gateway::{DownloadError, Exchange, Gateway, PollOutcome, SubmitOutcome};
 use crate::ledger::OutputRow;
 use crate::params::JobParams;
@@ -298,10 +299,6 @@ fn file_sha(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The default output name pattern.

@@ -8,8 +8,8 @@
 //! - a key names one job: a new job whose key is already taken by a job with other parameters
 //!   is a [`KeyConflict`], never silently dropped or merged.
 
-use super::jobs::{job_from_row, NewJob, OutputRow, JOB_COLUMNS, JOB_FROM};
-use super::record::{insert_event, Event};
+use super::events::{insert_event, Event};
+use super::rows::{job_from_row, NewJob, OutputRow, JOB_COLUMNS, JOB_FROM};
 use super::{JobRow, Ledger, LedgerError, Result};
 use crate::clock;
 use crate::money;

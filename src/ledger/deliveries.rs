@@ -22,8 +22,9 @@
 //!   not document such as `CANCELLED`), or it is about an earlier attempt of the job;
 //! - `orphan`: no job of this ledger has that request_id (recorded with `job_id` NULL).
 
-use super::record::{apply_change, cap_body, insert_event};
-use super::{Change, Event, JobState, Ledger, LedgerError, Result};
+use super::change::{apply_change, Change, Field, Post};
+use super::events::{cap_body, insert_event, Event};
+use super::{JobState, Ledger, LedgerError, Result};
 use crate::clock;
 use crate::gateway::{RemoteJob, RemoteStatus};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
@@ -383,20 +384,23 @@ fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> 
             // Due now: an engine (running, or the next `run`) downloads the outputs and
             // records the charge from their size, once, as after a poll.
             change.output_urls = Some(remote.media_urls.clone());
-            change.post = Some(Some("download"));
-            change.next_poll_at = Some(Some(now_ms()));
-            change.error = Some(None);
-            change.reason = Some(None);
+            change.post = Field::Set(Post::Download);
+            change.next_poll_at = Field::Set(now_ms());
+            change.error = Field::Clear;
+            change.reason = Field::Clear;
             change.finished = true;
         }
         RemoteStatus::Undocumented(_) => {}
         RemoteStatus::Failed | RemoteStatus::Error => {
-            change.error = Some(Some(remote.error.clone().unwrap_or_else(|| {
-                format!("the gateway reported {}", remote.status.as_str())
-            })));
-            change.next_poll_at = Some(None);
-            change.reason = Some(None);
-            change.post = Some(failure_post(tx, owner.batch.as_deref())?);
+            change.error = Field::Set(
+                remote
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("the gateway reported {}", remote.status.as_str())),
+            );
+            change.next_poll_at = Field::Clear;
+            change.reason = Field::Clear;
+            change.post = Field::set_or_clear(failure_post(tx, owner.batch.as_deref())?);
             change.finished = true;
         }
     }
@@ -413,7 +417,7 @@ fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> 
 /// runs its `on_failed` hooks once, or clears the mark when none is defined). Hooks given
 /// only on a `run` command line and not remembered by a batch are not known here, so those
 /// jobs owe nothing and their `on_failed` hooks do not run.
-fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<&'static str>> {
+fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<Post>> {
     let Some(batch) = batch else {
         return Ok(None);
     };
@@ -424,7 +428,7 @@ fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<&'st
     let remembered: Vec<String> = hooks
         .and_then(|h| serde_json::from_str(&h).ok())
         .unwrap_or_default();
-    Ok((!remembered.is_empty()).then_some("hooks"))
+    Ok((!remembered.is_empty()).then_some(Post::Hooks))
 }
 
 /// ERROR is not charged: the attempt's cost is 0, recorded once with its `charge` event.

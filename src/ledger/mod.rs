@@ -9,21 +9,28 @@
 //! - the API key is never written here (nothing in this module ever receives it).
 
 mod batches;
+mod change;
 mod deliveries;
+mod events;
 mod jobs;
 mod lock;
 pub mod migrations;
+mod prices;
 mod record;
 mod report;
+mod rows;
 mod state;
 mod verify;
 
 pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
+pub use change::{Change, Expect, Field, InputSize, JobUpdate, Post, Submitted};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
-pub use jobs::{EnqueueReport, Enqueued, EventRow, JobFilter, JobRow, NewJob, OutputRow};
+pub use events::{cap_body, Event};
+pub use jobs::{EnqueueReport, Enqueued};
 pub use lock::EngineLock;
-pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
+pub use record::{Downloaded, HookRunRow, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
+pub use rows::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use state::JobState;
 pub use verify::Problem;
 

@@ -563,7 +563,9 @@ mod tests {
             ..Default::default()
         };
         let event = super::super::Event::new(Some(id), Some(1), "poll");
-        ledger.record(vec![(id, 1, change, event)]).unwrap();
+        ledger
+            .record(vec![super::super::JobUpdate::new(id, 1, change, event)])
+            .unwrap();
         let report = ledger.report(None, None, &GroupBy::State).unwrap();
         assert_eq!(report.total.completed, 1);
         assert_eq!(report.total.charged, Decimal::ZERO);
