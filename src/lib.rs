@@ -37,6 +37,7 @@ pub mod exit;
 pub mod gateway;
 pub mod hooks;
 pub mod ledger;
+pub mod lifecycle;
 pub mod manifest;
 pub mod money;
 pub mod params;

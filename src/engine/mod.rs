@@ -7,6 +7,7 @@
 //! which the next run continues without sending anything twice. Polls are picked from an index
 //! on the next-poll time, so a loop step costs the same however many jobs have finished.
 
+mod answers;
 mod post;
 mod schedule;
 mod worker;
@@ -17,11 +18,11 @@ pub use schedule::{backoff, PollSchedule};
 pub use worker::{check_name_pattern, render_name, stem_of, DEFAULT_NAME_PATTERN};
 
 use crate::clock;
-use crate::gateway::{Gateway, PollOutcome, RemoteStatus, SubmitOutcome};
+use crate::gateway::{Gateway, RemoteStatus};
 use crate::ledger::{
-    Change, Event, Expect, Field, JobRow, JobState, JobUpdate, Ledger, LedgerError, Post,
-    SubmitRecord,
+    Change, Event, Field, JobRow, JobState, JobUpdate, Ledger, LedgerError, Post, SubmitRecord,
 };
+use crate::lifecycle::{self, Learned};
 use crate::money;
 use rust_decimal::Decimal;
 use std::collections::{HashMap, HashSet};
@@ -313,13 +314,6 @@ pub fn send_now(
         result,
     })?;
     Ok(engine.stop.clone())
-}
-
-/// A recorded poll answer: the job, its attempt, the change, the event, and the final state
-/// it reached, if any.
-struct PollItem {
-    update: JobUpdate,
-    final_state: Option<JobState>,
 }
 
 struct Engine<'a> {
@@ -768,8 +762,7 @@ impl<'a> Engine<'a> {
                 Ok(self.ledger.job(job.id)?)
             }
             SubmitVerdict::Skip(reason) => {
-                let mut update = self.state_change(&job, JobState::Skipped, &reason);
-                update.change.finished = true;
+                let update = self.state_change(&job, Learned::HookSkipped, &reason);
                 self.ledger.record(vec![update])?;
                 Ok(None)
             }
@@ -778,7 +771,7 @@ impl<'a> Engine<'a> {
                 self.hook_blocked += 1;
                 let update = self.state_change(
                     &job,
-                    JobState::Planned,
+                    Learned::HookFailed,
                     &format!("not sent: {reason}; fix the hook, then `run` again"),
                 );
                 self.ledger.record(vec![update])?;
@@ -844,209 +837,25 @@ impl<'a> Engine<'a> {
         for (job, estimate, reason) in jobs {
             self.passed.insert(job.id);
             self.held_estimates.insert(job.id, estimate);
-            items.push(self.state_change(&job, JobState::Held, &reason));
+            items.push(self.state_change(&job, Learned::OverBudget, &reason));
         }
         self.ledger.record(items)?;
         Ok(())
     }
 
-    fn state_change(&self, job: &JobRow, state: JobState, reason: &str) -> JobUpdate {
+    /// A job's step for a reason of this run (a hook's verdict, a cap, the deadline), with
+    /// the `state` event that gives the reason.
+    fn state_change(&self, job: &JobRow, learned: Learned, reason: &str) -> JobUpdate {
+        let step = lifecycle::step(answers::at(job), learned);
+        let mut change = self.change_of(job.state, &step);
+        change.reason = Field::Set(reason.to_string());
         JobUpdate::new(
             job.id,
             job.attempt,
-            Change {
-                state: Some(state),
-                reason: Field::Set(reason.to_string()),
-                ..Change::default()
-            },
-            Event::new(Some(job.id), Some(job.attempt), "state")
-                .detail(format!("{} -> {state}: {reason}", job.state)),
+            change,
+            Event::new(Some(job.id), Some(job.attempt), learned.event_kind())
+                .detail(format!("{} -> {}: {reason}", job.state, step.next)),
         )
-    }
-
-    // ---- results ----
-
-    fn handle(&mut self, done: Done) -> Result<(), EngineError> {
-        self.in_flight.remove(&done.job_id);
-        match done.result {
-            TaskResult::Probe(result) => self.on_probe(done.job_id, done.attempt, result),
-            TaskResult::Submit(exchange) => self.on_submit(done.job_id, done.attempt, exchange),
-            TaskResult::Poll(exchange) => {
-                let item = self.poll_record(done.job_id, done.attempt, exchange)?;
-                self.commit_polls(item.into_iter().collect())
-            }
-            TaskResult::Download(result) => self.on_download(done.job_id, done.attempt, result),
-        }
-    }
-
-    fn on_probe(
-        &mut self,
-        job_id: i64,
-        attempt: i64,
-        result: Result<crate::probe::Probe, String>,
-    ) -> Result<(), EngineError> {
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(());
-        };
-        match result {
-            Ok(probe) => {
-                self.ledger.record_probe(
-                    &job.image_url,
-                    (probe.size.width, probe.size.height),
-                    &probe.size.format,
-                    probe.bytes_read,
-                    Some((job_id, attempt, job.upscale)),
-                )?;
-            }
-            Err(reason) => {
-                self.unprobeable.insert(job_id);
-                self.ledger
-                    .append(vec![Event::new(Some(job_id), Some(attempt), "estimate")
-                        .detail(format!(
-                            "the input size could not be read from {}: {reason}",
-                            job.image_url
-                        ))])?;
-            }
-        }
-        self.send_cursor = self.send_cursor.min(job_id - 1);
-        Ok(())
-    }
-
-    fn on_submit(
-        &mut self,
-        job_id: i64,
-        attempt: i64,
-        exchange: crate::gateway::Exchange<SubmitOutcome>,
-    ) -> Result<(), EngineError> {
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(());
-        };
-        let estimate = job.estimated_cost.unwrap_or_default();
-        let event = Event::new(Some(job_id), Some(attempt), "submit_answer")
-            .http(exchange.http_status, exchange.latency_ms)
-            .body(exchange.body.clone());
-        let mut change = Change::default();
-        let mut final_state = None;
-        match &exchange.outcome {
-            SubmitOutcome::Accepted {
-                request_id, status, ..
-            } => {
-                self.reachable();
-                self.note_success();
-                // An undocumented status in the 202 is kept as said; the job is at the
-                // gateway all the same, and its polls tell the rest.
-                let remote = RemoteStatus::parse(status);
-                change.state = Some(if remote == RemoteStatus::Processing {
-                    JobState::Processing
-                } else {
-                    JobState::Queued
-                });
-                change.request_id = Some(request_id.clone());
-                change.remote_status = Some(remote.as_str().to_string());
-                let delay = self.next_poll_delay(&job, Duration::ZERO, 0);
-                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
-            }
-            SubmitOutcome::Rejected { status, message } => {
-                self.reachable();
-                change.state = Some(JobState::Rejected);
-                change.reason = Field::Set(format!(
-                    "the gateway refused the submission (HTTP {status}): {message}"
-                ));
-                change.error = Field::Set(message.clone());
-                change.finished = true;
-                self.spent -= estimate;
-                final_state = Some(JobState::Rejected);
-            }
-            SubmitOutcome::Unauthorized { message } | SubmitOutcome::Forbidden { message } => {
-                let code = if matches!(exchange.outcome, SubmitOutcome::Unauthorized { .. }) {
-                    401
-                } else {
-                    403
-                };
-                change.state = Some(JobState::Planned);
-                change.reason = Field::Set(format!("not sent: HTTP {code}"));
-                self.spent -= estimate;
-                self.send_cursor = self.send_cursor.min(job_id - 1);
-                self.stop_with(StopReason::Unauthorized {
-                    message: format!(
-                        "the gateway refused the API key (HTTP {code}: {message}); set {} to a valid key (or pass --api-key-file) and run again",
-                        crate::KEY_ENV
-                    ),
-                });
-            }
-            SubmitOutcome::InsufficientBalance { message } => {
-                self.reachable();
-                change.state = Some(JobState::Held);
-                change.reason = Field::Set(format!("insufficient balance (HTTP 402): {message}"));
-                self.spent -= estimate;
-                self.passed.insert(job_id);
-                self.stop_with(StopReason::InsufficientBalance {
-                    message: message.clone(),
-                });
-            }
-            SubmitOutcome::RateLimited { retry_after } => {
-                self.reachable();
-                change.state = Some(JobState::Planned);
-                change.reason = Field::Set("not sent: HTTP 429, will be sent again".into());
-                self.spent -= estimate;
-                self.send_cursor = self.send_cursor.min(job_id - 1);
-                self.on_rate_limited(*retry_after)?;
-            }
-            SubmitOutcome::NotSent { reason } => {
-                change.state = Some(JobState::Planned);
-                change.reason = Field::Set(format!("not sent: {reason}"));
-                self.spent -= estimate;
-                self.send_cursor = self.send_cursor.min(job_id - 1);
-                self.on_unreachable(reason);
-            }
-            SubmitOutcome::NotTheApi { answer } => {
-                change.state = Some(JobState::Planned);
-                change.reason = Field::Set(format!(
-                    "not sent: the base URL does not lead to the API ({answer})"
-                ));
-                self.spent -= estimate;
-                self.send_cursor = self.send_cursor.min(job_id - 1);
-                let message = self.misconfigured(&format!("a submission got {answer}"),
-                    "Nothing was created: the jobs not sent stay planned, and a run with the right URL sends each once.");
-                self.stop_with(StopReason::Misconfigured { message });
-            }
-            SubmitOutcome::UnusableAcceptance { reason } => {
-                change.state = Some(JobState::Uncertain);
-                change.reason = Field::Set(format!(
-                    "the gateway may have created this job, but {reason}; it may be billed, so it is not resent on its own (run --resubmit-uncertain)"
-                ));
-                final_state = Some(JobState::Uncertain);
-                let message = self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
-                    "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned.");
-                self.stop_with(StopReason::Misconfigured { message });
-            }
-            SubmitOutcome::Unknown { reason } => {
-                change.state = Some(JobState::Uncertain);
-                change.reason = Field::Set(format!(
-                    "the submission's outcome is unknown ({reason}); the job may exist and be billed, so it is not resent on its own (run --resubmit-uncertain)"
-                ));
-                final_state = Some(JobState::Uncertain);
-            }
-        }
-        if let Some(state) = final_state {
-            if state != JobState::Uncertain {
-                change.post = Field::set_or_clear(self.post_after(state));
-            }
-        }
-        self.ledger
-            .record(vec![JobUpdate::new(job_id, attempt, change, event)])?;
-        if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
-            // A callback can beat the 202 to the ledger; it was kept as an orphan.
-            self.ledger.adopt_orphans(request_id)?;
-        }
-        if final_state == Some(JobState::Rejected) {
-            self.ledger.record_no_charge(
-                job_id,
-                attempt,
-                "rejected submissions are not charged",
-            )?;
-        }
-        Ok(())
     }
 
     /// The message of a run stopped because the base URL does not lead to the API.
@@ -1073,234 +882,6 @@ impl<'a> Engine<'a> {
             Some(h) if h.wants(state) => Some(Post::Hooks),
             _ => None,
         }
-    }
-
-    fn poll_record(
-        &mut self,
-        job_id: i64,
-        attempt: i64,
-        exchange: crate::gateway::Exchange<PollOutcome>,
-    ) -> Result<Option<PollItem>, EngineError> {
-        self.summary.polls += 1;
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(None);
-        };
-        if job.attempt != attempt || !job.state.is_remote_pending() {
-            // The job moved on meanwhile (a callback finished it); keep the answer on record.
-            let event = Event::new(Some(job_id), Some(attempt), "poll")
-                .http(exchange.http_status, exchange.latency_ms)
-                .detail("answer after the job had already moved on")
-                .body(exchange.body);
-            return Ok(Some(PollItem {
-                update: JobUpdate::new(job_id, attempt, Change::default(), event),
-                final_state: None,
-            }));
-        }
-        let mut event = Event::new(Some(job_id), Some(attempt), "poll")
-            .http(exchange.http_status, exchange.latency_ms)
-            .body(exchange.body.clone());
-        let mut change = Change {
-            count_poll: true,
-            expect: Some(Expect {
-                state: job.state,
-                attempt,
-            }),
-            ..Change::default()
-        };
-        let mut final_state = None;
-        let elapsed = job
-            .submitted_at
-            .as_deref()
-            .and_then(clock::parse_remote)
-            .map(|t| (clock::now() - t).to_std().unwrap_or_default())
-            .unwrap_or_default();
-        match exchange.outcome {
-            PollOutcome::Status(remote) => {
-                self.reachable();
-                self.note_success();
-                event.remote_status = Some(remote.status.as_str().to_string());
-                change.remote_status = Some(remote.status.as_str().to_string());
-                match JobState::for_remote(&remote.status) {
-                    Some(state @ (JobState::Queued | JobState::Processing)) => {
-                        self.failures.remove(&job_id);
-                        change.state = Some(state);
-                        let delay = self.next_poll_delay(&job, elapsed, job.polls as u32 + 1);
-                        change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
-                    }
-                    Some(JobState::Completed) => {
-                        self.failures.remove(&job_id);
-                        self.schedule.observe(elapsed);
-                        change.state = Some(JobState::Completed);
-                        change.output_urls = Some(remote.media_urls.clone());
-                        change.post = Field::Set(Post::Download);
-                        change.next_poll_at = Field::Set(now_ms());
-                        change.finished = true;
-                        final_state = Some(JobState::Completed);
-                    }
-                    Some(state) => {
-                        self.failures.remove(&job_id);
-                        change.state = Some(state);
-                        change.error = Field::Set(remote.error.clone().unwrap_or_else(|| {
-                            format!("the gateway reported {}", remote.status.as_str())
-                        }));
-                        change.next_poll_at = Field::Clear;
-                        change.post = Field::set_or_clear(self.post_after(state));
-                        change.finished = true;
-                        if state == JobState::Error {
-                            self.spent -= job.estimated_cost.unwrap_or_default();
-                        }
-                        final_state = Some(state);
-                    }
-                    None => {
-                        // Not finished, and not free: only a documented ERROR is. Polled
-                        // again, less often, until it says something documented or the
-                        // deadline stalls it.
-                        event.detail = Some(format!(
-                            "status {:?} is not one the API documents; the job stays {} and is polled again (it may be charged)",
-                            remote.status.as_str(),
-                            job.state
-                        ));
-                        let failures = self.failures.entry(job_id).or_insert(0);
-                        *failures += 1;
-                        let delay = backoff(
-                            *failures,
-                            self.schedule.min.max(Duration::from_millis(50)),
-                            self.options.poll_interval.max(Duration::from_secs(30)),
-                        );
-                        change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
-                    }
-                }
-            }
-            PollOutcome::RateLimited { retry_after } => {
-                self.on_rate_limited(retry_after)?;
-                let delay = retry_after
-                    .unwrap_or(self.options.poll_interval)
-                    .min(MAX_RATE_LIMIT_WAIT)
-                    .max(self.schedule.min);
-                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
-            }
-            PollOutcome::Unauthorized { status } => {
-                change.next_poll_at =
-                    Field::Set(now_ms() + self.options.poll_interval.as_millis() as i64);
-                self.stop_with(StopReason::Unauthorized {
-                    message: format!(
-                        "the gateway refused the API key when polling (HTTP {status}); set {} to a valid key and run again",
-                        crate::KEY_ENV
-                    ),
-                });
-            }
-            PollOutcome::NotTheApi { answer } => {
-                event.detail = Some(format!("the base URL does not lead to the API: {answer}"));
-                change.next_poll_at =
-                    Field::Set(now_ms() + self.options.poll_interval.as_millis() as i64);
-                let message = self.misconfigured(&format!("a status call got {answer}"),
-                    "The jobs at the gateway are kept as they were and are polled by a run with the right URL.");
-                self.stop_with(StopReason::Misconfigured { message });
-            }
-            PollOutcome::NotFound
-            | PollOutcome::Transient { .. }
-            | PollOutcome::Unreachable { .. }
-            | PollOutcome::BadAnswer { .. } => {
-                let reason = match &exchange.outcome {
-                    PollOutcome::NotFound => {
-                        "the gateway does not know this request id (HTTP 404)".to_string()
-                    }
-                    PollOutcome::Transient { reason } | PollOutcome::Unreachable { reason } => {
-                        reason.clone()
-                    }
-                    PollOutcome::BadAnswer { reason } => format!("bad answer: {reason}"),
-                    _ => String::new(),
-                };
-                if matches!(exchange.outcome, PollOutcome::Unreachable { .. }) {
-                    self.on_unreachable(&reason);
-                } else if exchange.http_status.is_some() {
-                    self.reachable();
-                }
-                event.detail = Some(reason);
-                let failures = self.failures.entry(job_id).or_insert(0);
-                *failures += 1;
-                let delay = backoff(
-                    *failures,
-                    self.schedule.min.max(Duration::from_millis(50)),
-                    self.options.poll_interval.max(Duration::from_secs(30)),
-                );
-                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
-            }
-        }
-        Ok(Some(PollItem {
-            update: JobUpdate::new(job_id, attempt, change, event),
-            final_state,
-        }))
-    }
-
-    fn commit_polls(&mut self, items: Vec<PollItem>) -> Result<(), EngineError> {
-        let errors: Vec<(i64, i64)> = items
-            .iter()
-            .filter(|i| i.final_state == Some(JobState::Error))
-            .map(|i| (i.update.job_id, i.update.attempt))
-            .collect();
-        self.ledger
-            .record(items.into_iter().map(|i| i.update).collect())?;
-        for (job_id, attempt) in errors {
-            self.ledger
-                .record_no_charge(job_id, attempt, "ERROR jobs are not charged")?;
-        }
-        Ok(())
-    }
-
-    fn on_download(
-        &mut self,
-        job_id: i64,
-        attempt: i64,
-        result: Result<Vec<crate::ledger::OutputRow>, String>,
-    ) -> Result<(), EngineError> {
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(());
-        };
-        match result {
-            Ok(files) => {
-                self.summary.downloads += 1;
-                let post = self.post_after(JobState::Completed);
-                if let Some(charge) = self.ledger.record_download(job_id, attempt, &files, post)? {
-                    self.spent += charge - job.estimated_cost.unwrap_or_default();
-                    self.summary.charged += charge;
-                }
-            }
-            Err(reason) => {
-                let failures = self.failures.entry(job_id).or_insert(0);
-                *failures += 1;
-                let delay = backoff(
-                    *failures,
-                    Duration::from_millis(200),
-                    Duration::from_secs(60),
-                );
-                let item = JobUpdate::new(
-                    job_id,
-                    attempt,
-                    Change {
-                        next_poll_at: Field::Set(now_ms() + delay.as_millis() as i64),
-                        error: Field::Set(format!("download failed: {reason}")),
-                        ..Change::default()
-                    },
-                    Event::new(Some(job_id), Some(attempt), "download_failed").detail(reason),
-                );
-                self.ledger.record(vec![item])?;
-                if *self.failures.get(&job_id).unwrap_or(&0) >= 5 {
-                    // Keep the job owing its download for a later run, but stop trying now.
-                    self.ledger.record(vec![JobUpdate::new(
-                        job_id,
-                        attempt,
-                        Change {
-                            next_poll_at: Field::Clear,
-                            ..Change::default()
-                        },
-                        Event::new(Some(job_id), Some(attempt), "download_deferred")
-                            .detail("5 downloads failed; `run` tries again"),
-                    )])?;
-                }
-            }
-        }
-        Ok(())
     }
 
     // ---- control ----
@@ -1417,12 +998,7 @@ impl<'a> Engine<'a> {
                 job.state,
                 deadline.as_secs_f64()
             );
-            let mut update = self.state_change(&job, JobState::Stalled, &reason);
-            let change = &mut update.change;
-            change.next_poll_at = Field::Clear;
-            change.finished = true;
-            change.post = Field::set_or_clear(self.post_after(JobState::Stalled));
-            items.push(update);
+            items.push(self.state_change(&job, Learned::Deadline, &reason));
         }
         if !items.is_empty() {
             self.ledger.record(items)?;
@@ -1505,7 +1081,7 @@ impl<'a> Engine<'a> {
             let items: Vec<_> = page
                 .iter()
                 .filter(|j| j.state == JobState::Planned && !self.passed.contains(&j.id))
-                .map(|j| self.state_change(j, JobState::Held, reason))
+                .map(|j| self.state_change(j, Learned::OverBudget, reason))
                 .collect();
             if !items.is_empty() {
                 self.ledger.record(items)?;

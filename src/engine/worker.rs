@@ -35,10 +35,10 @@ pub enum Task {
 /// What a task found.
 #[derive(Debug)]
 pub enum TaskResult {
-    Probe(Result<crate::probe::Probe, String>),
+    Probe(Result<crate::probe::Probe, crate::probe::ProbeError>),
     Submit(Exchange<SubmitOutcome>),
     Poll(Exchange<PollOutcome>),
-    Download(Result<Vec<OutputRow>, String>),
+    Download(Result<Vec<OutputRow>, DownloadError>),
 }
 
 #[derive(Debug)]
@@ -113,14 +113,14 @@ fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway:
 /// Runs one task on the calling thread.
 pub fn perform(gateway: &Gateway, task: Task, attempt: i64) -> TaskResult {
     match task {
-        Task::Probe { url } => TaskResult::Probe(
-            crate::probe::probe_url(gateway.file_agent(), &url).map_err(|e| e.to_string()),
-        ),
+        Task::Probe { url } => {
+            TaskResult::Probe(crate::probe::probe_url(gateway.file_agent(), &url))
+        }
         Task::Submit { params } => TaskResult::Submit(gateway.submit(&params)),
         Task::Poll { request_id } => TaskResult::Poll(gateway.status(&request_id)),
-        Task::Download { urls, dir, name } => TaskResult::Download(
-            download_all(gateway, &urls, &dir, &name, attempt).map_err(|e| e.to_string()),
-        ),
+        Task::Download { urls, dir, name } => {
+            TaskResult::Download(download_all(gateway, &urls, &dir, &name, attempt))
+        }
     }
 }
 

@@ -19,9 +19,10 @@ mod prices;
 mod record;
 mod report;
 mod rows;
-mod state;
+
 mod verify;
 
+pub use crate::lifecycle::JobState;
 pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
 pub use change::{Change, Expect, Field, InputSize, JobUpdate, Post, Submitted};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
@@ -31,7 +32,6 @@ pub use lock::EngineLock;
 pub use record::{Downloaded, HookRunRow, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
 pub use rows::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
-pub use state::JobState;
 pub use verify::Problem;
 
 use rusqlite::{Connection, OpenFlags};

@@ -7,6 +7,7 @@ use super::prices::price_in_force;
 use super::rows::{job_from_row, JOB_COLUMNS, JOB_FROM};
 use super::{JobRow, JobState, Ledger, Result};
 use crate::clock;
+use crate::lifecycle::{self, At, Learned};
 use crate::money::{self, Price};
 use rusqlite::{params, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
@@ -399,6 +400,8 @@ impl Ledger {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        let killed = Learned::Killed;
+        let step = lifecycle::step(At::new(JobState::Submitting, false), killed);
         let items = ids
             .iter()
             .map(|&(id, attempt)| {
@@ -407,11 +410,12 @@ impl Ledger {
                     id,
                     attempt,
                     Change {
-                        state: Some(JobState::Uncertain),
+                        state: step.moves_to(JobState::Submitting),
                         reason: Field::Set(reason.into()),
                         ..Change::default()
                     },
-                    Event::new(Some(id), Some(attempt), "state").detail(format!("submitting -> uncertain: {reason}")),
+                    Event::new(Some(id), Some(attempt), killed.event_kind())
+                        .detail(format!("submitting -> {}: {reason}", step.next)),
                 )
             })
             .collect();
