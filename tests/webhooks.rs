@@ -934,7 +934,7 @@ mod end_to_end {
         let stats = sandbox.stats();
 
         assert_eq!(summary.count(JobState::Completed), 12, "{summary:?}");
-        assert_eq!(summary.exit_code(), 0);
+        assert_eq!(codeformer_ledger::exit::of_run(&summary), 0);
         assert!(stats.callbacks_dropped > 0, "{stats:?}");
         assert!(listened.duplicate > 0, "{listened:?}");
         assert_eq!(listened.failed + listened.malformed + listened.refused, 0);

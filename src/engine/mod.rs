@@ -8,6 +8,7 @@
 //! on the next-poll time, so a loop step costs the same however many jobs have finished.
 
 mod answers;
+mod control;
 mod post;
 mod schedule;
 mod worker;
@@ -24,6 +25,7 @@ use crate::ledger::{
 };
 use crate::lifecycle::{self, Learned};
 use crate::money;
+use control::{InFlight, Mode, Outage, Pass};
 use rust_decimal::Decimal;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -133,35 +135,6 @@ impl RunSummary {
             .find(|(s, _)| *s == state)
             .map(|(_, n)| *n)
             .unwrap_or(0)
-    }
-
-    /// The exit code the design gives this outcome.
-    pub fn exit_code(&self) -> u8 {
-        match &self.stop {
-            Some(StopReason::Budget { .. } | StopReason::InsufficientBalance { .. }) => {
-                crate::exit::BUDGET
-            }
-            Some(_) => crate::exit::ERROR,
-            None if self.hook_blocked > 0
-                || self.owing_downloads > 0
-                || !self.owing_hooks.is_empty() =>
-            {
-                crate::exit::SOME_FAILED
-            }
-            None if [
-                JobState::Failed,
-                JobState::Error,
-                JobState::Rejected,
-                JobState::Stalled,
-                JobState::Uncertain,
-            ]
-            .iter()
-            .any(|s| self.count(*s) > 0) =>
-            {
-                crate::exit::SOME_FAILED
-            }
-            None => crate::exit::DONE,
-        }
     }
 }
 
@@ -313,7 +286,7 @@ pub fn send_now(
         attempt: job.attempt,
         result,
     })?;
-    Ok(engine.stop.clone())
+    Ok(engine.mode.stop_reason().cloned())
 }
 
 struct Engine<'a> {
@@ -322,23 +295,20 @@ struct Engine<'a> {
     options: &'a EngineOptions,
     hooks: Option<&'a mut dyn PostProcessor>,
     schedule: PollSchedule,
-    in_flight: HashMap<i64, &'static str>,
+    in_flight: HashMap<i64, InFlight>,
     /// Jobs passed over for sending in this run (held, or their size could not be probed).
     passed: HashSet<i64>,
     unprobeable: HashSet<i64>,
     failures: HashMap<i64, u32>,
     send_cursor: i64,
-    send_paused_until: Option<Instant>,
-    sending: bool,
+    /// Whether it sends, and why not.
+    mode: Mode,
     limit: usize,
     successes_since_429: u32,
-    unreachable: u32,
-    unreachable_since: Option<Instant>,
-    /// Nothing new is dispatched: the key was refused, the gateway is gone, or Ctrl-C.
-    halted: bool,
+    /// Connections failing in a row, if they do.
+    outage: Option<Outage>,
     spent: Decimal,
     held_estimates: HashMap<i64, Option<Decimal>>,
-    stop: Option<StopReason>,
     summary: RunSummary,
     last_deadline_check: Instant,
     last_progress: Instant,
@@ -347,9 +317,6 @@ struct Engine<'a> {
     progress_every: Duration,
     total_in_scope: u64,
     hook_blocked: u64,
-    /// The last dispatch held jobs for the budget and sent none: there may be more to look
-    /// at right away.
-    held_some: bool,
     /// Sending is paused by a 429 until then.
     rate_limited_until: Option<Instant>,
     /// Jobs in a final state when the run started.
@@ -374,25 +341,20 @@ impl<'a> Engine<'a> {
             unprobeable: HashSet::new(),
             failures: HashMap::new(),
             send_cursor: 0,
-            send_paused_until: None,
-            sending: true,
+            mode: Mode::Sending,
             limit: options.concurrency.max(1),
             successes_since_429: 0,
-            unreachable: 0,
-            unreachable_since: None,
-            halted: false,
+            outage: None,
             // Summed once, in `prepare`, after interrupted submissions are settled: the sum
             // reads every attempt in scope.
             spent: Decimal::ZERO,
             held_estimates: HashMap::new(),
-            stop: None,
             summary: RunSummary::default(),
             last_deadline_check: Instant::now() - Duration::from_secs(60),
             last_progress: Instant::now() - Duration::from_secs(60),
             progress_every: Duration::from_millis(200),
             total_in_scope: 0,
             hook_blocked: 0,
-            held_some: false,
             rate_limited_until: None,
             done_at_start: None,
         })
@@ -454,22 +416,24 @@ impl<'a> Engine<'a> {
         let (done_tx, done_rx) = mpsc::channel();
         let workers = Workers::start(self.options.concurrency.max(1), self.gateway, done_tx);
         loop {
-            if self.options.stop.load(Ordering::Relaxed) && !self.halted {
-                self.stop = None;
-                self.stop_with(StopReason::Interrupted);
+            if self.options.stop.load(Ordering::Relaxed) && !self.mode.is_halted() {
+                self.interrupt();
             }
             self.drain(&done_rx)?;
             self.check_deadline()?;
             self.run_hooks()?;
-            let dispatched = self.dispatch(&workers)?;
+            let pass = self.dispatch(&workers)?;
             self.report_progress(progress)?;
-            if self.in_flight.is_empty() && !dispatched && (self.halted || self.nothing_left()?) {
+            if self.in_flight.is_empty()
+                && !pass.dispatched
+                && (self.mode.is_halted() || self.nothing_left()?)
+            {
                 // A last snapshot, so a display ends on the final counts.
                 self.last_progress = Instant::now() - Duration::from_secs(3600);
                 self.report_progress(progress)?;
                 break;
             }
-            let wait = self.wait_time()?;
+            let wait = self.wait_time(pass)?;
             match done_rx.recv_timeout(wait) {
                 Ok(done) => self.handle(done)?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -512,7 +476,7 @@ impl<'a> Engine<'a> {
         // nothing to yet (polls in the future).
         let now = now_ms();
         let due_soon = self.ledger.next_due(self.scope())?.is_some();
-        let sendable = self.sending && self.sendable_not_passed()?;
+        let sendable = self.mode.may_send() && self.sendable_not_passed()?;
         let hooks_owed =
             !self.ledger.owing_hooks(self.scope(), 1)?.is_empty() && self.hooks.is_some();
         let _ = now;
@@ -535,12 +499,12 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn wait_time(&mut self) -> Result<Duration, EngineError> {
+    fn wait_time(&mut self, pass: Pass) -> Result<Duration, EngineError> {
         let cap = Duration::from_millis(250);
         if self.in_flight.len() >= self.limit {
             return Ok(cap);
         }
-        if self.held_some {
+        if pass.held_only {
             // Holding is ledger work only; the next candidates need no wait.
             return Ok(Duration::from_millis(1));
         }
@@ -549,7 +513,7 @@ impl<'a> Engine<'a> {
             let until = Duration::from_millis((due - now_ms()).max(0) as u64);
             wait = wait.min(until);
         }
-        if let Some(until) = self.send_paused_until {
+        if let Mode::PausedUntil(until) = self.mode {
             wait = wait.min(until.saturating_duration_since(Instant::now()));
         }
         Ok(wait.max(Duration::from_millis(1)))
@@ -557,10 +521,9 @@ impl<'a> Engine<'a> {
 
     // ---- dispatch ----
 
-    fn dispatch(&mut self, workers: &Workers) -> Result<bool, EngineError> {
-        self.held_some = false;
-        if self.halted {
-            return Ok(false);
+    fn dispatch(&mut self, workers: &Workers) -> Result<Pass, EngineError> {
+        if self.mode.is_halted() {
+            return Ok(Pass::default());
         }
         let mut dispatched = false;
         let free = self.limit.saturating_sub(self.in_flight.len());
@@ -576,7 +539,7 @@ impl<'a> Engine<'a> {
                     continue;
                 }
                 if job.owes() == Some(Post::Download) && job.state == JobState::Completed {
-                    self.in_flight.insert(job.id, "download");
+                    self.in_flight.insert(job.id, InFlight::Download);
                     workers.send(
                         job.id,
                         job.attempt,
@@ -598,7 +561,7 @@ impl<'a> Engine<'a> {
                     dispatched = true;
                 } else if job.state.is_remote_pending() {
                     if let Some(request_id) = job.request_id.clone() {
-                        self.in_flight.insert(job.id, "poll");
+                        self.in_flight.insert(job.id, InFlight::Poll);
                         workers.send(job.id, job.attempt, Task::Poll { request_id });
                         dispatched = true;
                     }
@@ -617,32 +580,21 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        let mut pass = Pass::default();
         if self.can_send() {
-            dispatched |= self.dispatch_sends(workers)?;
+            pass = self.dispatch_sends(workers)?;
         }
-        Ok(dispatched)
+        pass.dispatched |= dispatched;
+        Ok(pass)
     }
 
-    fn can_send(&mut self) -> bool {
-        if !self.sending || self.in_flight.len() >= self.limit {
-            return false;
-        }
-        match self.send_paused_until {
-            Some(until) if Instant::now() < until => false,
-            _ => {
-                self.send_paused_until = None;
-                true
-            }
-        }
-    }
-
-    fn dispatch_sends(&mut self, workers: &Workers) -> Result<bool, EngineError> {
+    fn dispatch_sends(&mut self, workers: &Workers) -> Result<Pass, EngineError> {
         let free = self.limit.saturating_sub(self.in_flight.len());
         let candidates = self
             .ledger
             .sendable(self.scope(), self.send_cursor, free * 2 + 8)?;
         if candidates.is_empty() {
-            return Ok(false);
+            return Ok(Pass::default());
         }
         let mut intents = Vec::new();
         let mut to_hold = Vec::new();
@@ -672,7 +624,7 @@ impl<'a> Engine<'a> {
                     rewind.get_or_insert(job.id - 1);
                     continue;
                 }
-                self.in_flight.insert(job.id, "probe");
+                self.in_flight.insert(job.id, InFlight::Probe);
                 workers.send(
                     job.id,
                     job.attempt,
@@ -724,13 +676,13 @@ impl<'a> Engine<'a> {
         if let Some(rewind) = rewind {
             self.send_cursor = self.send_cursor.min(rewind);
         }
-        self.held_some = !to_hold.is_empty() && intents.is_empty();
+        let held_only = !to_hold.is_empty() && intents.is_empty();
         self.hold(to_hold)?;
         if !intents.is_empty() {
             let records: Vec<SubmitRecord> = intents.iter().map(|(r, _)| r.clone()).collect();
             self.ledger.mark_submitting(&records)?;
             for (record, job) in intents {
-                self.in_flight.insert(job.id, "submit");
+                self.in_flight.insert(job.id, InFlight::Submit);
                 self.summary.sent += 1;
                 workers.send(
                     record.job_id,
@@ -742,7 +694,10 @@ impl<'a> Engine<'a> {
             }
             dispatched = true;
         }
-        Ok(dispatched)
+        Ok(Pass {
+            dispatched,
+            held_only,
+        })
     }
 
     /// Lets `on_submit` hooks change or skip a job; `None` when it is not to be sent now.
@@ -886,92 +841,6 @@ impl<'a> Engine<'a> {
 
     // ---- control ----
 
-    fn note_success(&mut self) {
-        self.successes_since_429 += 1;
-        if self.successes_since_429 >= 20 && self.limit < self.options.concurrency.max(1) {
-            self.limit += 1;
-            self.successes_since_429 = 0;
-        }
-    }
-
-    /// A 429: fewer requests at once, and no sending until `Retry-After` (capped) has passed.
-    /// A wait long enough to notice is recorded, and shown by the progress display.
-    fn on_rate_limited(&mut self, retry_after: Option<Duration>) -> Result<(), EngineError> {
-        self.successes_since_429 = 0;
-        self.limit = (self.limit / 2).max(1);
-        let pause = retry_after
-            .unwrap_or(Duration::from_secs(1))
-            .min(MAX_RATE_LIMIT_WAIT);
-        let until = Instant::now() + pause;
-        self.send_paused_until = Some(self.send_paused_until.map_or(until, |u| u.max(until)));
-        let extends = self
-            .rate_limited_until
-            .is_none_or(|u| until > u + Duration::from_secs(1));
-        self.rate_limited_until = Some(self.rate_limited_until.map_or(until, |u| u.max(until)));
-        if pause >= Duration::from_secs(2) && extends {
-            let asked = retry_after
-                .map(|d| format!("Retry-After {} s", d.as_secs()))
-                .unwrap_or_else(|| "no Retry-After".into());
-            self.ledger
-                .append(vec![Event::new(None, None, "rate_limited").detail(
-                    format!(
-                    "rate limited by the gateway: waiting {} s ({asked}; waits are capped at {} s)",
-                    pause.as_secs(),
-                    MAX_RATE_LIMIT_WAIT.as_secs()
-                ),
-                )])?;
-        }
-        Ok(())
-    }
-
-    fn reachable(&mut self) {
-        self.unreachable = 0;
-        self.unreachable_since = None;
-    }
-
-    /// A connection could not be made. After `max_unreachable` such failures in a row, spread
-    /// over at least a few seconds (a burst of parallel requests failing at once is one
-    /// outage, not many), the run gives up and leaves the rest for the next one.
-    fn on_unreachable(&mut self, reason: &str) {
-        self.unreachable += 1;
-        let since = *self.unreachable_since.get_or_insert_with(Instant::now);
-        let pause = backoff(
-            self.unreachable,
-            Duration::from_millis(250),
-            Duration::from_secs(5),
-        );
-        self.send_paused_until = Some(Instant::now() + pause);
-        if self.unreachable >= self.options.max_unreachable
-            && since.elapsed() >= Duration::from_secs(2)
-        {
-            self.stop_with(StopReason::Unreachable {
-                message: format!(
-                    "the gateway at {} cannot be reached ({reason}); unsent jobs stay planned and the next `run` sends them",
-                    self.gateway.config().base_url
-                ),
-            });
-        }
-    }
-
-    fn stop_with(&mut self, reason: StopReason) {
-        self.sending = false;
-        // A refused key or a gone gateway fails every request alike: stop once what is in
-        // flight returns. A budget or an empty wallet only stops sending; the jobs already at
-        // the gateway are still polled and downloaded to the end.
-        if matches!(
-            reason,
-            StopReason::Unauthorized { .. }
-                | StopReason::Unreachable { .. }
-                | StopReason::Misconfigured { .. }
-                | StopReason::Interrupted
-        ) {
-            self.halted = true;
-        }
-        if self.stop.is_none() {
-            self.stop = Some(reason);
-        }
-    }
-
     fn check_deadline(&mut self) -> Result<(), EngineError> {
         let Some(deadline) = self.options.deadline else {
             return Ok(());
@@ -1091,40 +960,17 @@ impl<'a> Engine<'a> {
     }
 
     fn finish(mut self) -> Result<RunSummary, EngineError> {
-        if matches!(self.stop, Some(StopReason::InsufficientBalance { .. })) {
+        let mut stop = self.mode.stop_reason().cloned();
+        if matches!(stop, Some(StopReason::InsufficientBalance { .. })) {
             self.hold_unsent_after_402()?;
         }
         if let (Some(hooks), Some(batch)) = (self.hooks.as_mut(), self.options.batch.as_deref()) {
-            if self.ledger.unfinished(Some(batch))? == 0 && self.stop.is_none() {
+            if self.ledger.unfinished(Some(batch))? == 0 && stop.is_none() {
                 hooks.batch_done(self.ledger, batch)?;
             }
         }
-        if self.stop.is_none() && self.options.budget.is_some() {
-            // Summed in SQL: the held jobs may be most of a large ledger.
-            let (held, rest, _) = self.ledger.held_estimates(self.scope())?;
-            if held > 0 {
-                let budget = self.options.budget.unwrap_or_default();
-                let committed = self.ledger.committed_spend(self.scope())?;
-                self.stop = Some(StopReason::Budget {
-                    needed: (committed + rest - budget).max(Decimal::ZERO),
-                });
-            }
-        }
-        if self.stop.is_none() && !self.options.batch_budgets.is_empty() {
-            // Each capped batch needs what its held jobs cost beyond its own cap.
-            let mut held_any = false;
-            let mut needed = Decimal::ZERO;
-            for (name, cap) in &self.options.batch_budgets {
-                let (held, rest, _) = self.ledger.held_estimates(Some(name))?;
-                if held > 0 {
-                    held_any = true;
-                    let committed = self.ledger.committed_spend(Some(name))?;
-                    needed += (committed + rest - *cap).max(Decimal::ZERO);
-                }
-            }
-            if held_any {
-                self.stop = Some(StopReason::Budget { needed });
-            }
+        if stop.is_none() {
+            stop = self.budget_stop()?;
         }
         self.summary.counts = self.ledger.count_by_state(self.scope())?;
         self.summary.hook_blocked = self.hook_blocked;
@@ -1132,7 +978,7 @@ impl<'a> Engine<'a> {
         if self.hooks.is_none() {
             self.summary.owing_hooks = self.ledger.owing_hooks_by_batch(self.scope())?;
         }
-        self.summary.stop = self.stop.clone();
+        self.summary.stop = stop;
         self.ledger
             .append(vec![Event::new(None, None, "engine_stop").detail(format!(
                 "sent {}, polls {}, downloads {}, charged {} USD, stop: {:?}",
@@ -1143,6 +989,32 @@ impl<'a> Engine<'a> {
                 self.summary.stop
             ))])?;
         Ok(self.summary)
+    }
+
+    /// A run that ended with jobs held by a cap stops for the budget, with what more it needs.
+    fn budget_stop(&self) -> Result<Option<StopReason>, EngineError> {
+        if let Some(budget) = self.options.budget {
+            // Summed in SQL: the held jobs may be most of a large ledger.
+            let (held, rest, _) = self.ledger.held_estimates(self.scope())?;
+            if held > 0 {
+                let committed = self.ledger.committed_spend(self.scope())?;
+                return Ok(Some(StopReason::Budget {
+                    needed: (committed + rest - budget).max(Decimal::ZERO),
+                }));
+            }
+        }
+        // Each capped batch needs what its held jobs cost beyond its own cap.
+        let mut held_any = false;
+        let mut needed = Decimal::ZERO;
+        for (name, cap) in &self.options.batch_budgets {
+            let (held, rest, _) = self.ledger.held_estimates(Some(name))?;
+            if held > 0 {
+                held_any = true;
+                let committed = self.ledger.committed_spend(Some(name))?;
+                needed += (committed + rest - *cap).max(Decimal::ZERO);
+            }
+        }
+        Ok(held_any.then_some(StopReason::Budget { needed }))
     }
 }
 
