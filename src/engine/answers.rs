@@ -180,67 +180,69 @@ impl<'a> Engine<'a> {
         job: &JobRow,
         outcome: &SubmitOutcome,
     ) -> Result<(), EngineError> {
-        let estimate = job.estimated_cost.unwrap_or_default();
-        let resend = match outcome {
+        if let Some(reason) = self.submit_stop(outcome) {
+            self.stop_with(reason);
+        }
+        match outcome {
             SubmitOutcome::Accepted { .. } => {
                 self.reachable();
                 self.note_success();
                 return Ok(());
             }
-            SubmitOutcome::Unknown { .. } => return Ok(()),
-            SubmitOutcome::UnusableAcceptance { reason } => {
-                let message = self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
-                    "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned.");
-                self.stop_with(StopReason::Misconfigured { message });
+            SubmitOutcome::Unknown { .. } | SubmitOutcome::UnusableAcceptance { .. } => {
                 return Ok(());
             }
-            SubmitOutcome::Rejected { .. } => {
+            SubmitOutcome::Rejected { .. } => self.reachable(),
+            SubmitOutcome::InsufficientBalance { .. } => {
                 self.reachable();
-                false
+                self.passed.insert(job.id);
             }
+            SubmitOutcome::RateLimited { retry_after } => {
+                self.reachable();
+                self.on_rate_limited(*retry_after)?;
+            }
+            SubmitOutcome::NotSent { reason } => self.on_unreachable(reason),
+            SubmitOutcome::Unauthorized { .. }
+            | SubmitOutcome::Forbidden { .. }
+            | SubmitOutcome::NotTheApi { .. } => {}
+        }
+        // Not at the gateway: its estimate no longer counts against the budget.
+        self.spent -= job.estimated_cost.unwrap_or_default();
+        if SubmitAnswer::of(outcome) == SubmitAnswer::NotCreated {
+            self.send_cursor = self.send_cursor.min(job.id - 1);
+        }
+        Ok(())
+    }
+
+    /// Why a submission's answer stops sending, if it does.
+    fn submit_stop(&self, outcome: &SubmitOutcome) -> Option<StopReason> {
+        Some(match outcome {
             SubmitOutcome::Unauthorized { message } | SubmitOutcome::Forbidden { message } => {
                 let code = if matches!(outcome, SubmitOutcome::Unauthorized { .. }) {
                     401
                 } else {
                     403
                 };
-                self.stop_with(StopReason::Unauthorized {
+                StopReason::Unauthorized {
                     message: format!(
                         "the gateway refused the API key (HTTP {code}: {message}); set {} to a valid key (or pass --api-key-file) and run again",
                         crate::KEY_ENV
                     ),
-                });
-                true
+                }
             }
-            SubmitOutcome::InsufficientBalance { message } => {
-                self.reachable();
-                self.passed.insert(job.id);
-                self.stop_with(StopReason::InsufficientBalance {
-                    message: message.clone(),
-                });
-                false
-            }
-            SubmitOutcome::RateLimited { retry_after } => {
-                self.reachable();
-                self.on_rate_limited(*retry_after)?;
-                true
-            }
-            SubmitOutcome::NotSent { reason } => {
-                self.on_unreachable(reason);
-                true
-            }
-            SubmitOutcome::NotTheApi { answer } => {
-                let message = self.misconfigured(&format!("a submission got {answer}"),
-                    "Nothing was created: the jobs not sent stay planned, and a run with the right URL sends each once.");
-                self.stop_with(StopReason::Misconfigured { message });
-                true
-            }
-        };
-        self.spent -= estimate;
-        if resend {
-            self.send_cursor = self.send_cursor.min(job.id - 1);
-        }
-        Ok(())
+            SubmitOutcome::InsufficientBalance { message } => StopReason::InsufficientBalance {
+                message: message.clone(),
+            },
+            SubmitOutcome::NotTheApi { answer } => StopReason::Misconfigured {
+                message: self.misconfigured(&format!("a submission got {answer}"),
+                    "Nothing was created: the jobs not sent stay planned, and a run with the right URL sends each once."),
+            },
+            SubmitOutcome::UnusableAcceptance { reason } => StopReason::Misconfigured {
+                message: self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
+                    "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned."),
+            },
+            _ => return None,
+        })
     }
 
     pub(super) fn poll_record(

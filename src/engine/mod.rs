@@ -9,6 +9,7 @@
 
 mod answers;
 mod control;
+mod dispatch;
 mod post;
 mod schedule;
 mod worker;
@@ -20,10 +21,8 @@ pub use worker::{check_name_pattern, render_name, stem_of, DEFAULT_NAME_PATTERN}
 
 use crate::clock;
 use crate::gateway::{Gateway, RemoteStatus};
-use crate::ledger::{
-    Change, Event, Field, JobRow, JobState, JobUpdate, Ledger, LedgerError, Post, SubmitRecord,
-};
-use crate::lifecycle::{self, Learned};
+use crate::ledger::{Event, JobRow, JobState, Ledger, LedgerError, Post};
+use crate::lifecycle::Learned;
 use crate::money;
 use control::{InFlight, Mode, Outage, Pass};
 use rust_decimal::Decimal;
@@ -253,23 +252,8 @@ pub fn send_now(
     }
     let job = engine.ledger.job(job_id)?.expect("job just read");
     let record = engine.intent(&job);
-    if let Some(batch) = job.batch.clone() {
-        let batch = batch.as_str();
-        // A batch's cap holds every job of it, however it is sent.
-        if let Some(cap) = engine.ledger.batch_budget(batch)? {
-            let spent = engine.ledger.committed_spend(Some(batch))?;
-            match record.estimate {
-                Some(estimate) if spent + estimate <= cap => {}
-                estimate => {
-                    let reason = engine.hold_reason(estimate, spent, cap, Some(batch));
-                    engine.hold(vec![(job, estimate, reason)])?;
-                    let (_, rest, _) = engine.ledger.held_estimates(Some(batch))?;
-                    return Ok(Some(StopReason::Budget {
-                        needed: (spent + rest - cap).max(Decimal::ZERO),
-                    }));
-                }
-            }
-        }
+    if let Some(stop) = engine.held_by_batch_cap(&job, &record)? {
+        return Ok(Some(stop));
     }
     engine
         .ledger
@@ -519,300 +503,6 @@ impl<'a> Engine<'a> {
         Ok(wait.max(Duration::from_millis(1)))
     }
 
-    // ---- dispatch ----
-
-    fn dispatch(&mut self, workers: &Workers) -> Result<Pass, EngineError> {
-        if self.mode.is_halted() {
-            return Ok(Pass::default());
-        }
-        let mut dispatched = false;
-        let free = self.limit.saturating_sub(self.in_flight.len());
-        if free > 0 {
-            let due = self
-                .ledger
-                .due(self.scope(), now_ms(), free + self.in_flight.len())?;
-            for job in due {
-                if self.in_flight.len() >= self.limit {
-                    break;
-                }
-                if self.in_flight.contains_key(&job.id) {
-                    continue;
-                }
-                if job.owes() == Some(Post::Download) && job.state == JobState::Completed {
-                    self.in_flight.insert(job.id, InFlight::Download);
-                    workers.send(
-                        job.id,
-                        job.attempt,
-                        Task::Download {
-                            urls: job.output_urls.clone(),
-                            dir: job
-                                .batch
-                                .as_ref()
-                                .and_then(|b| self.options.batch_dirs.get(b))
-                                .unwrap_or(&self.options.out_dir)
-                                .clone(),
-                            name: render_name(
-                                &self.options.name_pattern,
-                                &job,
-                                &clock::now().format("%Y-%m-%d").to_string(),
-                            ),
-                        },
-                    );
-                    dispatched = true;
-                } else if job.state.is_remote_pending() {
-                    if let Some(request_id) = job.request_id.clone() {
-                        self.in_flight.insert(job.id, InFlight::Poll);
-                        workers.send(job.id, job.attempt, Task::Poll { request_id });
-                        dispatched = true;
-                    }
-                } else {
-                    // Nothing to poll any more (a callback or another process finished it).
-                    self.ledger.record(vec![JobUpdate::new(
-                        job.id,
-                        job.attempt,
-                        Change {
-                            next_poll_at: Field::Clear,
-                            ..Change::default()
-                        },
-                        Event::new(Some(job.id), Some(job.attempt), "unscheduled")
-                            .detail(format!("no poll needed in state {}", job.state)),
-                    )])?;
-                }
-            }
-        }
-        let mut pass = Pass::default();
-        if self.can_send() {
-            pass = self.dispatch_sends(workers)?;
-        }
-        pass.dispatched |= dispatched;
-        Ok(pass)
-    }
-
-    fn dispatch_sends(&mut self, workers: &Workers) -> Result<Pass, EngineError> {
-        let free = self.limit.saturating_sub(self.in_flight.len());
-        let candidates = self
-            .ledger
-            .sendable(self.scope(), self.send_cursor, free * 2 + 8)?;
-        if candidates.is_empty() {
-            return Ok(Pass::default());
-        }
-        let mut intents = Vec::new();
-        let mut to_hold = Vec::new();
-        let mut dispatched = false;
-        let mut rewind = None;
-        // Committed spend of each capped batch met in this pass, plus what this pass adds: the
-        // ledger's sum already counts what earlier passes sent.
-        let mut batch_spent: HashMap<String, Decimal> = HashMap::new();
-        for job in candidates {
-            if intents.len() + self.in_flight.len() >= self.limit {
-                break;
-            }
-            self.send_cursor = self.send_cursor.max(job.id);
-            if self.in_flight.contains_key(&job.id) || self.passed.contains(&job.id) {
-                continue;
-            }
-            if job.input_size().is_none() && !self.unprobeable.contains(&job.id) {
-                if let Some(size) = self.ledger.cached_size(&job.image_url)? {
-                    self.ledger.record_probe(
-                        &job.image_url,
-                        size,
-                        "cached",
-                        0,
-                        Some((job.id, job.attempt, job.upscale)),
-                    )?;
-                    // Come back to it on the next pass, after later jobs moved the cursor.
-                    rewind.get_or_insert(job.id - 1);
-                    continue;
-                }
-                self.in_flight.insert(job.id, InFlight::Probe);
-                workers.send(
-                    job.id,
-                    job.attempt,
-                    Task::Probe {
-                        url: job.image_url.clone(),
-                    },
-                );
-                dispatched = true;
-                continue;
-            }
-            let Some(job) = self.judge(job)? else {
-                continue;
-            };
-            let record = self.intent(&job);
-            if let Some(budget) = self.options.budget {
-                match record.estimate {
-                    Some(estimate) if self.spent + estimate <= budget => {}
-                    estimate => {
-                        let reason = self.hold_reason(estimate, self.spent, budget, self.scope());
-                        to_hold.push((job, estimate, reason));
-                        continue;
-                    }
-                }
-            }
-            let capped = job
-                .batch
-                .as_ref()
-                .and_then(|b| self.options.batch_budgets.get_key_value(b));
-            if let Some((name, &cap)) = capped {
-                let spent = match batch_spent.get(name) {
-                    Some(spent) => *spent,
-                    None => self.ledger.committed_spend(Some(name))?,
-                };
-                match record.estimate {
-                    Some(estimate) if spent + estimate <= cap => {
-                        batch_spent.insert(name.clone(), spent + estimate);
-                    }
-                    estimate => {
-                        batch_spent.insert(name.clone(), spent);
-                        let reason = self.hold_reason(estimate, spent, cap, Some(name));
-                        to_hold.push((job, estimate, reason));
-                        continue;
-                    }
-                }
-            }
-            self.spent += record.estimate.unwrap_or_default();
-            intents.push((record, job));
-        }
-        if let Some(rewind) = rewind {
-            self.send_cursor = self.send_cursor.min(rewind);
-        }
-        let held_only = !to_hold.is_empty() && intents.is_empty();
-        self.hold(to_hold)?;
-        if !intents.is_empty() {
-            let records: Vec<SubmitRecord> = intents.iter().map(|(r, _)| r.clone()).collect();
-            self.ledger.mark_submitting(&records)?;
-            for (record, job) in intents {
-                self.in_flight.insert(job.id, InFlight::Submit);
-                self.summary.sent += 1;
-                workers.send(
-                    record.job_id,
-                    record.attempt,
-                    Task::Submit {
-                        params: job.params(),
-                    },
-                );
-            }
-            dispatched = true;
-        }
-        Ok(Pass {
-            dispatched,
-            held_only,
-        })
-    }
-
-    /// Lets `on_submit` hooks change or skip a job; `None` when it is not to be sent now.
-    fn judge(&mut self, job: JobRow) -> Result<Option<JobRow>, EngineError> {
-        let Some(hooks) = self.hooks.as_mut().filter(|h| h.wants_submit()) else {
-            return Ok(Some(job));
-        };
-        match hooks.on_submit(self.ledger, &job)? {
-            SubmitVerdict::Keep => Ok(Some(job)),
-            SubmitVerdict::Change(params) => {
-                self.ledger.update_params(
-                    job.id,
-                    job.attempt,
-                    &params,
-                    "on_submit changed the parameters",
-                )?;
-                Ok(self.ledger.job(job.id)?)
-            }
-            SubmitVerdict::Skip(reason) => {
-                let update = self.state_change(&job, Learned::HookSkipped, &reason);
-                self.ledger.record(vec![update])?;
-                Ok(None)
-            }
-            SubmitVerdict::Failed(reason) => {
-                self.passed.insert(job.id);
-                self.hook_blocked += 1;
-                let update = self.state_change(
-                    &job,
-                    Learned::HookFailed,
-                    &format!("not sent: {reason}; fix the hook, then `run` again"),
-                );
-                self.ledger.record(vec![update])?;
-                Ok(None)
-            }
-        }
-    }
-
-    fn intent(&self, job: &JobRow) -> SubmitRecord {
-        let price = self.price_now();
-        let estimate = job.input_size().map(|(w, h)| {
-            let (ow, oh) = money::output_size(w, h, job.upscale);
-            money::Price {
-                per_megapixel: price,
-                ..money::Price::default_rate()
-            }
-            .cost(ow, oh)
-        });
-        SubmitRecord {
-            job_id: job.id,
-            attempt: job.attempt,
-            body: Gateway::submit_body(&job.params()),
-            price,
-            estimate,
-        }
-    }
-
-    fn price_now(&self) -> Decimal {
-        self.ledger
-            .current_price()
-            .map(|p| p.per_megapixel)
-            .unwrap_or_else(|_| money::Price::default_rate().per_megapixel)
-    }
-
-    /// Why a job is held by a cap (the run's, or its batch's when `batch` is given).
-    fn hold_reason(
-        &self,
-        estimate: Option<Decimal>,
-        spent: Decimal,
-        cap: Decimal,
-        batch: Option<&str>,
-    ) -> String {
-        let cap = match batch {
-            Some(name) => format!("batch {name}'s cap of {} USD", money::exact(cap)),
-            None => format!("the {} USD cap", money::exact(cap)),
-        };
-        match estimate {
-            Some(e) => format!(
-                "budget: {} USD spent (charged + in flight) + {} USD for this job would exceed {cap}",
-                money::exact(spent),
-                money::exact(e),
-            ),
-            None => "budget: the cost of this job cannot be estimated (its size is unknown; give --size or manifest width,height)".to_string(),
-        }
-    }
-
-    /// Holds jobs that a cap cannot cover, each with its reason.
-    fn hold(&mut self, jobs: Vec<(JobRow, Option<Decimal>, String)>) -> Result<(), EngineError> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let mut items = Vec::new();
-        for (job, estimate, reason) in jobs {
-            self.passed.insert(job.id);
-            self.held_estimates.insert(job.id, estimate);
-            items.push(self.state_change(&job, Learned::OverBudget, &reason));
-        }
-        self.ledger.record(items)?;
-        Ok(())
-    }
-
-    /// A job's step for a reason of this run (a hook's verdict, a cap, the deadline), with
-    /// the `state` event that gives the reason.
-    fn state_change(&self, job: &JobRow, learned: Learned, reason: &str) -> JobUpdate {
-        let step = lifecycle::step(answers::at(job), learned);
-        let mut change = self.change_of(job.state, &step);
-        change.reason = Field::Set(reason.to_string());
-        JobUpdate::new(
-            job.id,
-            job.attempt,
-            change,
-            Event::new(Some(job.id), Some(job.attempt), learned.event_kind())
-                .detail(format!("{} -> {}: {reason}", job.state, step.next)),
-        )
-    }
-
     /// The message of a run stopped because the base URL does not lead to the API.
     fn misconfigured(&self, what_came_back: &str, outcome: &str) -> String {
         let base = &self.gateway.config().base_url;
@@ -838,8 +528,6 @@ impl<'a> Engine<'a> {
             _ => None,
         }
     }
-
-    // ---- control ----
 
     fn check_deadline(&mut self) -> Result<(), EngineError> {
         let Some(deadline) = self.options.deadline else {
@@ -935,28 +623,6 @@ impl<'a> Engine<'a> {
             rate_limited,
         });
         Ok(())
-    }
-
-    /// After a 402, the jobs still planned are held with the reason, as a budget cap holds them.
-    fn hold_unsent_after_402(&mut self) -> Result<(), EngineError> {
-        let reason = "insufficient balance (HTTP 402) on an earlier job: not sent; top up the wallet, then `run` again";
-        // A page at a time: the jobs not yet sent may be most of a large ledger.
-        let mut after = 0;
-        loop {
-            let page = self.ledger.sendable(self.scope(), after, 512)?;
-            let Some(last) = page.last().map(|j| j.id) else {
-                return Ok(());
-            };
-            let items: Vec<_> = page
-                .iter()
-                .filter(|j| j.state == JobState::Planned && !self.passed.contains(&j.id))
-                .map(|j| self.state_change(j, Learned::OverBudget, reason))
-                .collect();
-            if !items.is_empty() {
-                self.ledger.record(items)?;
-            }
-            after = last;
-        }
     }
 
     fn finish(mut self) -> Result<RunSummary, EngineError> {

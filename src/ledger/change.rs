@@ -129,6 +129,7 @@ impl JobUpdate {
     }
 }
 
+/// Applies a change to a job's row and, when the row changed, to its current attempt.
 pub(super) fn apply_change(
     tx: &Transaction<'_>,
     job_id: i64,
@@ -136,6 +137,14 @@ pub(super) fn apply_change(
     c: &Change,
     now: &str,
 ) -> Result<()> {
+    if update_job(tx, job_id, c, now)? {
+        update_attempt(tx, job_id, attempt, c, now)?;
+    }
+    Ok(())
+}
+
+/// The job's row; whether it changed (not when `expect` does not hold).
+fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Result<bool> {
     let urls = c
         .output_urls
         .as_ref()
@@ -180,9 +189,17 @@ pub(super) fn apply_change(
             c.expect.map(|e| e.state.as_str()),
             c.expect.map(|e| e.attempt),
         ])?;
-    if changed == 0 {
-        return Ok(());
-    }
+    Ok(changed > 0)
+}
+
+/// The job's current attempt.
+fn update_attempt(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    c: &Change,
+    now: &str,
+) -> Result<()> {
     let (price, estimate) = match c.submitted {
         Some(s) => (Some(money::exact(s.price)), s.estimate.map(money::exact)),
         None => (None, None),

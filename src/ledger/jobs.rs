@@ -269,6 +269,18 @@ fn enqueue_one(
         tx.prepare_cached("INSERT OR IGNORE INTO batches (name, created_at) VALUES (?1, ?2)")?
             .execute(params![batch, now])?;
     }
+    let id = insert_job(tx, job, &key, now)?;
+    let estimate = insert_first_attempt(tx, id, job, price)?;
+    record_planned(tx, id, job, &key, estimate, price, now)?;
+    Ok(Enqueued {
+        id,
+        added: true,
+        joined: false,
+    })
+}
+
+/// The new job's row; its id.
+fn insert_job(tx: &rusqlite::Transaction<'_>, job: &NewJob, key: &str, now: &str) -> Result<i64> {
     let p = &job.params;
     let filter = p
         .webhook_events_filter
@@ -299,7 +311,18 @@ fn enqueue_one(
         p.expects_callbacks(),
         now,
     ])?;
-    let id = tx.last_insert_rowid();
+    Ok(tx.last_insert_rowid())
+}
+
+/// The new job's first attempt, estimated at `price` when its size is known, and its tags;
+/// the estimate.
+fn insert_first_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    job: &NewJob,
+    price: &crate::money::Price,
+) -> Result<Option<rust_decimal::Decimal>> {
+    let p = &job.params;
     let estimate = job.size.map(|(w, h)| {
         let (ow, oh) = crate::money::output_size(w, h, p.upscale);
         price.cost(ow, oh)
@@ -317,6 +340,20 @@ fn enqueue_one(
         tx.prepare_cached("INSERT OR REPLACE INTO tags (job_id, key, value) VALUES (?1, ?2, ?3)")?
             .execute(params![id, k, v])?;
     }
+    Ok(estimate)
+}
+
+/// The `planned` event with what was asked, and the `estimate` event when there is one.
+fn record_planned(
+    tx: &rusqlite::Transaction<'_>,
+    id: i64,
+    job: &NewJob,
+    key: &str,
+    estimate: Option<rust_decimal::Decimal>,
+    price: &crate::money::Price,
+    now: &str,
+) -> Result<()> {
+    let p = &job.params;
     let body = serde_json::json!({
         "key": key, "batch": job.batch, "params": p, "size": job.size,
         "tags": job.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
@@ -341,9 +378,5 @@ fn enqueue_one(
             now,
         )?;
     }
-    Ok(Enqueued {
-        id,
-        added: true,
-        joined: false,
-    })
+    Ok(())
 }
