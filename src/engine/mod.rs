@@ -1,11 +1,26 @@
-//! The engine: a plain loop over an explicit state machine that sends planned jobs, polls the
-//! ones at the gateway, downloads outputs and runs hooks, until nothing is left to do.
+//! The engine: a plain loop that sends planned jobs, polls the ones at the gateway, downloads
+//! outputs and runs hooks, until nothing is left to do.
 //!
 //! One thread (the caller's) owns the ledger and records every result; `concurrency` worker
 //! threads do the HTTP. Before a submission is sent its intent is committed; its answer is
 //! committed as soon as it arrives, so a process killed at any instant leaves a ledger from
 //! which the next run continues without sending anything twice. Polls are picked from an index
 //! on the next-poll time, so a loop step costs the same however many jobs have finished.
+//!
+//! The shape (see also `docs/architecture.md`):
+//! - every change of a job is a [`crate::lifecycle::step`]: a pure function of where the job
+//!   stands and what was learned (an answer, a status, a download, a hook's verdict, a cap,
+//!   the deadline) that gives the next state, the work to schedule and the charge to record.
+//!   The engine adds what the answer carried and when the job is next polled, and writes it
+//!   as a [`crate::ledger::JobUpdate`]; callbacks (`ledger/deliveries.rs`) use the same step.
+//! - the loop (`main_loop`) reads as its steps: take the workers' results (`answers.rs`),
+//!   stall overdue jobs, run owed hooks, dispatch (`dispatch.rs`), report progress, wait;
+//! - the engine's own state (`control.rs`) is its `Mode` (sending, paused until, draining with
+//!   the reason, halted with the reason), the requests allowed in flight, and an outage of
+//!   the gateway; in-flight work is typed (`InFlight`), and workers (`worker.rs`) bring back
+//!   typed results, errors included;
+//! - the run ends with a [`RunSummary`]: what it did and how the jobs stand. The commands map
+//!   it to an exit code ([`crate::exit::of_run`]); the engine knows no exit codes.
 
 mod answers;
 mod control;
