@@ -8,7 +8,9 @@ use crate::clock;
 use crate::gateway::{
     DownloadError, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome,
 };
-use crate::ledger::{Change, Event, Expect, Field, JobRow, JobState, JobUpdate, OutputRow, Post};
+use crate::ledger::{
+    Change, Event, Expect, Field, JobRow, JobState, JobUpdate, OutputRow, Post, ProbedJob,
+};
 use crate::lifecycle::{
     self, At, Charge, Learned, Reported, Step, SubmitAnswer, Verdict, Via, Work,
 };
@@ -55,7 +57,11 @@ impl<'a> Engine<'a> {
                     (probe.size.width, probe.size.height),
                     &probe.size.format,
                     probe.bytes_read,
-                    Some((job_id, attempt, job.upscale)),
+                    Some(ProbedJob {
+                        job_id,
+                        attempt,
+                        upscale: job.upscale,
+                    }),
                 )?;
             }
             Err(reason) => {

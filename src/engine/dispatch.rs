@@ -8,7 +8,7 @@ use super::worker::{Task, Workers};
 use super::{now_ms, render_name, Engine, EngineError, StopReason, SubmitVerdict};
 use crate::clock;
 use crate::gateway::Gateway;
-use crate::ledger::{Change, Event, Field, JobRow, JobState, JobUpdate, SubmitRecord};
+use crate::ledger::{Change, Event, Field, JobRow, JobState, JobUpdate, ProbedJob, SubmitRecord};
 use crate::lifecycle::{self, Learned};
 use crate::money;
 use rust_decimal::Decimal;
@@ -171,7 +171,11 @@ impl<'a> Engine<'a> {
                 size,
                 "cached",
                 0,
-                Some((job.id, job.attempt, job.upscale)),
+                Some(ProbedJob {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    upscale: job.upscale,
+                }),
             )?;
             // Come back to it on the next pass, after later jobs moved the cursor.
             sends.rewind.get_or_insert(job.id - 1);

@@ -29,7 +29,7 @@ pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
 pub use events::{cap_body, Event};
 pub use jobs::{EnqueueReport, Enqueued};
 pub use lock::EngineLock;
-pub use record::{Downloaded, HookRunRow, SubmitRecord};
+pub use record::{Downloaded, HookRunRow, ProbedJob, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
 pub use rows::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use verify::Problem;

@@ -23,6 +23,14 @@ pub struct SubmitRecord {
     pub estimate: Option<Decimal>,
 }
 
+/// The attempt of a job whose input was probed, and the upscale its estimate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbedJob {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub upscale: u32,
+}
+
 /// Outputs downloaded for one attempt, and the post-processing it owes next.
 #[derive(Debug, Clone)]
 pub struct Downloaded {
@@ -114,14 +122,14 @@ impl Ledger {
             .optional()?)
     }
 
-    /// Caches a probed input size; `job` (with its attempt) gets the size and an estimate event.
+    /// Caches a probed input size; `job` gets the size and an estimate event.
     pub fn record_probe(
         &mut self,
         url: &str,
         size: (u32, u32),
         format: &str,
         bytes_read: u64,
-        job: Option<(i64, i64, u32)>,
+        job: Option<ProbedJob>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
@@ -131,7 +139,12 @@ impl Ledger {
             params![url, size.0, size.1, format, bytes_read as i64, now],
         )?;
         let mut estimate = None;
-        if let Some((job_id, attempt, upscale)) = job {
+        if let Some(ProbedJob {
+            job_id,
+            attempt,
+            upscale,
+        }) = job
+        {
             let price = price_in_force(&tx, &now)?;
             let (ow, oh) = money::output_size(size.0, size.1, upscale);
             let cost = price.cost(ow, oh);
