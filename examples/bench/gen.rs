@@ -5,7 +5,10 @@
 
 use crate::util::{note, thousands, Res};
 use codeformer_ledger::gateway::Gateway;
-use codeformer_ledger::ledger::{Change, Event, JobState, Ledger, NewJob, OutputRow, SubmitRecord};
+use codeformer_ledger::ledger::{
+    Change, Downloaded, Event, Field, JobState, JobUpdate, Ledger, NewJob, OutputRow, Post,
+    SubmitRecord,
+};
 use codeformer_ledger::params::JobParams;
 use rust_decimal::Decimal;
 use std::time::Instant;
@@ -91,7 +94,7 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
                 state: Some(JobState::Queued),
                 request_id: Some(request_id(id)),
                 remote_status: Some("QUEUED".into()),
-                next_poll_at: Some(Some(now_ms + 500)),
+                next_poll_at: Field::Set(now_ms + 500),
                 ..Change::default()
             };
             let event = Event::new(Some(id), Some(1), "submit_answer")
@@ -101,7 +104,7 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
                     request_id(id),
                     request_id(id)
                 ));
-            (id, 1, change, event)
+            JobUpdate::new(id, 1, change, event)
         })
         .collect();
     ledger.record(answers)?;
@@ -116,13 +119,13 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
             Outcome::Error => errors.push(id),
             Outcome::Other => {}
         }
-        polls.push((id, 1, change, event));
+        polls.push(JobUpdate::new(id, 1, change, event));
     }
     ledger.record(polls)?;
     for id in errors {
         ledger.record_no_charge(id, 1, "ERROR jobs are not charged")?;
     }
-    let post = plan.owe_hooks.then_some("hooks");
+    let post = plan.owe_hooks.then_some(Post::Hooks);
     let files: Vec<_> = downloads
         .into_iter()
         .map(|(id, i)| {
@@ -137,7 +140,12 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
                 width: Some(w * 2),
                 height: Some(h * 2),
             };
-            (id, 1, vec![file], post)
+            Downloaded {
+                job_id: id,
+                attempt: 1,
+                files: vec![file],
+                post_after: post,
+            }
         })
         .collect();
     ledger.record_downloads(&files)?;
@@ -179,21 +187,21 @@ fn poll_answer(plan: &Plan<'_>, i: usize, id: i64, now_ms: i64) -> (Change, Even
     match outcome {
         Outcome::Completed => {
             change.output_urls = Some(vec![format!("https://cdn.example.com/{rid}/output.png")]);
-            change.post = Some(Some("download"));
-            change.next_poll_at = Some(Some(now_ms));
+            change.post = Field::Set(Post::Download);
+            change.next_poll_at = Field::Set(now_ms);
             change.finished = true;
         }
         Outcome::Error => {
-            change.error = Some(Some("the gateway reported ERROR".into()));
-            change.next_poll_at = Some(None);
+            change.error = Field::Set("the gateway reported ERROR".into());
+            change.next_poll_at = Field::Clear;
             change.finished = true;
         }
         Outcome::Other if state == JobState::Failed => {
-            change.error = Some(Some("no face found".into()));
-            change.next_poll_at = Some(None);
+            change.error = Field::Set("no face found".into());
+            change.next_poll_at = Field::Clear;
             change.finished = true;
         }
-        Outcome::Other => change.next_poll_at = Some(Some(now_ms)),
+        Outcome::Other => change.next_poll_at = Field::Set(now_ms),
     }
     let event = Event::new(Some(id), Some(1), "poll")
         .http(Some(200), 12)

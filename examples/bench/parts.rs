@@ -6,7 +6,7 @@ use crate::{verdict, Opts, Row};
 use codeformer_ledger::engine::{self, LuaHooks, PostProcessor};
 use codeformer_ledger::gateway::{Gateway, GatewayConfig};
 use codeformer_ledger::hooks::{HookConfig, HookFn, HookHost};
-use codeformer_ledger::ledger::{Change, Event, JobState, Ledger, NewJob};
+use codeformer_ledger::ledger::{Change, Event, Field, JobState, JobUpdate, Ledger, NewJob};
 use codeformer_ledger::params::JobParams;
 use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
 use std::time::{Duration, Instant};
@@ -42,14 +42,14 @@ pub fn writer(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
                     let change = Change {
                         remote_status: Some("PROCESSING".into()),
                         count_poll: true,
-                        next_poll_at: Some(Some(1_700_000_000_000 + (written + k) as i64)),
+                        next_poll_at: Field::Set(1_700_000_000_000 + (written + k) as i64),
                         ..Change::default()
                     };
                     let event = Event::new(Some(id), Some(1), "poll")
                         .http(Some(200), 3)
                         .remote(Some("PROCESSING"))
                         .body(body.clone());
-                    (id, 1, change, event)
+                    JobUpdate::new(id, 1, change, event)
                 })
                 .collect();
             ledger.record(items)?;

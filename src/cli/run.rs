@@ -305,7 +305,7 @@ pub fn drive(
     print_retry_hint(&summary, options.batch.as_deref());
     match &summary.stop {
         Some(reason) => Err(explain_stop(ledger, &options, reason)?),
-        None => Ok(summary.exit_code()),
+        None => Ok(codeformer_ledger::exit::of_run(&summary)),
     }
 }
 

@@ -12,24 +12,31 @@
 //! - the API key is never written here (nothing in this module ever receives it).
 
 mod batches;
+mod change;
 mod deliveries;
+mod events;
 mod files;
 mod jobs;
 mod lock;
 pub mod migrations;
+mod prices;
 mod record;
 mod report;
-mod state;
+mod rows;
+
 mod verify;
 
+pub use crate::lifecycle::JobState;
 pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
+pub use change::{Change, Expect, Field, InputSize, JobUpdate, Post, Submitted};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
+pub use events::{cap_body, Event};
 pub use files::APPLICATION_ID;
-pub use jobs::{EnqueueReport, Enqueued, EventRow, JobFilter, JobRow, NewJob, OutputRow};
+pub use jobs::{EnqueueReport, Enqueued};
 pub use lock::EngineLock;
-pub use record::{cap_body, Change, Event, FileOp, HookRunRow, SubmitRecord};
+pub use record::{Downloaded, FileOp, HookRunRow, ProbedJob, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
-pub use state::JobState;
+pub use rows::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use verify::Problem;
 
 use rusqlite::{Connection, OpenFlags};

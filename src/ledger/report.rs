@@ -338,32 +338,8 @@ impl Builder {
         if a.state == "uncertain" && a.resent {
             self.report.possible_double_charges += 1;
         }
-        let difference = placed.difference(estimated)?;
-        let rec = &mut self.report.reconciliation;
-        rec.not_sent = plus(rec.not_sent, placed.not_sent)?;
-        rec.not_charged = plus(rec.not_charged, placed.not_charged)?;
-        if !difference.is_zero() {
-            rec.difference = plus(rec.difference, difference)?;
-            rec.attempts.push(Discrepancy {
-                job_id: a.job_id,
-                attempt: a.attempt,
-                estimated: a.estimated,
-                charged: placed.charged,
-                difference: difference.normalize(),
-                reason: reason(&a),
-            });
-        }
-        let day = a.at.get(..10).unwrap_or(&a.at);
-        if !self.days.contains_key(day) {
-            let spend = DaySpend {
-                day: day.to_string(),
-                ..DaySpend::default()
-            };
-            self.days.insert(day.to_string(), spend);
-        }
-        let spend = self.days.get_mut(day).expect("inserted above");
-        spend.charged = plus(spend.charged, row.charged)?;
-        spend.charge_unknown = plus(spend.charge_unknown, row.charge_unknown)?;
+        self.reconcile(&a, &placed, estimated)?;
+        self.add_day(&a.at, &row)?;
         let key = match by {
             GroupBy::Day => a.at.get(..10).unwrap_or(&a.at).to_string(),
             GroupBy::Month => a.at.get(..7).unwrap_or(&a.at).to_string(),
@@ -383,6 +359,42 @@ impl Builder {
                 self.groups.insert(key, group);
             }
         }
+        Ok(())
+    }
+
+    /// What the attempt adds to the reconciliation of estimates and charges.
+    fn reconcile(&mut self, a: &Attempt, placed: &Placed, estimated: Decimal) -> Result<()> {
+        let difference = placed.difference(estimated)?;
+        let rec = &mut self.report.reconciliation;
+        rec.not_sent = plus(rec.not_sent, placed.not_sent)?;
+        rec.not_charged = plus(rec.not_charged, placed.not_charged)?;
+        if !difference.is_zero() {
+            rec.difference = plus(rec.difference, difference)?;
+            rec.attempts.push(Discrepancy {
+                job_id: a.job_id,
+                attempt: a.attempt,
+                estimated: a.estimated,
+                charged: placed.charged,
+                difference: difference.normalize(),
+                reason: reason(a),
+            });
+        }
+        Ok(())
+    }
+
+    /// What the attempt adds to its day's spend.
+    fn add_day(&mut self, at: &str, row: &ReportRow) -> Result<()> {
+        let day = at.get(..10).unwrap_or(at);
+        if !self.days.contains_key(day) {
+            let spend = DaySpend {
+                day: day.to_string(),
+                ..DaySpend::default()
+            };
+            self.days.insert(day.to_string(), spend);
+        }
+        let spend = self.days.get_mut(day).expect("inserted above");
+        spend.charged = plus(spend.charged, row.charged)?;
+        spend.charge_unknown = plus(spend.charge_unknown, row.charge_unknown)?;
         Ok(())
     }
 
@@ -563,7 +575,9 @@ mod tests {
             ..Default::default()
         };
         let event = super::super::Event::new(Some(id), Some(1), "poll");
-        ledger.record(vec![(id, 1, change, event)]).unwrap();
+        ledger
+            .record(vec![super::super::JobUpdate::new(id, 1, change, event)])
+            .unwrap();
         let report = ledger.report(None, None, &GroupBy::State).unwrap();
         assert_eq!(report.total.completed, 1);
         assert_eq!(report.total.charged, Decimal::ZERO);

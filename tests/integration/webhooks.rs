@@ -4,7 +4,8 @@
 
 use crate::common::{wait_for, BIN};
 use codeformer_ledger::ledger::{
-    Change, DeliveryError, DeliveryKind, Event, JobState, Ledger, NewJob,
+    Change, DeliveryError, DeliveryKind, Event, Expect, Field, JobState, JobUpdate, Ledger, NewJob,
+    Submitted,
 };
 use codeformer_ledger::params::JobParams;
 use codeformer_ledger::webhooks::{ListenConfig, Listener};
@@ -58,11 +59,16 @@ fn queued_job(ledger: &mut Ledger, request_id: &str, batch: Option<&str>) -> i64
         state: Some(JobState::Queued),
         request_id: Some(request_id.to_string()),
         remote_status: Some("QUEUED".into()),
-        submitted: Some((Decimal::new(21, 4), Some(Decimal::new(84, 4)))),
+        submitted: Some(Submitted {
+            price: Decimal::new(21, 4),
+            estimate: Some(Decimal::new(84, 4)),
+        }),
         ..Change::default()
     };
     let event = Event::new(Some(id), Some(1), "submit_answer").detail("202 accepted");
-    ledger.record(vec![(id, 1, change, event)]).unwrap();
+    ledger
+        .record(vec![JobUpdate::new(id, 1, change, event)])
+        .unwrap();
     id
 }
 
@@ -362,13 +368,15 @@ mod ingest {
         let id = queued_job(&mut ledger, "req-1", None);
         let stall = Change {
             state: Some(JobState::Stalled),
-            next_poll_at: Some(None),
+            next_poll_at: Field::Clear,
             finished: true,
-            reason: Some(Some("still queued after the deadline".into())),
+            reason: Field::Set("still queued after the deadline".into()),
             ..Change::default()
         };
         let event = Event::new(Some(id), Some(1), "state").detail("queued -> stalled");
-        ledger.record(vec![(id, 1, stall, event)]).unwrap();
+        ledger
+            .record(vec![JobUpdate::new(id, 1, stall, event)])
+            .unwrap();
         let outcome = ledger.record_delivery(&body("req-1", "COMPLETED")).unwrap();
         assert_eq!(outcome.kind, DeliveryKind::Applied);
         let job = ledger.job(id).unwrap().unwrap();
@@ -705,7 +713,7 @@ mod listen {
                         .iter()
                         .map(|&id| {
                             let event = Event::new(Some(id), Some(1), "poll").detail("engine-like");
-                            (id, 1, Change::default(), event)
+                            JobUpdate::new(id, 1, Change::default(), event)
                         })
                         .collect();
                     engine.record(items).unwrap();
@@ -910,7 +918,7 @@ mod end_to_end {
         let stats = sandbox.stats();
 
         assert_eq!(summary.count(JobState::Completed), 12, "{summary:?}");
-        assert_eq!(summary.exit_code(), 0);
+        assert_eq!(codeformer_ledger::exit::of_run(&summary), 0);
         assert!(stats.callbacks_dropped > 0, "{stats:?}");
         assert!(listened.duplicate > 0, "{listened:?}");
         assert_eq!(listened.failed + listened.malformed + listened.refused, 0);
@@ -1002,11 +1010,16 @@ fn a_poll_answer_does_not_undo_a_callback_recorded_while_it_was_in_flight() {
         state: Some(JobState::Processing),
         remote_status: Some("PROCESSING".into()),
         count_poll: true,
-        expect: Some((JobState::Queued, 1)),
+        expect: Some(Expect {
+            state: JobState::Queued,
+            attempt: 1,
+        }),
         ..Change::default()
     };
     let event = Event::new(Some(id), Some(1), "poll").detail("PROCESSING");
-    ledger.record(vec![(id, 1, stale, event)]).unwrap();
+    ledger
+        .record(vec![JobUpdate::new(id, 1, stale, event)])
+        .unwrap();
     assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Completed);
     assert_eq!(
         place.count(&format!(
