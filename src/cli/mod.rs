@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod jobs;
 pub mod listen;
 pub mod prices;
+pub mod reconcile;
 pub mod report;
 pub mod run;
 pub mod sandbox;
@@ -71,6 +72,7 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     Show(jobs::ShowArgs),
     Report(report::ReportArgs),
+    Reconcile(reconcile::ReconcileArgs),
     Ingest(ingest::IngestArgs),
     Listen(listen::ListenArgs),
     Hooks(hooks::HooksArgs),
@@ -274,6 +276,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Jobs(args) => jobs::list(&global, args),
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Reconcile(args) => reconcile::run(&global, args),
         Command::Ingest(args) => ingest::run(&global, args),
         Command::Listen(args) => listen::run(&global, args),
         Command::Hooks(args) => hooks::run(&global, args),

@@ -8,20 +8,26 @@
 //! - a file that is not a ledger, or a ledger from a newer version, is refused and left untouched;
 //! - the API key is never written here (nothing in this module ever receives it).
 
+mod attach;
 mod deliveries;
 mod jobs;
 mod lock;
 pub mod migrations;
+mod reconcile;
 mod record;
 mod report;
 mod state;
 mod verify;
 
+pub use attach::MAX_OTHERS;
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
 pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;
+pub use reconcile::{AttemptRef, Billed, Finding, FindingKind, Reconcile, Tally, Totals};
 pub use record::{cap_body, Change, Event, HookRunRow, SubmitRecord};
-pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
+pub use report::{
+    DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow, SharedRequest, Source,
+};
 pub use state::JobState;
 pub use verify::Problem;
 
@@ -64,6 +70,9 @@ pub enum LedgerError {
     /// An amount in the ledger could not be summed exactly.
     #[error("ledger money error: {0}")]
     Money(#[from] crate::money::MoneyError),
+    /// Other ledgers could not be read together with this one.
+    #[error("{0}")]
+    Sources(String),
     /// SQLite reported an error.
     #[error("ledger database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

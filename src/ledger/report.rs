@@ -12,6 +12,7 @@
 //!   `estimated = charged + charge_unknown + not_charged + not_sent - difference` holds
 //!   exactly, and `difference` is the sum of the attempts listed in the reconciliation.
 
+use super::attach::Attached;
 use super::{Ledger, LedgerError, Result};
 use crate::money::{self, DecimalSum, MoneyError};
 use rust_decimal::Decimal;
@@ -28,6 +29,8 @@ pub enum GroupBy {
     Batch,
     State,
     Tag(String),
+    /// The ledger each attempt was read from (`report --with-ledger`).
+    Ledger,
 }
 
 impl FromStr for GroupBy {
@@ -38,10 +41,11 @@ impl FromStr for GroupBy {
             "month" => Ok(GroupBy::Month),
             "batch" => Ok(GroupBy::Batch),
             "state" => Ok(GroupBy::State),
+            "ledger" => Ok(GroupBy::Ledger),
             other => match other.strip_prefix("tag:") {
                 Some(key) if !key.is_empty() => Ok(GroupBy::Tag(key.to_string())),
                 _ => Err(format!(
-                    "`{other}` is not a grouping (day, month, batch, state or tag:KEY)"
+                    "`{other}` is not a grouping (day, month, batch, state, ledger or tag:KEY)"
                 )),
             },
         }
@@ -56,6 +60,7 @@ impl fmt::Display for GroupBy {
             GroupBy::Batch => f.write_str("batch"),
             GroupBy::State => f.write_str("state"),
             GroupBy::Tag(key) => write!(f, "tag:{key}"),
+            GroupBy::Ledger => f.write_str("ledger"),
         }
     }
 }
@@ -90,6 +95,9 @@ pub struct ReportRow {
 /// An attempt whose recorded charge differs from its estimate.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Discrepancy {
+    /// The ledger the job is in, when the report reads more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<String>,
     pub job_id: i64,
     pub attempt: i64,
     /// `None` when there was no estimate (the input size was unknown).
@@ -149,6 +157,30 @@ pub struct Report {
     /// With `--by batch`: each batch's remembered `--budget` (`batches.budget`), for charts.
     #[serde(skip)]
     pub budgets: BTreeMap<String, Decimal>,
+    /// The ledgers read, by label, when there is more than one (`--with-ledger`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ledgers: Vec<String>,
+    /// Request ids found in more than one of those ledgers: each is counted once, in the first
+    /// ledger listed that has it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedRequest>,
+}
+
+/// A request id recorded in more than one ledger of a report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SharedRequest {
+    pub request_id: String,
+    /// Where its attempt is counted.
+    pub counted_in: String,
+    /// Every ledger that records it, in the report's order.
+    pub ledgers: Vec<String>,
+}
+
+/// Another ledger to read with the open one, and the label its rows carry.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: std::path::PathBuf,
+    pub label: String,
 }
 
 fn exact<S: serde::Serializer>(d: &Decimal, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -262,19 +294,25 @@ impl Placed {
     }
 }
 
-const REPORT_SQL: &str = "
+/// The report's query over one ledger's tables (`main`, or an attached ledger's schema).
+fn report_sql(schema: &str) -> String {
+    format!(
+        "
     SELECT a.job_id, a.attempt, a.state, coalesce(a.submitted_at, j.created_at), j.batch,
            a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
            j.input_width, j.input_height, j.upscale,
            CASE WHEN ?3 IS NOT NULL
-                THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3) END,
-           CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM attempts b
+                THEN (SELECT value FROM {schema}.tags t WHERE t.job_id = j.id AND t.key = ?3) END,
+           CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM {schema}.attempts b
                 WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END,
-           (SELECT count(*) FROM outputs o WHERE o.job_id = a.job_id AND o.attempt = a.attempt)
-    FROM attempts a JOIN jobs j ON j.id = a.job_id
+           (SELECT count(*) FROM {schema}.outputs o WHERE o.job_id = a.job_id AND o.attempt = a.attempt),
+           a.request_id
+    FROM {schema}.attempts a JOIN {schema}.jobs j ON j.id = a.job_id
     WHERE (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
       AND (?2 IS NULL OR coalesce(a.submitted_at, j.created_at) < ?2)
-    ORDER BY a.job_id, a.attempt";
+    ORDER BY a.job_id, a.attempt"
+    )
+}
 
 fn amount(what: &'static str, text: Option<String>) -> Result<Option<Decimal>> {
     text.map(|t| money::parse_exact(&t).map_err(|_| LedgerError::Corrupt { what, value: t }))
@@ -300,6 +338,15 @@ fn read_attempt(r: &rusqlite::Row<'_>) -> Result<Attempt> {
     })
 }
 
+/// The ledger a row is read from.
+struct Read<'a> {
+    /// `main` or the attached schema's name.
+    schema: &'a str,
+    label: &'a str,
+    /// More than one ledger is read: rows say which one they come from.
+    several: bool,
+}
+
 /// Accumulates attempts into groups and totals.
 #[derive(Default)]
 struct Builder {
@@ -309,7 +356,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, ledger: &Ledger, a: Attempt, by: &GroupBy) -> Result<()> {
+    fn add(&mut self, ledger: &Ledger, a: Attempt, by: &GroupBy, src: &Read<'_>) -> Result<()> {
         let estimated = a.estimated.unwrap_or_default();
         let placed = place(&a.state, estimated, a.charged);
         let mut row = ReportRow {
@@ -329,7 +376,7 @@ impl Builder {
             _ => {}
         }
         if a.charged.is_some() {
-            row.output_megapixels = ledger.output_megapixels(&a)?;
+            row.output_megapixels = ledger.output_megapixels(src.schema, &a)?;
         }
         if a.state == "uncertain" && a.resent {
             self.report.possible_double_charges += 1;
@@ -341,6 +388,7 @@ impl Builder {
         if !difference.is_zero() {
             rec.difference = plus(rec.difference, difference)?;
             rec.attempts.push(Discrepancy {
+                ledger: src.several.then(|| src.label.to_string()),
                 job_id: a.job_id,
                 attempt: a.attempt,
                 estimated: a.estimated,
@@ -366,6 +414,7 @@ impl Builder {
             GroupBy::Batch => a.batch.unwrap_or_else(|| "(none)".into()),
             GroupBy::State => a.state,
             GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
+            GroupBy::Ledger => src.label.to_string(),
         };
         self.report.total.add(&row)?;
         match self.groups.get_mut(&key) {
@@ -422,31 +471,127 @@ fn reason(a: &Attempt) -> String {
 impl Ledger {
     /// Attempts placed in `[since, until)` (ledger timestamps, compared as text), grouped.
     pub fn report(&self, since: Option<&str>, until: Option<&str>, by: &GroupBy) -> Result<Report> {
+        let label = self.path.display().to_string();
+        self.report_over(&label, &[], since, until, by)
+    }
+
+    /// [`Ledger::report`] over this ledger (labelled `label`) and `others`, each attached
+    /// read-only for the time of the report. A request id recorded in more than one of them
+    /// is counted once, in the first that has it (this one, then `others` in order), and
+    /// listed in [`Report::shared`].
+    pub fn report_over(
+        &self,
+        label: &str,
+        others: &[Source],
+        since: Option<&str>,
+        until: Option<&str>,
+        by: &GroupBy,
+    ) -> Result<Report> {
+        let attached = Attached::new(self, others)?;
+        let mut labels = vec![label.to_string()];
+        labels.extend(others.iter().map(|o| o.label.clone()));
+        let schemas = attached.schemas();
+        let shared = self.shared_requests(&schemas, since, until)?;
         let tag = match by {
             GroupBy::Tag(key) => Some(key.as_str()),
             _ => None,
         };
-        let mut stmt = self.conn.prepare(REPORT_SQL)?;
-        let mut rows = stmt.query(rusqlite::params![since, until, tag])?;
         let mut builder = Builder::default();
         builder.report.since = since.map(str::to_string);
         builder.report.until = until.map(str::to_string);
         builder.report.group_by = by.to_string();
-        while let Some(r) = rows.next()? {
-            builder.add(self, read_attempt(r)?, by)?;
+        let several = !others.is_empty();
+        for (i, schema) in schemas.iter().enumerate() {
+            let src = Read {
+                schema,
+                label: &labels[i],
+                several,
+            };
+            let mut stmt = self.conn.prepare(&report_sql(schema))?;
+            let mut rows = stmt.query(rusqlite::params![since, until, tag])?;
+            while let Some(r) = rows.next()? {
+                if !shared.is_empty() {
+                    if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {
+                        if shared.get(id).is_some_and(|ledgers| ledgers[0] != i) {
+                            continue;
+                        }
+                    }
+                }
+                builder.add(self, read_attempt(r)?, by, &src)?;
+            }
         }
         let mut report = builder.finish();
         if *by == GroupBy::Batch {
-            report.budgets = self.batch_budgets()?;
+            for schema in schemas.iter().rev() {
+                report.budgets.extend(self.batch_budgets_in(schema)?);
+            }
         }
+        if several {
+            report.shared = shared
+                .into_iter()
+                .map(|(request_id, ledgers)| SharedRequest {
+                    request_id,
+                    counted_in: labels[ledgers[0]].clone(),
+                    ledgers: ledgers.iter().map(|&i| labels[i].clone()).collect(),
+                })
+                .collect();
+            report.ledgers = labels;
+        }
+        drop(attached);
         Ok(report)
+    }
+
+    /// Request ids in the period recorded by more than one of `schemas`, with the indexes of
+    /// the schemas that record them, in order.
+    fn shared_requests(
+        &self,
+        schemas: &[String],
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<BTreeMap<String, Vec<usize>>> {
+        let mut shared = BTreeMap::new();
+        if schemas.len() < 2 {
+            return Ok(shared);
+        }
+        let union: Vec<String> = schemas
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                format!(
+                    "SELECT DISTINCT a.request_id AS request_id, {i} AS src
+                     FROM {s}.attempts a JOIN {s}.jobs j ON j.id = a.job_id
+                     WHERE a.request_id IS NOT NULL
+                       AND (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
+                       AND (?2 IS NULL OR coalesce(a.submitted_at, j.created_at) < ?2)"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "SELECT request_id, group_concat(src) FROM ({}) GROUP BY request_id
+             HAVING count(*) > 1",
+            union.join(" UNION ALL ")
+        );
+        let mut stmt = self.conn.prepare(&sql)?;
+        let mut rows = stmt.query(rusqlite::params![since, until])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            let list: String = r.get(1)?;
+            let mut srcs: Vec<usize> = list.split(',').filter_map(|n| n.parse().ok()).collect();
+            srcs.sort_unstable();
+            shared.insert(id, srcs);
+        }
+        Ok(shared)
     }
 
     /// The budget remembered for each batch that has one.
     pub fn batch_budgets(&self) -> Result<BTreeMap<String, Decimal>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, budget FROM batches WHERE budget IS NOT NULL")?;
+        self.batch_budgets_in("main")
+    }
+
+    fn batch_budgets_in(&self, schema: &str) -> Result<BTreeMap<String, Decimal>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT name, budget FROM {schema}.batches WHERE budget IS NOT NULL"
+        ))?;
         let mut rows = stmt.query([])?;
         let mut budgets = BTreeMap::new();
         while let Some(r) = rows.next()? {
@@ -460,17 +605,17 @@ impl Ledger {
 
     /// Megapixels of an attempt's outputs: the recorded size, or every file's when the gateway
     /// returned more than one.
-    fn output_megapixels(&self, a: &Attempt) -> Result<Decimal> {
+    fn output_megapixels(&self, schema: &str, a: &Attempt) -> Result<Decimal> {
         if a.outputs <= 1 {
             return Ok(a
                 .output
                 .map(|(w, h)| money::megapixels(w.into(), h.into()))
                 .unwrap_or_default());
         }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT width, height FROM outputs WHERE job_id = ?1 AND attempt = ?2
-             AND width IS NOT NULL AND height IS NOT NULL",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT width, height FROM {schema}.outputs WHERE job_id = ?1 AND attempt = ?2
+             AND width IS NOT NULL AND height IS NOT NULL"
+        ))?;
         let sizes = stmt.query_map([a.job_id, a.attempt], |r| {
             Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
         })?;

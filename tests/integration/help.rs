@@ -13,6 +13,7 @@ const COMMANDS: &[&[&str]] = &[
     &["jobs"],
     &["show"],
     &["report"],
+    &["reconcile"],
     &["ingest"],
     &["listen"],
     &["hooks"],
