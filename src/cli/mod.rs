@@ -10,6 +10,7 @@ pub mod estimate;
 pub mod hooks;
 pub mod ingest;
 pub mod jobs;
+pub mod ledger;
 pub mod listen;
 pub mod prices;
 pub mod reconcile;
@@ -73,6 +74,7 @@ pub enum Command {
     Show(jobs::ShowArgs),
     Report(report::ReportArgs),
     Reconcile(reconcile::ReconcileArgs),
+    Ledger(ledger::LedgerArgs),
     Ingest(ingest::IngestArgs),
     Listen(listen::ListenArgs),
     Hooks(hooks::HooksArgs),
@@ -277,6 +279,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
         Command::Reconcile(args) => reconcile::run(&global, args),
+        Command::Ledger(args) => ledger::run(&global, args),
         Command::Ingest(args) => ingest::run(&global, args),
         Command::Listen(args) => listen::run(&global, args),
         Command::Hooks(args) => hooks::run(&global, args),

@@ -9,6 +9,7 @@
 //! - the API key is never written here (nothing in this module ever receives it).
 
 mod attach;
+mod bodies;
 mod deliveries;
 mod jobs;
 mod lock;
@@ -20,6 +21,7 @@ mod state;
 mod verify;
 
 pub use attach::MAX_OTHERS;
+pub use bodies::{rebuild as rebuild_body, Compaction};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
 pub use jobs::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use lock::EngineLock;

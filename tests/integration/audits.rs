@@ -618,3 +618,128 @@ fn bad_statements_name_the_file_line_and_column_and_change_nothing() {
     assert_eq!(std::fs::read(&a).unwrap(), before);
     let _: PathBuf = a;
 }
+
+/// A job polled many times while PROCESSING: every repeated answer is a reference, `show`
+/// still gives every poll with its whole body, and `ledger compact` then drops the bodies but
+/// keeps every poll's facts.
+#[test]
+fn repeated_poll_answers_are_references_and_compact_keeps_their_facts() {
+    let w = World::timed(SandboxConfig {
+        queue_ms: 10,
+        processing_ms: (600, 600),
+        ..SandboxConfig::default()
+    });
+    let ledger = w.ledger();
+    assert_eq!(batch_into(&w, &ledger, "p", 1, (100, 100)), Some(0));
+    let polls: i64 = one(&ledger, "SELECT count(*) FROM events WHERE kind = 'poll'");
+    let refs: i64 = one(&ledger, "SELECT count(*) FROM repeated_bodies");
+    assert!(polls >= 4, "{polls} polls");
+    assert!(refs >= 2 && refs < polls, "{refs} of {polls}");
+    let stored: i64 = one(
+        &ledger,
+        "SELECT count(*) FROM events WHERE kind = 'poll' AND body IS NOT NULL",
+    );
+    assert_eq!(stored + refs, polls);
+    let (code, shown) = cli_json(&w, &["show", "1", "--format", "json"]);
+    assert_eq!(code, Some(0));
+    let events = shown["events"].as_array().unwrap();
+    let shown_polls: Vec<&Value> = events.iter().filter(|e| e["kind"] == "poll").collect();
+    assert_eq!(shown_polls.len() as i64, polls);
+    for e in &shown_polls {
+        let body: Value =
+            serde_json::from_str(e["body"].as_str().expect("every poll has its body")).unwrap();
+        assert_eq!(body["status"], e["remote_status"], "{e}");
+    }
+    assert_eq!(
+        shown_polls.iter().filter(|e| e["same_as"].is_i64()).count() as i64,
+        refs
+    );
+
+    let before_report = report_json(&w, &ledger, &[]);
+    let out = w.cli(&["ledger", "compact", "--before", "2999-01-01", "--vacuum"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("dropped {} answer bodies", stored + 1)),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(one::<i64>(&ledger, "SELECT count(*) FROM events WHERE kind IN ('poll', 'submit_answer') AND body IS NOT NULL"), 0);
+    assert_eq!(
+        one::<i64>(&ledger, "SELECT count(*) FROM repeated_bodies"),
+        0
+    );
+    assert_eq!(
+        one::<i64>(&ledger, "SELECT count(*) FROM events WHERE kind = 'poll'"),
+        polls
+    );
+    assert_eq!(
+        one::<i64>(&ledger, "SELECT count(*) FROM events WHERE kind = 'poll' AND (http_status IS NULL OR remote_status IS NULL OR latency_ms IS NULL)"),
+        0
+    );
+    let out = w.cli(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let after = report_json(&w, &ledger, &[]);
+    assert_eq!(after["total"], before_report["total"]);
+    let out = w.cli(&["ledger", "compact", "--before", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// A ledger from before answers were stored by reference keeps every old row and body: read
+/// as it is, and after its migration.
+#[test]
+fn a_version_1_ledger_keeps_every_poll_body_through_its_migration() {
+    let w = World::new();
+    let old = w.dir.path().join("v1.db");
+    let body = r#"{"request_id":"r-1","status":"PROCESSING","updated_at":"2026-05-22 13:17:32"}"#;
+    {
+        let db = rusqlite::Connection::open(&old).unwrap();
+        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
+            .unwrap();
+        db.execute_batch(&format!(
+            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
+               VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+             INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
+               request_id, created_at, updated_at)
+               VALUES (1, 'k', 'https://x.test/a.png', '0.5', 2, 1, 1, 'processing', 'r-1', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:00.000Z');
+             INSERT INTO attempts (job_id, attempt, request_id, state) VALUES (1, 1, 'r-1', 'processing');
+             INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, body)
+               VALUES (1, 1, '2026-05-22T13:17:30.000Z', 'poll', 200, 'PROCESSING', 9, '{body}'),
+                      (1, 1, '2026-05-22T13:17:35.000Z', 'poll', 200, 'PROCESSING', 8, '{body}');
+             PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+    }
+    let bodies = |w: &World| -> Vec<Value> {
+        let (code, doc) = cli_json(
+            w,
+            &[
+                "--ledger",
+                old.to_str().unwrap(),
+                "show",
+                "1",
+                "--format",
+                "json",
+            ],
+        );
+        assert_eq!(code, Some(0), "{doc}");
+        doc["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["body"].clone())
+            .collect()
+    };
+    assert_eq!(bodies(&w), [Value::from(body), Value::from(body)]);
+    let out = w.cli(&["--ledger", old.to_str().unwrap(), "prices", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        one::<i64>(&old, "PRAGMA user_version"),
+        codeformer_ledger::ledger::migrations::CURRENT
+    );
+    assert_eq!(bodies(&w), [Value::from(body), Value::from(body)]);
+    assert_eq!(
+        one::<i64>(&old, "SELECT count(*) FROM events WHERE body IS NOT NULL"),
+        2
+    );
+}

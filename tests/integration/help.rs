@@ -14,6 +14,8 @@ const COMMANDS: &[&[&str]] = &[
     &["show"],
     &["report"],
     &["reconcile"],
+    &["ledger"],
+    &["ledger", "compact"],
     &["ingest"],
     &["listen"],
     &["hooks"],
