@@ -25,6 +25,10 @@ pub struct Plan<'a> {
     pub in_flight: usize,
     /// Completed jobs still owe hooks (`post = 'hooks'`) instead of nothing.
     pub owe_hooks: bool,
+    /// PROCESSING polls before the final one (a typical job is polled a few times; every
+    /// repeated answer but the first differs from the previous only in `updated_at`, or not
+    /// at all).
+    pub processing_polls: usize,
 }
 
 /// Writes the plan into `ledger`; returns jobs written per second.
@@ -105,6 +109,13 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
         })
         .collect();
     ledger.record(answers)?;
+    for round in 0..plan.processing_polls {
+        let polls = ids
+            .iter()
+            .map(|&id| processing_poll(id, round, now_ms))
+            .collect();
+        ledger.record(polls)?;
+    }
     let mut polls = Vec::with_capacity(n);
     let mut downloads = Vec::new();
     let mut errors = Vec::new();
@@ -148,6 +159,27 @@ enum Outcome {
     Completed,
     Error,
     Other,
+}
+
+/// A PROCESSING answer as the gateway repeats it: `updated_at` moves every other poll.
+fn processing_poll(id: i64, round: usize, now_ms: i64) -> (i64, i64, Change, Event) {
+    let rid = request_id(id);
+    let body = format!(
+        r#"{{"request_id":"{rid}","status":"PROCESSING","model_id":"codeformer-image-restoration","error":null,"output":null,"created_at":"2026-05-22T13:17:32.110Z","updated_at":"2026-05-22 13:17:{:02}"}}"#,
+        33 + round / 2
+    );
+    let change = Change {
+        state: Some(JobState::Processing),
+        remote_status: Some("PROCESSING".into()),
+        count_poll: true,
+        next_poll_at: Some(Some(now_ms)),
+        ..Change::default()
+    };
+    let event = Event::new(Some(id), Some(1), "poll")
+        .http(Some(200), 12)
+        .remote(Some("PROCESSING"))
+        .body(body);
+    (id, 1, change, event)
 }
 
 /// The poll that moves job `i` (ledger id `id`) to where the plan wants it.

@@ -211,6 +211,7 @@ fn generate(
             finished,
             in_flight: 0,
             owe_hooks: false,
+            processing_polls: 0,
         },
     )?;
     drop(ledger);
@@ -229,6 +230,7 @@ fn generate(
             finished: 0,
             in_flight,
             owe_hooks: false,
+            processing_polls: 0,
         },
     )?;
     drop(ledger);
