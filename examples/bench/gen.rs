@@ -29,6 +29,9 @@ pub struct Plan<'a> {
     /// repeated answer but the first differs from the previous only in `updated_at`, or not
     /// at all).
     pub processing_polls: usize,
+    /// The first part of the gateway's request ids, so that ledgers written apart do not
+    /// share them by accident.
+    pub request_tag: &'a str,
 }
 
 /// Writes the plan into `ledger`; returns jobs written per second.
@@ -93,7 +96,7 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
         .map(|&id| {
             let change = Change {
                 state: Some(JobState::Queued),
-                request_id: Some(request_id(id)),
+                request_id: Some(request_id(plan.request_tag, id)),
                 remote_status: Some("QUEUED".into()),
                 next_poll_at: Some(Some(now_ms + 500)),
                 ..Change::default()
@@ -102,8 +105,8 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
                 .http(Some(202), 41)
                 .body(format!(
                     r#"{{"request_id":"{}","status":"QUEUED","polling_url":"https://gateway.example.com/v2/requests/status/{}"}}"#,
-                    request_id(id),
-                    request_id(id)
+                    request_id(plan.request_tag, id),
+                    request_id(plan.request_tag, id)
                 ));
             (id, 1, change, event)
         })
@@ -112,7 +115,7 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
     for round in 0..plan.processing_polls {
         let polls = ids
             .iter()
-            .map(|&id| processing_poll(id, round, now_ms))
+            .map(|&id| processing_poll(plan.request_tag, id, round, now_ms))
             .collect();
         ledger.record(polls)?;
     }
@@ -141,7 +144,10 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
             let file = OutputRow {
                 attempt: 1,
                 idx: 0,
-                url: format!("https://cdn.example.com/{}/output.png", request_id(id)),
+                url: format!(
+                    "https://cdn.example.com/{}/output.png",
+                    request_id(plan.request_tag, id)
+                ),
                 path: format!("/srv/restored/{}/{i:07}-{id}.png", plan.batch),
                 bytes: (w * h) as i64,
                 sha256: format!("{:064x}", id as u128 * 0x9e37_79b9_7f4a_7c15),
@@ -162,8 +168,8 @@ enum Outcome {
 }
 
 /// A PROCESSING answer as the gateway repeats it: `updated_at` moves every other poll.
-fn processing_poll(id: i64, round: usize, now_ms: i64) -> (i64, i64, Change, Event) {
-    let rid = request_id(id);
+fn processing_poll(tag: &str, id: i64, round: usize, now_ms: i64) -> (i64, i64, Change, Event) {
+    let rid = request_id(tag, id);
     let body = format!(
         r#"{{"request_id":"{rid}","status":"PROCESSING","model_id":"codeformer-image-restoration","error":null,"output":null,"created_at":"2026-05-22T13:17:32.110Z","updated_at":"2026-05-22 13:17:{:02}"}}"#,
         33 + round / 2
@@ -184,7 +190,7 @@ fn processing_poll(id: i64, round: usize, now_ms: i64) -> (i64, i64, Change, Eve
 
 /// The poll that moves job `i` (ledger id `id`) to where the plan wants it.
 fn poll_answer(plan: &Plan<'_>, i: usize, id: i64, now_ms: i64) -> (Change, Event, Outcome) {
-    let rid = request_id(id);
+    let rid = request_id(plan.request_tag, id);
     let (status, state, outcome) = if i >= plan.finished {
         ("PROCESSING", JobState::Processing, Outcome::Other)
     } else if i % 50 == 7 {
@@ -234,6 +240,6 @@ fn poll_answer(plan: &Plan<'_>, i: usize, id: i64, now_ms: i64) -> (Change, Even
     (change, event, outcome)
 }
 
-fn request_id(id: i64) -> String {
-    format!("req-{id:08x}-5f2c-4e1a-9b7d")
+fn request_id(tag: &str, id: i64) -> String {
+    format!("{tag}-{id:08x}-5f2c-4e1a-9b7d")
 }

@@ -92,6 +92,7 @@ pub fn hooks(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
             in_flight: 0,
             owe_hooks: true,
             processing_polls: 0,
+            request_tag: "req",
         },
     )?;
 

@@ -212,6 +212,7 @@ fn generate(
             in_flight: 0,
             owe_hooks: false,
             processing_polls: 0,
+            request_tag: "req",
         },
     )?;
     drop(ledger);
@@ -231,6 +232,7 @@ fn generate(
             in_flight,
             owe_hooks: false,
             processing_polls: 0,
+            request_tag: "req",
         },
     )?;
     drop(ledger);

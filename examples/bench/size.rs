@@ -22,6 +22,7 @@ fn env_size(name: &str, default: usize) -> usize {
 }
 
 fn write(path: &Path, batch: &str, jobs: usize, processing_polls: usize) -> Res<f64> {
+    let tag = format!("req{batch}");
     let mut ledger = Ledger::open(path)?;
     gen::fill(
         &mut ledger,
@@ -31,6 +32,7 @@ fn write(path: &Path, batch: &str, jobs: usize, processing_polls: usize) -> Res<
             in_flight: 0,
             owe_hooks: false,
             processing_polls,
+            request_tag: &tag,
         },
     )?;
     ledger.vacuum()?;
@@ -118,8 +120,10 @@ pub fn ledger_size(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
         "report",
         "report".into(),
     ));
-    for p in [&typical, &whole, &plain] {
-        let _ = std::fs::remove_file(p);
+    if !opts.keep {
+        for p in [&typical, &whole, &plain] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     let m = env_size("BENCH_MULTI_JOBS", opts.size(300_000));

@@ -493,12 +493,6 @@ impl Ledger {
         let mut labels = vec![label.to_string()];
         labels.extend(others.iter().map(|o| o.label.clone()));
         let schemas = attached.schemas();
-        for schema in &schemas {
-            // A report reads every attempt and job: mapped pages skip a copy per page read
-            // through the 2 MB page cache. Up to 1 GiB per ledger (SQLite's own cap applies).
-            self.conn
-                .execute_batch(&format!("PRAGMA {schema}.mmap_size = 1073741824"))?;
-        }
         let shared = self.shared_requests(&schemas, since, until)?;
         let tag = match by {
             GroupBy::Tag(key) => Some(key.as_str()),
