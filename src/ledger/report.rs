@@ -17,8 +17,9 @@ use super::{Ledger, LedgerError, Result};
 use crate::money::{self, DecimalSum, MoneyError};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 /// How rows are grouped.
@@ -340,6 +341,69 @@ fn read_attempt(r: &rusqlite::Row<'_>) -> Result<Attempt> {
     })
 }
 
+/// Request ids of the attempts counted so far, to count each once over several ledgers.
+/// Held as 64-bit hashes with where each was read; a hash seen before is checked against the
+/// earlier ledger's row, so a collision never drops an attempt.
+#[derive(Default)]
+struct SeenRequests {
+    /// hash → (ledger index, job id, attempt) of the attempt counted.
+    by_hash: HashMap<u64, (usize, i64, i64)>,
+    /// Ids whose hash was taken by another id, exactly.
+    collided: HashMap<String, (usize, i64, i64)>,
+    /// Request id → ledgers recording it (the first is where it is counted).
+    shared: BTreeMap<String, Vec<usize>>,
+}
+
+impl SeenRequests {
+    /// Whether `id`, read at `at` (ledger, job, attempt), was already counted in an earlier
+    /// ledger; remembers it otherwise.
+    fn counted_before(
+        &mut self,
+        ledger: &Ledger,
+        schemas: &[String],
+        id: &str,
+        at: (usize, i64, i64),
+    ) -> Result<bool> {
+        let first = match self.collided.get(id) {
+            Some(&first) => Some(first),
+            None => {
+                let hash = {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    id.hash(&mut h);
+                    h.finish()
+                };
+                match self.by_hash.get(&hash) {
+                    None => {
+                        self.by_hash.insert(hash, at);
+                        return Ok(false);
+                    }
+                    Some(&first) if ledger.request_id_at(&schemas[first.0], first)? == id => {
+                        Some(first)
+                    }
+                    Some(_) => {
+                        self.collided.insert(id.to_string(), at);
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        let Some(first) = first else {
+            return Ok(false);
+        };
+        if first.0 == at.0 {
+            return Ok(false); // twice in one ledger: both are its own attempts
+        }
+        let ledgers = self
+            .shared
+            .entry(id.to_string())
+            .or_insert_with(|| vec![first.0]);
+        if !ledgers.contains(&at.0) {
+            ledgers.push(at.0);
+        }
+        Ok(true)
+    }
+}
+
 /// The ledger a row is read from.
 struct Read<'a> {
     /// `main` or the attached schema's name.
@@ -493,7 +557,6 @@ impl Ledger {
         let mut labels = vec![label.to_string()];
         labels.extend(others.iter().map(|o| o.label.clone()));
         let schemas = attached.schemas();
-        let shared = self.shared_requests(&schemas, since, until)?;
         let tag = match by {
             GroupBy::Tag(key) => Some(key.as_str()),
             _ => None,
@@ -503,18 +566,20 @@ impl Ledger {
         builder.report.until = until.map(str::to_string);
         builder.report.group_by = by.to_string();
         let several = !others.is_empty();
+        let mut seen = SeenRequests::default();
         for (i, schema) in schemas.iter().enumerate() {
             let src = Read {
                 schema,
                 label: &labels[i],
                 several,
             };
-            let mut stmt = self.conn.prepare(&report_sql(schema, !shared.is_empty()))?;
+            let mut stmt = self.conn.prepare(&report_sql(schema, several))?;
             let mut rows = stmt.query(rusqlite::params![since, until, tag])?;
             while let Some(r) = rows.next()? {
-                if !shared.is_empty() {
+                if several {
                     if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {
-                        if shared.get(id).is_some_and(|ledgers| ledgers[0] != i) {
+                        let at = (i, r.get(0)?, r.get(1)?);
+                        if seen.counted_before(self, &schemas, id, at)? {
                             continue;
                         }
                     }
@@ -522,6 +587,7 @@ impl Ledger {
                 builder.add(self, read_attempt(r)?, by, &src)?;
             }
         }
+        let shared = seen.shared;
         let mut report = builder.finish();
         if *by == GroupBy::Batch {
             for schema in schemas.iter().rev() {
@@ -543,46 +609,14 @@ impl Ledger {
         Ok(report)
     }
 
-    /// Request ids in the period recorded by more than one of `schemas`, with the indexes of
-    /// the schemas that record them, in order.
-    fn shared_requests(
-        &self,
-        schemas: &[String],
-        since: Option<&str>,
-        until: Option<&str>,
-    ) -> Result<BTreeMap<String, Vec<usize>>> {
-        let mut shared = BTreeMap::new();
-        if schemas.len() < 2 {
-            return Ok(shared);
-        }
-        let union: Vec<String> = schemas
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                format!(
-                    "SELECT DISTINCT a.request_id AS request_id, {i} AS src
-                     FROM {s}.attempts a JOIN {s}.jobs j ON j.id = a.job_id
-                     WHERE a.request_id IS NOT NULL
-                       AND (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
-                       AND (?2 IS NULL OR coalesce(a.submitted_at, j.created_at) < ?2)"
-                )
-            })
-            .collect();
-        let sql = format!(
-            "SELECT request_id, group_concat(src) FROM ({}) GROUP BY request_id
-             HAVING count(*) > 1",
-            union.join(" UNION ALL ")
-        );
-        let mut stmt = self.conn.prepare(&sql)?;
-        let mut rows = stmt.query(rusqlite::params![since, until])?;
-        while let Some(r) = rows.next()? {
-            let id: String = r.get(0)?;
-            let list: String = r.get(1)?;
-            let mut srcs: Vec<usize> = list.split(',').filter_map(|n| n.parse().ok()).collect();
-            srcs.sort_unstable();
-            shared.insert(id, srcs);
-        }
-        Ok(shared)
+    /// The request id of one attempt of `schema`.
+    fn request_id_at(&self, schema: &str, at: (usize, i64, i64)) -> Result<String> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT coalesce(request_id, '') FROM {schema}.attempts WHERE job_id = ?1 AND attempt = ?2"
+            ))?
+            .query_row([at.1, at.2], |r| r.get(0))?)
     }
 
     /// The budget remembered for each batch that has one.
