@@ -11,6 +11,8 @@
 //! - each attempt's estimate lands in exactly one place, so that for the totals
 //!   `estimated = charged + charge_unknown + not_charged + not_sent - difference` holds
 //!   exactly, and `difference` is the sum of the attempts listed in the reconciliation.
+//! - over several ledgers ([`Ledger::report_over`], the others attached read-only), an attempt
+//!   whose request id an earlier ledger records is counted there only, and listed as shared.
 
 use super::attach::Attached;
 use super::{Ledger, LedgerError, Result};
@@ -758,12 +760,12 @@ mod tests {
 
     #[test]
     fn groupings_read_back_from_their_names() {
-        for by in ["day", "month", "batch", "state", "tag:client"] {
+        for by in ["day", "month", "batch", "state", "ledger", "tag:client"] {
             assert_eq!(GroupBy::from_str(by).unwrap().to_string(), by);
         }
         assert_eq!(
             GroupBy::from_str("foo").unwrap_err(),
-            "`foo` is not a grouping (day, month, batch, state or tag:KEY)"
+            "`foo` is not a grouping (day, month, batch, state, ledger or tag:KEY)"
         );
         assert!(GroupBy::from_str("tag:").is_err());
     }
