@@ -333,6 +333,8 @@ pub fn loop_step(opts: &Opts, big: Option<(PathBuf, usize)>, rows: &mut Vec<Row>
                         finished,
                         in_flight: 0,
                         owe_hooks: false,
+                        processing_polls: 0,
+                        request_tag: "req",
                     },
                 )?;
                 p

@@ -91,6 +91,8 @@ pub fn hooks(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
             finished: n + n / 10,
             in_flight: 0,
             owe_hooks: true,
+            processing_polls: 0,
+            request_tag: "req",
         },
     )?;
 

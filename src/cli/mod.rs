@@ -11,9 +11,11 @@ pub mod estimate;
 pub mod hooks;
 pub mod ingest;
 pub mod jobs;
+pub mod ledger;
 pub mod listen;
 pub mod options;
 pub mod prices;
+pub mod reconcile;
 pub mod report;
 pub mod run;
 pub mod sandbox;
@@ -73,6 +75,8 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     Show(jobs::ShowArgs),
     Report(report::ReportArgs),
+    Reconcile(reconcile::ReconcileArgs),
+    Ledger(ledger::LedgerArgs),
     Ingest(ingest::IngestArgs),
     Listen(listen::ListenArgs),
     Hooks(hooks::HooksArgs),
@@ -278,6 +282,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Jobs(args) => jobs::list(&global, args),
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Reconcile(args) => reconcile::run(&global, args),
+        Command::Ledger(args) => ledger::run(&global, args),
         Command::Ingest(args) => ingest::run(&global, args),
         Command::Listen(args) => listen::run(&global, args),
         Command::Hooks(args) => hooks::run(&global, args),

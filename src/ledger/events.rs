@@ -49,7 +49,13 @@ impl Event {
 }
 
 pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Result<()> {
-    let body = event.body.map(|b| cap_body(&b));
+    let body = event.body.as_deref().map(cap_body);
+    let reference = match (&body, event.kind, event.job_id, event.attempt) {
+        (Some(body), "poll", Some(job_id), Some(attempt)) => {
+            super::bodies::repeat_of(tx, job_id, attempt, &event, body)?
+        }
+        _ => None,
+    };
     tx.prepare_cached(
         "INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -63,8 +69,11 @@ pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Res
         event.remote_status,
         event.latency_ms.map(|l| l as i64),
         event.detail,
-        body
+        if reference.is_some() { None } else { body }
     ])?;
+    if let Some(reference) = reference {
+        super::bodies::store_reference(tx, tx.last_insert_rowid(), &reference)?;
+    }
     Ok(())
 }
 

@@ -177,11 +177,38 @@ impl Ledger {
 
     /// Every event of a job, in order.
     pub fn events_of(&self, job_id: i64) -> Result<Vec<EventRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body
-             FROM events WHERE job_id = ?1 ORDER BY id",
+        // A ledger opened read-only is not migrated: one from before `repeated_bodies` has
+        // every body whole.
+        let references: bool = self.conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'repeated_bodies')",
+            [],
+            |r| r.get(0),
         )?;
-        let rows = stmt.query_map([job_id], event_from_row)?;
+        let mut stmt = self.conn.prepare(if references {
+            "SELECT e.id, e.job_id, e.attempt, e.at, e.kind, e.http_status, e.remote_status,
+                    e.latency_ms, e.detail, e.body, r.same_as, b.body, r.prefix, r.suffix, r.middle
+             FROM events e LEFT JOIN repeated_bodies r ON r.event_id = e.id
+                  LEFT JOIN events b ON b.id = r.same_as
+             WHERE e.job_id = ?1 ORDER BY e.id"
+        } else {
+            "SELECT id, job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail,
+                    body, NULL, NULL, NULL, NULL, NULL
+             FROM events WHERE job_id = ?1 ORDER BY id"
+        })?;
+        let rows = stmt.query_map([job_id], |row| {
+            let mut event = event_from_row(row)?;
+            event.same_as = row.get(10)?;
+            if let (Some(base), Some(prefix), Some(suffix), Some(middle)) = (
+                row.get::<_, Option<String>>(11)?,
+                row.get::<_, Option<i64>>(12)?,
+                row.get::<_, Option<i64>>(13)?,
+                row.get::<_, Option<String>>(14)?,
+            ) {
+                event.body =
+                    super::bodies::rebuild(&base, prefix as usize, suffix as usize, &middle);
+            }
+            Ok(event)
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 

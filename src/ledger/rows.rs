@@ -121,7 +121,11 @@ pub struct EventRow {
     pub remote_status: Option<String>,
     pub latency_ms: Option<i64>,
     pub detail: Option<String>,
+    /// The answer's body, whole, also when it is stored as a reference to an earlier one.
     pub body: Option<String>,
+    /// The earlier event whose body this one repeats (see `repeated_bodies`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<i64>,
 }
 
 /// A downloaded output file.
@@ -225,5 +229,6 @@ pub(super) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRow> {
         latency_ms: row.get(7)?,
         detail: row.get(8)?,
         body: row.get(9)?,
+        same_as: None,
     })
 }

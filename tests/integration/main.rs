@@ -1,6 +1,7 @@
 //! The integration suite: the real binary, real SQLite files in fresh temporary folders, real
 //! HTTP on loopback against the project's own sandbox gateway.
 
+mod audits;
 mod batches;
 mod common;
 mod config;
