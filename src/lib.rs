@@ -31,6 +31,7 @@
 //! `examples/library.rs` runs the same flow end to end against the sandbox gateway.
 
 pub mod clock;
+pub mod durable;
 pub mod engine;
 pub mod exit;
 pub mod gateway;

@@ -175,7 +175,9 @@ pub fn run(global: &Global, args: RunArgs) -> CmdResult {
 }
 
 pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
-    let defaults = args.params.params("https://placeholder.invalid/")?;
+    let defaults = args
+        .params
+        .params("https://placeholder.invalid/", &global.base_url)?;
     let read = manifest::read_manifest(&args.manifest, &defaults)
         .map_err(|e| CliError::usage(e.to_string()))?;
     if !read.errors.is_empty() {

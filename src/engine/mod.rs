@@ -1001,6 +1001,19 @@ impl<'a> Engine<'a> {
                 self.send_cursor = self.send_cursor.min(job_id - 1);
                 self.on_unreachable(reason);
             }
+            // A failed TLS handshake proves the request never left: the job stays planned,
+            // and the run stops at once, since every other job would meet the same certificate.
+            SubmitOutcome::Insecure { reason } => {
+                change.state = Some(JobState::Planned);
+                change.reason = Some(Some(format!("not sent: {reason}")));
+                self.spent -= estimate;
+                self.send_cursor = self.send_cursor.min(job_id - 1);
+                self.stop_with(StopReason::Unreachable {
+                    message: format!(
+                        "{reason}. The jobs not sent stay planned, and the next `run` sends them"
+                    ),
+                });
+            }
             SubmitOutcome::NotTheApi { answer } => {
                 change.state = Some(JobState::Planned);
                 change.reason = Some(Some(format!(

@@ -7,9 +7,11 @@
 //! never appears in an outcome, an error or a `Debug` print.
 
 mod client;
+pub mod net;
 mod types;
 
 pub use client::{base_url_fix, request_id_problem, DownloadError, Gateway, GatewayConfig};
+pub use net::{agent_builder, NetConfig};
 pub use types::{
     ApiCheck, ApiKey, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome,
     DEFAULT_BASE_URL, GENERATE_PATH, STATUS_PATH,

@@ -22,3 +22,4 @@ mod secrets;
 mod skeleton;
 mod small_things;
 mod submit;
+mod trust;
