@@ -1013,6 +1013,40 @@ mod tests {
     }
 
     #[test]
+    fn webhook_events_filter_is_a_list_in_csv_and_an_array_in_json() {
+        let m = parse(
+            "w.csv",
+            "image,webhook_events_filter\nhttp://x.test/a.png,start;completed\nhttp://x.test/b.png,\n",
+        );
+        assert!(m.errors.is_empty(), "{:?}", messages(&m));
+        assert_eq!(
+            m.rows[0].params.webhook_events_filter.as_deref(),
+            Some(&["start".to_string(), "completed".to_string()][..])
+        );
+        assert_eq!(m.rows[1].params.webhook_events_filter, None);
+        let m = parse(
+            "w.jsonl",
+            "{\"image\": \"http://x.test/a.png\", \"webhook_events_filter\": [\"logs\"]}\n\
+             {\"image\": \"http://x.test/b.png\", \"webhook_events_filter\": \"logs\"}\n\
+             {\"image\": \"http://x.test/c.png\", \"webhook_events_filter\": [\"a b\"]}\n",
+        );
+        assert_eq!(
+            m.rows[0].params.webhook_events_filter.as_deref(),
+            Some(&["logs".to_string()][..])
+        );
+        let said = messages(&m);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("w.jsonl:2: webhook_events_filter: expected an array of strings"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].starts_with("w.jsonl:3: webhook_events_filter:"),
+            "{said:?}"
+        );
+    }
+
+    #[test]
     fn csv_header_problems() {
         let m = parse(
             "h.csv",
@@ -1022,7 +1056,7 @@ mod tests {
             messages(&m),
             [
                 "h.csv:1: colour: unknown column (expected one of: image, fidelity, upscale, \
-              background_enhance, face_upsample, width, height, key, tags)"
+              background_enhance, face_upsample, width, height, key, tags, webhook_events_filter)"
             ]
         );
         assert_eq!(m.rows.len(), 1, "the other columns are still checked");
@@ -1126,7 +1160,7 @@ mod tests {
             messages(&m),
             [
                 "t.jsonl:1: colour: unknown field (expected one of: image, fidelity, upscale, \
-                 background_enhance, face_upsample, width, height, key, tags)",
+                 background_enhance, face_upsample, width, height, key, tags, webhook_events_filter)",
                 "t.jsonl:1: face_upsample: expected true or false, found the string \"yes\" \
                  (write it without quotes)",
                 "t.jsonl:1: fidelity: expected a number, found the string \"0.7\" \

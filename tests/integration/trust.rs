@@ -514,3 +514,86 @@ fn fsync_of_outputs_can_be_turned_off_by_flag_and_config() {
     let out = command(&world, &base, &args, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// The README's local webhook tour, command for command (on free ports): the sandbox calls
+/// `listen` back over plain http, and `batch` of the bundled manifest completes with every
+/// job's callback applied.
+#[test]
+fn the_readme_local_webhook_tour_completes_with_callbacks_applied() {
+    let world = World::with(SandboxConfig {
+        allow_http_webhooks: true,
+        ..SandboxConfig::default()
+    });
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    for entry in std::fs::read_dir(examples.join("images")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            world
+                .dir
+                .path()
+                .join("static")
+                .join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    let manifest = std::fs::read_to_string(examples.join("manifests/photos.csv")).unwrap();
+    let manifest = manifest.replace(
+        "http://127.0.0.1:8787/static/",
+        &world.sandbox.static_url(""),
+    );
+    let csv = world.dir.path().join("photos.csv");
+    std::fs::write(&csv, manifest).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut listen = world
+        .command(&["listen", "--addr", &addr])
+        .env("CODEFORMER_LISTEN_TOKEN", "tok123")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(&addr).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let hook = format!("http://{addr}/callback/tok123");
+    let log = world.dir.path().join("batch.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut batch = world
+        .command(&["batch", csv.to_str().unwrap(), "--webhook-url", &hook])
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = batch.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = batch.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = listen.kill();
+    let _ = listen.wait();
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{said}");
+    let jobs = world.count("SELECT count(*) FROM jobs");
+    assert!(jobs > 0);
+    assert_eq!(
+        world.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        jobs
+    );
+    assert!(
+        world.count("SELECT count(*) FROM deliveries WHERE outcome IN ('applied', 'duplicate')")
+            >= 1,
+        "{said}"
+    );
+}
