@@ -96,21 +96,20 @@ impl NetConfig {
         Self::from_env(None).expect("no --ca-cert file to read")
     }
 
-    /// The proxy a request to `url` goes through, if any (`NO_PROXY` applied).
+    /// The same trust, through `proxy` instead of the environment's.
+    pub fn with_proxy(mut self, proxy: Option<Proxy>) -> Self {
+        self.proxy = proxy;
+        self
+    }
+
+    /// The proxy a request to `url` goes through, if any (`NO_PROXY` applied exactly as
+    /// ureq applies it when it connects, so this never says "direct" for a proxied request).
     pub fn proxy_for(&self, url: &str) -> Option<&Proxy> {
         let proxy = self.proxy.as_ref()?;
-        let uri: ureq::http::Uri = url.parse().ok()?;
-        // A bracketed IPv6 host is matched without its brackets too, as curl does.
-        let bare = uri
-            .host()
-            .map(|h| h.trim_start_matches('[').trim_end_matches(']'));
-        let bypass = proxy.is_no_proxy(&uri)
-            || bare.is_some_and(|h| {
-                format!("http://{h}/")
-                    .parse::<ureq::http::Uri>()
-                    .is_ok_and(|u| proxy.is_no_proxy(&u))
-            });
-        (!bypass).then_some(proxy)
+        match url.parse::<ureq::http::Uri>() {
+            Ok(uri) if proxy.is_no_proxy(&uri) => None,
+            _ => Some(proxy),
+        }
     }
 
     /// The proxy for `url` in words, without any `user:password@`.
@@ -118,7 +117,15 @@ impl NetConfig {
         match (&self.proxy, self.proxy_for(url)) {
             (None, _) => "none (no ALL_PROXY, HTTPS_PROXY or HTTP_PROXY set)".into(),
             (Some(p), None) => format!("none for this host (NO_PROXY), else {}", redacted(p)),
-            (Some(_), Some(p)) => format!("{} (a CONNECT tunnel)", redacted(p)),
+            (Some(_), Some(p))
+                if matches!(
+                    p.protocol(),
+                    ureq::ProxyProtocol::Http | ureq::ProxyProtocol::Https
+                ) =>
+            {
+                format!("{} (a CONNECT tunnel)", redacted(p))
+            }
+            (Some(_), Some(p)) => redacted(p),
         }
     }
 
@@ -254,5 +261,27 @@ mod tests {
         .is_none());
         let reset = ureq::Error::Io(std::io::ErrorKind::ConnectionReset.into());
         assert!(handshake_failure(&reset).is_none());
+    }
+
+    #[test]
+    fn proxies_are_shown_without_credentials_and_never_carry_the_key_in_clear() {
+        let proxy = ureq::Proxy::builder(ureq::ProxyProtocol::Http)
+            .host("proxy.test")
+            .port(3128)
+            .username("user")
+            .password("s3cret")
+            .no_proxy("127.0.0.1")
+            .build()
+            .unwrap();
+        let net = NetConfig::from_env_only().with_proxy(Some(proxy));
+        let shown = net.describe_proxy("https://gateway.pixazo.ai");
+        assert_eq!(shown, "http://proxy.test:3128 (a CONNECT tunnel)");
+        assert!(!format!("{net:?}").contains("s3cret"));
+        assert!(net.key_in_clear("https://gateway.pixazo.ai").is_none());
+        assert!(net.key_in_clear("http://gateway.test").is_some());
+        assert!(net.key_in_clear("http://127.0.0.1:8787").is_none());
+        assert!(net
+            .describe_proxy("http://127.0.0.1:8787")
+            .starts_with("none for this host"));
     }
 }
