@@ -32,6 +32,7 @@
 
 pub mod clock;
 pub mod digest;
+pub mod durable;
 pub mod engine;
 pub mod exit;
 pub mod gateway;

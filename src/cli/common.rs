@@ -34,6 +34,10 @@ pub struct ParamArgs {
     /// Header X-Webhook-Mode: one callback at the end (terminal) or one per status poll (sync).
     #[arg(long, value_name = "MODE", value_parser = webhook_mode)]
     pub webhook_mode: Option<WebhookMode>,
+    /// Body field `webhook_events_filter`: the event types the `webhook` URL is told of,
+    /// comma-separated (e.g. start,output,logs,completed).
+    #[arg(long, value_name = "EVENTS", value_parser = webhook_events)]
+    pub webhook_events: Option<String>,
     /// Tag the job(s) KEY=VALUE, for reports by client or project (repeatable).
     #[arg(long = "tag", value_name = "K=V", value_parser = tag)]
     pub tags: Vec<(String, String)>,
@@ -55,7 +59,8 @@ impl ParamArgs {
         }
     }
 
-    pub fn params(&self, image: &str) -> Result<JobParams, CliError> {
+    /// The parameters of a job on `image`, checked against the gateway at `base_url`.
+    pub fn params(&self, image: &str, base_url: &str) -> Result<JobParams, CliError> {
         let params = JobParams {
             image: image.to_string(),
             fidelity: self.fidelity,
@@ -63,12 +68,19 @@ impl ParamArgs {
             background_enhance: !self.no_background_enhance,
             face_upsample: !self.no_face_upsample,
             webhook: self.webhook.clone(),
-            webhook_events_filter: None,
+            webhook_events_filter: match &self.webhook_events {
+                Some(text) => Some(
+                    params::parse_events_filter(text, ',')
+                        .map_err(|e| CliError::usage(e.to_string()))?,
+                ),
+                None => None,
+            },
             webhook_url: self.webhook_url.clone(),
             webhook_mode: self.webhook_mode,
         };
         params
             .validate()
+            .and_then(|()| params.check_webhook_scheme(base_url))
             .map_err(|e| CliError::usage(e.to_string()))?;
         Ok(params)
     }
@@ -85,6 +97,11 @@ pub fn size(text: &str) -> Result<(u32, u32), String> {
 }
 pub fn tag(text: &str) -> Result<(String, String), String> {
     params::parse_tag(text).map_err(|e| e.message)
+}
+pub fn webhook_events(text: &str) -> Result<String, String> {
+    params::parse_events_filter(text, ',')
+        .map(|_| text.to_string())
+        .map_err(|e| e.message)
 }
 pub fn webhook_mode(text: &str) -> Result<WebhookMode, String> {
     text.parse::<WebhookMode>().map_err(|e| e.message)

@@ -30,6 +30,10 @@ pub struct ConfigFile {
     /// USD, as a string (`"5"`) or a number (`5`, `0.3`); see [`Config::budget`].
     pub budget: Option<toml::Spanned<toml::Value>>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// Extra CA certificates (PEM) to trust, as `--ca-cert`.
+    pub ca_cert: Option<PathBuf>,
+    /// `false` is `--no-fsync-outputs`.
+    pub fsync_outputs: Option<bool>,
 }
 
 /// The config file in force, if any, with where it was found.
@@ -275,6 +279,32 @@ pub fn run(global: &Global, args: ConfigArgs) -> CmdResult {
                 })
                 .unwrap_or_else(|| "(none)".into()),
             from_config(c.file.tags.is_some()),
+        ),
+        (
+            "ca_cert",
+            global
+                .ca_cert
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none)".into()),
+            if c.file.ca_cert.is_some() && !global.ca_cert_from_flag {
+                c.origin()
+            } else if global.ca_cert.is_some() {
+                "flag --ca-cert".into()
+            } else {
+                "built-in default".into()
+            },
+        ),
+        (
+            "fsync_outputs",
+            global.fsync_outputs.to_string(),
+            if global.fsync_from_flag {
+                "flag --no-fsync-outputs".into()
+            } else if c.file.fsync_outputs.is_some() {
+                c.origin()
+            } else {
+                "built-in default".into()
+            },
         ),
     ];
     for (key, value, source) in rows {

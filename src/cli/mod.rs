@@ -24,7 +24,7 @@ pub mod verify;
 
 use clap::{Parser, Subcommand};
 use codeformer_ledger::exit;
-use codeformer_ledger::gateway::{ApiKey, Gateway, GatewayConfig, DEFAULT_BASE_URL};
+use codeformer_ledger::gateway::{ApiKey, Gateway, GatewayConfig, NetConfig, DEFAULT_BASE_URL};
 use codeformer_ledger::ledger::{Ledger, LedgerError};
 use codeformer_ledger::KEY_ENV;
 use std::fmt;
@@ -61,6 +61,16 @@ pub struct Cli {
     /// Read the API key from this file instead of the PIXAZO_API_KEY environment variable.
     #[arg(long, global = true, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Also trust the CA certificates (PEM) in this file, for the gateway, downloads, image
+    /// probes and any proxy (beside the machine's store and SSL_CERT_FILE / SSL_CERT_DIR).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Do not fsync downloaded outputs and their folder before recording them (for an output
+    /// folder on tmpfs, where it buys nothing).
+    #[arg(long, global = true)]
+    pub no_fsync_outputs: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -177,6 +187,12 @@ pub struct Global {
     pub config: config::Config,
     pub sources: config::Sources,
     api_key_file: Option<PathBuf>,
+    /// `--ca-cert`, else the config file's `ca_cert`.
+    pub ca_cert: Option<PathBuf>,
+    pub ca_cert_from_flag: bool,
+    /// Whether outputs are fsynced before they are recorded.
+    pub fsync_outputs: bool,
+    pub fsync_from_flag: bool,
 }
 
 impl Global {
@@ -214,9 +230,18 @@ impl Global {
                 "base URL `{given}` ({base_source}) is not an http(s) URL"
             )));
         }
+        let ca_cert = cli.ca_cert.clone().or_else(|| config.file.ca_cert.clone());
+        if let Some(path) = &ca_cert {
+            NetConfig::check_ca_file(path).map_err(|e| CliError::usage(e.to_string()))?;
+        }
+        let fsync_outputs = !cli.no_fsync_outputs && config.file.fsync_outputs.unwrap_or(true);
         Ok(Global {
             ledger,
             base_url,
+            ca_cert,
+            ca_cert_from_flag: cli.ca_cert.is_some(),
+            fsync_outputs,
+            fsync_from_flag: cli.no_fsync_outputs,
             config,
             sources: config::Sources {
                 ledger: ledger_source,
@@ -249,11 +274,15 @@ impl Global {
         Ok(std::env::var(KEY_ENV).ok().and_then(|k| ApiKey::new(&k)))
     }
 
+    /// The trust store and proxy every outgoing request uses.
+    pub fn net(&self) -> Result<NetConfig, CliError> {
+        NetConfig::from_env(self.ca_cert.as_deref()).map_err(|e| CliError::usage(e.to_string()))
+    }
+
     pub fn gateway(&self) -> Result<Gateway, CliError> {
-        Ok(Gateway::new(GatewayConfig::new(
-            &self.base_url,
-            self.api_key()?,
-        )))
+        let mut config = GatewayConfig::new(&self.base_url, self.api_key()?).with_net(self.net()?);
+        config.fsync_outputs = self.fsync_outputs;
+        Ok(Gateway::new(config))
     }
 
     pub fn open_ledger(&self) -> Result<Ledger, CliError> {

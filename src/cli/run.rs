@@ -110,7 +110,9 @@ pub fn run_checked(
 }
 
 pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
-    let defaults = args.params.params("https://placeholder.invalid/")?;
+    let defaults = args
+        .params
+        .params("https://placeholder.invalid/", &global.base_url)?;
     let read = manifest::read_manifest(&args.manifest, &defaults)
         .map_err(|e| CliError::usage(e.to_string()))?;
     if !read.errors.is_empty() {

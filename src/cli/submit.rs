@@ -49,7 +49,7 @@ pub struct SubmitArgs {
 }
 
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
-    let params = args.params.params(&args.image_url)?;
+    let params = args.params.params(&args.image_url, &global.base_url)?;
     // The run of --wait, checked before the job is recorded: exit 2 leaves the ledger as it was.
     let wait = match args.wait {
         true => Some(Checked::for_wait(

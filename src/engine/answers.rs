@@ -165,7 +165,9 @@ impl<'a> Engine<'a> {
             SubmitOutcome::RateLimited { .. } => {
                 "not sent: HTTP 429, will be sent again".to_string()
             }
-            SubmitOutcome::NotSent { reason } => format!("not sent: {reason}"),
+            SubmitOutcome::NotSent { reason } | SubmitOutcome::Insecure { reason } => {
+                format!("not sent: {reason}")
+            }
             SubmitOutcome::NotTheApi { answer } => {
                 format!("not sent: the base URL does not lead to the API ({answer})")
             }
@@ -210,6 +212,7 @@ impl<'a> Engine<'a> {
             SubmitOutcome::NotSent { reason } => self.on_unreachable(reason),
             SubmitOutcome::Unauthorized { .. }
             | SubmitOutcome::Forbidden { .. }
+            | SubmitOutcome::Insecure { .. }
             | SubmitOutcome::NotTheApi { .. } => {}
         }
         // Not at the gateway: its estimate no longer counts against the budget.
@@ -238,6 +241,13 @@ impl<'a> Engine<'a> {
             }
             SubmitOutcome::InsufficientBalance { message } => StopReason::InsufficientBalance {
                 message: message.clone(),
+            },
+            // A failed TLS handshake proves the request never left: the job stays planned, and
+            // the run stops at once, since every other job would meet the same certificate.
+            SubmitOutcome::Insecure { reason } => StopReason::Unreachable {
+                message: format!(
+                    "{reason}. The jobs not sent stay planned, and the next `run` sends them"
+                ),
             },
             SubmitOutcome::NotTheApi { answer } => StopReason::Misconfigured {
                 message: self.misconfigured(&format!("a submission got {answer}"),

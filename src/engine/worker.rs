@@ -196,6 +196,9 @@ fn download_one(
         _ => "png",
     };
     let path = place(temp, dir, name, ext, &sha)?;
+    if gateway.config().fsync_outputs {
+        crate::durable::sync_file_and_dir(&path)?;
+    }
     Ok(OutputRow {
         attempt,
         idx,

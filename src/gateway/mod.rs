@@ -10,10 +10,12 @@
 //! requests, anonymously (no key), to learn its size before the job is sent.
 
 mod client;
+pub mod net;
 pub mod probe;
 mod types;
 
 pub use client::{base_url_fix, request_id_problem, DownloadError, Gateway, GatewayConfig};
+pub use net::{agent_builder, NetConfig};
 pub use types::{
     ApiCheck, ApiKey, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome,
     DEFAULT_BASE_URL, GENERATE_PATH, STATUS_PATH,

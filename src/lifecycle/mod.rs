@@ -90,6 +90,7 @@ impl SubmitAnswer {
             | SubmitOutcome::Forbidden { .. }
             | SubmitOutcome::RateLimited { .. }
             | SubmitOutcome::NotSent { .. }
+            | SubmitOutcome::Insecure { .. }
             | SubmitOutcome::NotTheApi { .. } => SubmitAnswer::NotCreated,
             SubmitOutcome::InsufficientBalance { .. } => SubmitAnswer::NoBalance,
             SubmitOutcome::Unknown { .. } | SubmitOutcome::UnusableAcceptance { .. } => {

@@ -27,4 +27,5 @@ mod secrets;
 mod skeleton;
 mod small_things;
 mod submit;
+mod trust;
 mod webhooks;
