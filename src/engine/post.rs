@@ -65,6 +65,20 @@ fn record_outcome(
     outcome: &crate::hooks::HookOutcome,
 ) -> Result<(), LedgerError> {
     let (job_id, attempt) = (key.map(|k| k.0), key.map(|k| k.1));
+    let (mut events, tags, files) = effect_records(job_id, attempt, file, outcome);
+    let (error, event) = result_event(job_id, attempt, file, func, outcome);
+    events.insert(0, event);
+    ledger.finish_hook_run(run_id, error.as_deref(), events, &tags, &files)
+}
+
+/// What a hook run asked for, as the ledger keeps it: its events (logs also go to stderr as
+/// they are met), its tags, and its file moves and copies.
+fn effect_records(
+    job_id: Option<i64>,
+    attempt: Option<i64>,
+    file: &str,
+    outcome: &crate::hooks::HookOutcome,
+) -> (Vec<Event>, Vec<(String, String)>, Vec<FileOp>) {
     let mut events = Vec::new();
     let mut tags = Vec::new();
     let mut files = Vec::new();
@@ -94,6 +108,18 @@ fn record_outcome(
             }),
         }
     }
+    (events, tags, files)
+}
+
+/// The run's own `hook` event and its error, if any; a failure is also said on stderr, and
+/// its traceback kept as the event's body.
+fn result_event(
+    job_id: Option<i64>,
+    attempt: Option<i64>,
+    file: &str,
+    func: HookFn,
+    outcome: &crate::hooks::HookOutcome,
+) -> (Option<String>, Event) {
     let millis = (outcome.ended_at - outcome.started_at).num_milliseconds();
     let (error, detail) = match &outcome.result {
         Ok(_) => (None, format!("{file} {} ok in {millis} ms", func.name())),
@@ -122,8 +148,7 @@ fn record_outcome(
             event = event.body(tb.clone());
         }
     }
-    events.insert(0, event);
-    ledger.finish_hook_run(run_id, error.as_deref(), events, &tags, &files)
+    (error, event)
 }
 
 fn log_line(level: &str, file: &str, message: &str) {

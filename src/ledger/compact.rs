@@ -5,7 +5,7 @@
 use super::events::{insert_event, Event};
 use super::{Ledger, Result};
 use crate::clock;
-use rusqlite::params;
+use rusqlite::{params, Transaction};
 
 /// What `ledger compact` did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -21,6 +21,10 @@ pub struct Compaction {
 /// The kinds of event whose body is a gateway answer (raw, and repeated in the event's columns).
 const ANSWER_KINDS: &str = "('poll', 'submit_answer', 'callback')";
 
+/// The bodies that an answer recorded at or after `?1` refers to.
+const KEEP: &str = "SELECT r.same_as FROM repeated_bodies r JOIN events k ON k.id = r.event_id
+                    WHERE k.at >= ?1";
+
 impl Ledger {
     /// Drops the bodies of gateway answers recorded before `before` (a ledger timestamp), in
     /// one transaction: first each event gets its facts into its own columns (remote status
@@ -28,68 +32,27 @@ impl Ledger {
     /// the run is recorded (`compactions`, and a `compact` event).
     pub fn compact(&mut self, before: &str) -> Result<Compaction> {
         let tx = self.conn.transaction()?;
-        let keep = "SELECT r.same_as FROM repeated_bodies r JOIN events k ON k.id = r.event_id
-                    WHERE k.at >= ?1";
         let candidates = format!(
             "SELECT id FROM events WHERE at < ?1 AND body IS NOT NULL AND kind IN {ANSWER_KINDS}"
         );
         let kept: i64 = tx.query_row(
-            &format!("SELECT count(*) FROM ({candidates}) WHERE id IN ({keep})"),
+            &format!("SELECT count(*) FROM ({candidates}) WHERE id IN ({KEEP})"),
             [before],
             |r| r.get(0),
         )?;
-        let chosen = format!("{candidates} AND id NOT IN ({keep})");
-        tx.execute(
-            &format!(
-                "UPDATE events SET
-                   remote_status = coalesce(remote_status,
-                       CASE WHEN json_valid(body) THEN json_extract(body, '$.status') END),
-                   detail = CASE
-                       WHEN json_valid(body) AND json_type(body, '$.error') = 'text'
-                       THEN coalesce(detail || '; ', '') || 'error: ' || json_extract(body, '$.error')
-                       ELSE detail END
-                 WHERE id IN ({chosen})"
-            ),
-            [before],
-        )?;
+        let chosen = format!("{candidates} AND id NOT IN ({KEEP})");
+        write_facts_into_events(&tx, &chosen, before)?;
         let (events, bytes): (i64, i64) = tx.query_row(
             &format!("SELECT count(*), coalesce(sum(length(CAST(body AS BLOB))), 0) FROM events WHERE id IN ({chosen})"),
             [before],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        // Answers stored as references to those bodies go with them (every one of them is
-        // older than `before`: a newer one keeps its body); their error is written first.
-        tx.execute(
-            &format!(
-                "UPDATE events SET detail = coalesce(events.detail || '; ', '') || 'error: '
-                     || json_extract(src.body, '$.error')
-                 FROM (SELECT r.event_id, b.body FROM repeated_bodies r JOIN events b ON b.id = r.same_as
-                       WHERE r.same_as IN ({chosen})) AS src
-                 WHERE events.id = src.event_id AND json_valid(src.body)
-                   AND json_type(src.body, '$.error') = 'text'"
-            ),
-            [before],
-        )?;
-        tx.execute(
-            &format!("DELETE FROM repeated_bodies WHERE same_as IN ({chosen})"),
-            [before],
-        )?;
+        drop_references_to(&tx, &chosen, before)?;
         tx.execute(
             &format!("UPDATE events SET body = NULL WHERE id IN ({chosen})"),
             [before],
         )?;
-        let now = clock::now_stamp();
-        tx.execute(
-            "INSERT INTO compactions (at, before, events, bytes) VALUES (?1, ?2, ?3, ?4)",
-            params![now, before, events, bytes],
-        )?;
-        insert_event(
-            &tx,
-            Event::new(None, None, "compact").detail(format!(
-                "dropped {events} answer bodies ({bytes} bytes) recorded before {before}; their status, HTTP code, latency and error are in their events"
-            )),
-            &now,
-        )?;
+        record_compaction(&tx, before, events, bytes)?;
         tx.commit()?;
         Ok(Compaction {
             events: events as u64,
@@ -128,4 +91,61 @@ impl Ledger {
             .conn
             .query_row("SELECT max(before) FROM compactions", [], |r| r.get(0))?)
     }
+}
+
+/// Writes each chosen event's facts into its own columns before its body goes: the remote
+/// status from the body when missing, and the error, if any, into `detail`.
+fn write_facts_into_events(tx: &Transaction<'_>, chosen: &str, before: &str) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE events SET
+               remote_status = coalesce(remote_status,
+                   CASE WHEN json_valid(body) THEN json_extract(body, '$.status') END),
+               detail = CASE
+                   WHEN json_valid(body) AND json_type(body, '$.error') = 'text'
+                   THEN coalesce(detail || '; ', '') || 'error: ' || json_extract(body, '$.error')
+                   ELSE detail END
+             WHERE id IN ({chosen})"
+        ),
+        [before],
+    )?;
+    Ok(())
+}
+
+/// Answers stored as references to the chosen bodies go with them (every one of them is
+/// older than `before`: a newer one keeps its body); their error is written first.
+fn drop_references_to(tx: &Transaction<'_>, chosen: &str, before: &str) -> Result<()> {
+    tx.execute(
+        &format!(
+            "UPDATE events SET detail = coalesce(events.detail || '; ', '') || 'error: '
+                 || json_extract(src.body, '$.error')
+             FROM (SELECT r.event_id, b.body FROM repeated_bodies r JOIN events b ON b.id = r.same_as
+                   WHERE r.same_as IN ({chosen})) AS src
+             WHERE events.id = src.event_id AND json_valid(src.body)
+               AND json_type(src.body, '$.error') = 'text'"
+        ),
+        [before],
+    )?;
+    tx.execute(
+        &format!("DELETE FROM repeated_bodies WHERE same_as IN ({chosen})"),
+        [before],
+    )?;
+    Ok(())
+}
+
+/// Records the run, in `compactions` and as a `compact` event.
+fn record_compaction(tx: &Transaction<'_>, before: &str, events: i64, bytes: i64) -> Result<()> {
+    let now = clock::now_stamp();
+    tx.execute(
+        "INSERT INTO compactions (at, before, events, bytes) VALUES (?1, ?2, ?3, ?4)",
+        params![now, before, events, bytes],
+    )?;
+    insert_event(
+        tx,
+        Event::new(None, None, "compact").detail(format!(
+            "dropped {events} answer bodies ({bytes} bytes) recorded before {before}; their status, HTTP code, latency and error are in their events"
+        )),
+        &now,
+    )?;
+    Ok(())
 }

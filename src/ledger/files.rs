@@ -79,25 +79,44 @@ fn passing(e: &LedgerError) -> bool {
 }
 
 fn inspect_once(path: &Path) -> Result<DbHeader> {
-    let refuse = |what: String| LedgerError::NotALedgerFile {
+    let len = regular_file_len(path)?;
+    let header = ledger_header(path, len)?;
+    let wal = companions(path, &header, len)?;
+    refuse_too_new(path, &header, wal.as_ref())?;
+    Ok(header)
+}
+
+fn refuse(path: &Path, what: String) -> LedgerError {
+    LedgerError::NotALedgerFile {
         path: path.to_path_buf(),
         what,
-    };
-    let unreadable = |file: &Path| {
-        let file = file.to_path_buf();
-        move |source| LedgerError::Unreadable { path: file, source }
-    };
+    }
+}
+
+fn unreadable(file: &Path) -> impl FnOnce(std::io::Error) -> LedgerError {
+    let file = file.to_path_buf();
+    move |source| LedgerError::Unreadable { path: file, source }
+}
+
+/// The length of the ledger file, which must be a regular file with something in it.
+fn regular_file_len(path: &Path) -> Result<u64> {
     let meta = std::fs::metadata(path).map_err(unreadable(path))?;
     if meta.is_dir() {
-        return Err(refuse("is a directory".into()));
+        return Err(refuse(path, "is a directory".into()));
     }
     if !meta.is_file() {
-        return Err(refuse("is not a regular file".into()));
+        return Err(refuse(path, "is not a regular file".into()));
     }
     let len = meta.len();
     if len == 0 {
-        return Err(refuse("is empty".into()));
+        return Err(refuse(path, "is empty".into()));
     }
+    Ok(len)
+}
+
+/// The header of the `len`-byte ledger file, refused unless it is a whole SQLite database
+/// that no other program claims.
+fn ledger_header(path: &Path, len: u64) -> Result<DbHeader> {
     let mut head = Vec::with_capacity(100);
     File::open(path)
         .and_then(|f| f.take(100).read_to_end(&mut head))
@@ -109,12 +128,13 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
         });
     }
     if head.len() < 100 {
-        return Err(refuse(format!(
-            "is truncated ({len} bytes, shorter than an SQLite header)"
-        )));
+        return Err(refuse(
+            path,
+            format!("is truncated ({len} bytes, shorter than an SQLite header)"),
+        ));
     }
     let header =
-        parse_db_header(&head).map_err(|e| refuse(format!("has a damaged header ({e})")))?;
+        parse_db_header(&head).map_err(|e| refuse(path, format!("has a damaged header ({e})")))?;
     if header.application_id != 0 && header.application_id != APPLICATION_ID {
         return Err(LedgerError::NotALedger {
             path: path.to_path_buf(),
@@ -125,11 +145,19 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
         });
     }
     let page = u64::from(header.page_size);
-    if len < page || len % page != 0 {
-        return Err(refuse(format!(
-            "is truncated ({len} bytes, not a whole number of {page}-byte pages)"
-        )));
+    if len < page || !len.is_multiple_of(page) {
+        return Err(refuse(
+            path,
+            format!("is truncated ({len} bytes, not a whole number of {page}-byte pages)"),
+        ));
     }
+    Ok(header)
+}
+
+/// The ledger's `-wal`, if any, once it and the `-shm` are known to belong to the ledger
+/// (and the file to hold every page its header names, when no log would add them).
+fn companions(path: &Path, header: &DbHeader, len: u64) -> Result<Option<wal::Wal>> {
+    let page = u64::from(header.page_size);
     // The index first: a writer appends frames to the log before it indexes them, so a log
     // read after its index holds at least the frames the index names.
     let (shm_path, wal_path) = (companion(path, "-shm"), companion(path, "-wal"));
@@ -139,9 +167,12 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
     if committed == 0 {
         if let Some(pages) = header.pages {
             if len < u64::from(pages) * page {
-                return Err(refuse(format!(
-                    "is truncated ({len} bytes; its header says {pages} pages of {page} bytes)"
-                )));
+                return Err(refuse(
+                    path,
+                    format!(
+                        "is truncated ({len} bytes; its header says {pages} pages of {page} bytes)"
+                    ),
+                ));
             }
         }
     }
@@ -151,18 +182,21 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
         reason,
     };
     if let Some(w) = &wal {
-        if let Err(reason) = w.belongs_to(&header, len) {
+        if let Err(reason) = w.belongs_to(header, len) {
             return Err(foreign("-wal", reason));
         }
     }
     if let Some(s) = &shm {
-        if let Err(reason) = s.belongs_to(&header, wal.as_ref()) {
+        if let Err(reason) = s.belongs_to(header, wal.as_ref()) {
             return Err(foreign("-shm", reason));
         }
     }
-    // A newer program's ledger is refused before a connection could fold its log in.
+    Ok(wal)
+}
+
+/// A newer program's ledger is refused before a connection could fold its log in.
+fn refuse_too_new(path: &Path, header: &DbHeader, wal: Option<&wal::Wal>) -> Result<()> {
     let newest = wal
-        .as_ref()
         .and_then(|w| w.page_one.as_deref())
         .and_then(|head| parse_db_header(head).ok())
         .map_or(header.user_version, |h| h.user_version);
@@ -174,7 +208,7 @@ fn inspect_once(path: &Path) -> Result<DbHeader> {
             supported,
         });
     }
-    Ok(header)
+    Ok(())
 }
 
 /// `ledger.db` → `ledger.db-wal`.
@@ -281,9 +315,20 @@ mod wal {
             sizes: Vec::new(),
             max_page: 0,
         };
+        let Some((header, big_endian, sum)) = read_header(&mut reader) else {
+            return Ok(Some(wal));
+        };
+        wal.header = Some(header);
+        read_frames(&mut reader, &mut wal, header, big_endian, sum);
+        Ok(Some(wal))
+    }
+
+    /// The log's header, its byte order and its checksum; `None` when it does not check out
+    /// (SQLite would ignore the file).
+    fn read_header(reader: &mut impl Read) -> Option<(Header, bool, (u32, u32))> {
         let mut head = [0u8; 32];
         if reader.read_exact(&mut head).is_err() {
-            return Ok(Some(wal));
+            return None;
         }
         let magic = be32(&head, 0);
         let big_endian = magic == MAGIC_BE;
@@ -294,15 +339,26 @@ mod wal {
             || !valid_page_size(page_size)
             || sum != (be32(&head, 24), be32(&head, 28))
         {
-            return Ok(Some(wal));
+            return None;
         }
         let header = Header {
             page_size,
             salts: (be32(&head, 16), be32(&head, 20)),
         };
-        wal.header = Some(header);
+        Some((header, big_endian, sum))
+    }
+
+    /// Follows the chain of frames whose salts and running checksum (from `sum`, the
+    /// header's) check out, and keeps into `wal` what its committed transactions hold.
+    fn read_frames(
+        reader: &mut impl Read,
+        wal: &mut Wal,
+        header: Header,
+        big_endian: bool,
+        sum: (u32, u32),
+    ) {
         let mut running = sum;
-        let mut frame = vec![0u8; 24 + page_size as usize];
+        let mut frame = vec![0u8; 24 + header.page_size as usize];
         let mut pending_page_one: Option<Vec<u8>> = None;
         let mut pending_max = 0;
         let mut chain = Vec::new();
@@ -333,7 +389,6 @@ mod wal {
         }
         chain.truncate(wal.committed as usize);
         wal.checksums = chain;
-        Ok(Some(wal))
     }
 
     impl Wal {

@@ -202,11 +202,7 @@ impl Ledger {
             until: until.map(str::to_string),
             ..Reconcile::default()
         };
-        let mut billed: HashMap<String, Billed> = HashMap::with_capacity(statement.len());
-        for b in statement {
-            out.totals.billed.add(b.amount)?;
-            billed.insert(b.request_id.clone(), b);
-        }
+        let billed = by_request_id(&mut out, statement)?;
         let mut matched: HashSet<String> = HashSet::new();
         let mut uncertain: Vec<AttemptRef> = Vec::new();
         let in_period = |at: &str| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at < u);
@@ -215,14 +211,7 @@ impl Ledger {
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
                 let request_id: Option<String> = r.get(3)?;
-                let reference = AttemptRef {
-                    ledger: labels[i].clone(),
-                    job_id: r.get(0)?,
-                    attempt: r.get(1)?,
-                    state: r.get(2)?,
-                    sent_at: r.get(6)?,
-                    estimated: amount("attempts.estimated_cost", r.get(5)?)?,
-                };
+                let reference = attempt_ref(r, &labels[i])?;
                 let Some(request_id) = request_id else {
                     uncertain.push(reference);
                     continue;
@@ -240,52 +229,97 @@ impl Ledger {
                         let charged = recorded.filter(|c| !c.is_zero());
                         if let Some(charged) = charged.filter(|_| in_period(&reference.sent_at)) {
                             matched.insert(request_id.clone());
-                            out.totals.not_billed.add(charged)?;
-                            out.totals.recorded.add(charged)?;
-                            out.findings.push(Finding {
-                                kind: FindingKind::NotBilled,
-                                request_id,
-                                lines: Vec::new(),
-                                attempt: Some(reference),
-                                billed: None,
-                                recorded: Some(charged),
-                                difference: -charged,
-                                candidates: Vec::new(),
-                                note: "charged in the ledger, not on the statement".into(),
-                            });
+                            not_billed(&mut out, request_id, reference, charged)?;
                         }
                     }
                 }
             }
         }
         drop(attached);
-        let mut ghosts: Vec<&Billed> = billed
-            .values()
-            .filter(|b| !matched.contains(&b.request_id))
-            .collect();
-        ghosts.sort_by(|a, b| a.lines.cmp(&b.lines));
-        for b in ghosts {
-            out.totals.ghosts.add(b.amount)?;
-            let candidates = candidates(&uncertain, b);
-            let note = ghost_note(&candidates, b);
-            out.findings.push(Finding {
-                kind: FindingKind::Ghost,
-                request_id: b.request_id.clone(),
-                lines: b.lines.clone(),
-                attempt: None,
-                billed: Some(b.amount),
-                recorded: None,
-                difference: b.amount,
-                candidates,
-                note,
-            });
-        }
+        ghosts(&mut out, &billed, &matched, &uncertain)?;
         out.findings
             .sort_by(|a, b| (a.kind, &a.lines).cmp(&(b.kind, &b.lines)));
         out.matches = !out.findings.iter().any(|f| f.kind.is_mismatch());
         out.ledgers = labels;
         Ok(out)
     }
+}
+
+/// One row of [`attempts_sql`] as the attempt it names, in the ledger labelled `label`.
+fn attempt_ref(r: &rusqlite::Row<'_>, label: &str) -> Result<AttemptRef> {
+    Ok(AttemptRef {
+        ledger: label.to_string(),
+        job_id: r.get(0)?,
+        attempt: r.get(1)?,
+        state: r.get(2)?,
+        sent_at: r.get(6)?,
+        estimated: amount("attempts.estimated_cost", r.get(5)?)?,
+    })
+}
+
+/// The statement keyed by request id, its total counted as billed.
+fn by_request_id(out: &mut Reconcile, statement: Vec<Billed>) -> Result<HashMap<String, Billed>> {
+    let mut billed: HashMap<String, Billed> = HashMap::with_capacity(statement.len());
+    for b in statement {
+        out.totals.billed.add(b.amount)?;
+        billed.insert(b.request_id.clone(), b);
+    }
+    Ok(billed)
+}
+
+/// A charge the ledger recorded, in the period, that the statement does not bill.
+fn not_billed(
+    out: &mut Reconcile,
+    request_id: String,
+    reference: AttemptRef,
+    charged: Decimal,
+) -> Result<()> {
+    out.totals.not_billed.add(charged)?;
+    out.totals.recorded.add(charged)?;
+    out.findings.push(Finding {
+        kind: FindingKind::NotBilled,
+        request_id,
+        lines: Vec::new(),
+        attempt: Some(reference),
+        billed: None,
+        recorded: Some(charged),
+        difference: -charged,
+        candidates: Vec::new(),
+        note: "charged in the ledger, not on the statement".into(),
+    });
+    Ok(())
+}
+
+/// The billed ids no ledger matched, in statement order, each with the uncertain attempts
+/// that might be it.
+fn ghosts(
+    out: &mut Reconcile,
+    billed: &HashMap<String, Billed>,
+    matched: &HashSet<String>,
+    uncertain: &[AttemptRef],
+) -> Result<()> {
+    let mut ghosts: Vec<&Billed> = billed
+        .values()
+        .filter(|b| !matched.contains(&b.request_id))
+        .collect();
+    ghosts.sort_by(|a, b| a.lines.cmp(&b.lines));
+    for b in ghosts {
+        out.totals.ghosts.add(b.amount)?;
+        let candidates = candidates(uncertain, b);
+        let note = ghost_note(&candidates, b);
+        out.findings.push(Finding {
+            kind: FindingKind::Ghost,
+            request_id: b.request_id.clone(),
+            lines: b.lines.clone(),
+            attempt: None,
+            billed: Some(b.amount),
+            recorded: None,
+            difference: b.amount,
+            candidates,
+            note,
+        });
+    }
+    Ok(())
 }
 
 /// A billed id the ledger records: matched, differing, or resolving an unknown charge.

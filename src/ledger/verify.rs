@@ -61,19 +61,35 @@ impl Ledger {
     /// Every problem found; an empty list is a sound ledger. Every recorded output must exist;
     /// with `files`, it is also checked against its recorded size and sha256.
     pub fn verify(&self, files: bool) -> Result<Vec<Problem>> {
-        let mut problems = Vec::new();
+        let mut problems = self.integrity_problems()?;
+        problems.extend(self.invariant_problems()?);
+        if files {
+            problems.extend(self.output_content_problems()?);
+        } else {
+            problems.extend(self.missing_output_problems()?);
+        }
+        Ok(problems)
+    }
+
+    /// What SQLite's own `integrity_check` reports, other than "ok".
+    fn integrity_problems(&self) -> Result<Vec<Problem>> {
         let mut stmt = self.conn.prepare("PRAGMA integrity_check")?;
         let rows: Vec<String> = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        problems.extend(
-            rows.into_iter()
-                .filter(|r| r != "ok")
-                .map(|detail| Problem {
-                    check: "sqlite integrity",
-                    detail,
-                }),
-        );
+        Ok(rows
+            .into_iter()
+            .filter(|r| r != "ok")
+            .map(|detail| Problem {
+                check: "sqlite integrity",
+                detail,
+            })
+            .collect())
+    }
+
+    /// Every row listed by one of [`CHECKS`], in their order.
+    fn invariant_problems(&self) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
         for (check, sql) in CHECKS {
             let mut stmt = self.conn.prepare(sql)?;
             let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -84,51 +100,60 @@ impl Ledger {
                 });
             }
         }
-        if !files {
-            // Cheap enough for every run of `verify`: one stat per output.
-            let mut stmt = self
-                .conn
-                .prepare("SELECT job_id, path FROM outputs ORDER BY job_id")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
-            for row in rows {
-                let (job, path) = row?;
-                if let Err(e) = std::fs::metadata(&path) {
-                    problems.push(Problem {
-                        check: "output file",
-                        detail: format!("job {job}: {path}: {e}"),
-                    });
-                }
+        Ok(problems)
+    }
+
+    /// Recorded outputs that are gone. Cheap enough for every run of `verify`: one stat per
+    /// output.
+    fn missing_output_problems(&self) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT job_id, path FROM outputs ORDER BY job_id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (job, path) = row?;
+            if let Err(e) = std::fs::metadata(&path) {
+                problems.push(Problem {
+                    check: "output file",
+                    detail: format!("job {job}: {path}: {e}"),
+                });
             }
         }
-        if files {
-            let mut stmt = self.conn.prepare(
-                "SELECT job_id, path, bytes, sha256 FROM outputs
-                     UNION ALL SELECT job_id, path, bytes, sha256 FROM member_outputs
-                     ORDER BY job_id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            })?;
-            for row in rows {
-                let (job, path, bytes, sha) = row?;
-                match std::fs::read(&path) {
-                    Err(e) => problems.push(Problem {
-                        check: "output file",
-                        detail: format!("job {job}: {path}: {e}"),
-                    }),
-                    Ok(data) => {
-                        let actual = crate::digest::sha256_hex(&data);
-                        if data.len() as i64 != bytes || actual != sha {
-                            problems.push(Problem {
-                                check: "output file",
-                                detail: format!("job {job}: {path} is {} bytes with sha256 {actual}; the ledger recorded {bytes} bytes, {sha}", data.len()),
-                            });
-                        }
+        Ok(problems)
+    }
+
+    /// Recorded outputs (members' too) that are gone, or whose size or sha256 is not the one
+    /// recorded: every file is read whole.
+    fn output_content_problems(&self) -> Result<Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut stmt = self.conn.prepare(
+            "SELECT job_id, path, bytes, sha256 FROM outputs
+                 UNION ALL SELECT job_id, path, bytes, sha256 FROM member_outputs
+                 ORDER BY job_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (job, path, bytes, sha) = row?;
+            match std::fs::read(&path) {
+                Err(e) => problems.push(Problem {
+                    check: "output file",
+                    detail: format!("job {job}: {path}: {e}"),
+                }),
+                Ok(data) => {
+                    let actual = crate::digest::sha256_hex(&data);
+                    if data.len() as i64 != bytes || actual != sha {
+                        problems.push(Problem {
+                            check: "output file",
+                            detail: format!("job {job}: {path} is {} bytes with sha256 {actual}; the ledger recorded {bytes} bytes, {sha}", data.len()),
+                        });
                     }
                 }
             }
