@@ -41,6 +41,7 @@ pub mod money;
 pub mod params;
 pub mod probe;
 pub mod sandbox;
+pub mod storage;
 pub mod webhooks;
 
 /// The environment variable that holds the API key.

@@ -29,6 +29,8 @@ pub struct ConfigFile {
     /// USD, as a string (`"5"`) or a number (`5`, `0.3`); see [`Config::budget`].
     pub budget: Option<toml::Spanned<toml::Value>>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// `s3://BUCKET/PREFIX`, as `--upload`.
+    pub upload: Option<String>,
 }
 
 /// The config file in force, if any, with where it was found.
@@ -153,7 +155,7 @@ impl Config {
         })
     }
 
-    fn origin(&self) -> String {
+    pub fn origin(&self) -> String {
         format!(
             "config file {}",
             self.path.as_deref().unwrap_or(Path::new("?")).display()

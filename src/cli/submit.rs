@@ -128,8 +128,38 @@ pub fn webhook_mode(text: &str) -> Result<WebhookMode, String> {
     text.parse::<WebhookMode>().map_err(|e| e.message)
 }
 
+/// The local file `submit PATH` names, read; `None` for a URL. Without `--upload` a path is
+/// refused naming it.
+fn local_input(
+    global: &Global,
+    args: &SubmitArgs,
+) -> Result<Option<codeformer_ledger::storage::local::LocalFile>, CliError> {
+    if !params::is_local_path(&args.image_url) {
+        return Ok(None);
+    }
+    if global.upload.is_none() {
+        return Err(CliError::usage(format!(
+            "image: {}",
+            super::upload::needs_upload(&args.image_url)
+        )));
+    }
+    codeformer_ledger::storage::local::read_file(
+        &args.image_url,
+        std::path::Path::new(&args.image_url),
+        None,
+    )
+    .map(Some)
+    .map_err(CliError::usage)
+}
+
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
-    let params = args.params.params(&args.image_url)?;
+    let placeholder = "https://local.invalid/";
+    let image = if params::is_local_path(&args.image_url) {
+        placeholder
+    } else {
+        args.image_url.as_str()
+    };
+    let params = args.params.params(image)?;
     if args.wait {
         // Checked before the job is recorded: exit 2 leaves the ledger as it was.
         if let Some(dir) = args
@@ -141,15 +171,21 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         }
     }
     let gateway = global.gateway()?;
-    let mut ledger = global.open_ledger()?;
-    let job = NewJob {
-        params,
-        key: args.key.clone(),
-        batch: args.batch.clone(),
-        size: args.size,
-        size_source: args.size.map(|_| "given"),
-        tags: args.params.tags_or(&global.config),
+    let mut job = match local_input(global, &args)? {
+        Some(file) => super::upload::local_job(global, file, params)?,
+        None => NewJob::new(params),
     };
+    if args.size.is_some() || job.size.is_none() {
+        job.size = args.size;
+        job.size_source = args.size.map(|_| "given");
+    }
+    job.key = args.key.clone();
+    job.batch = args.batch.clone();
+    job.tags = args.params.tags_or(&global.config);
+    if !args.no_send {
+        super::upload::storage_for(global, job.local.is_some())?;
+    }
+    let mut ledger = global.open_ledger()?;
     let enqueued = ledger.enqueue(std::slice::from_ref(&job))?[0];
     let row = ledger.job(enqueued.id)?.expect("job just recorded");
     if enqueued.added {
@@ -179,7 +215,9 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    let stop = engine::send_now(&mut ledger, &gateway, row.id)?;
+    super::upload::upload_needed(global, &mut ledger, None, Some(row.id), false)?;
+    let storage = global.storage()?;
+    let stop = engine::send_now(&mut ledger, &gateway, storage.as_ref(), row.id)?;
     let row = ledger.job(row.id)?.expect("job just recorded");
     if let Some(reason) = stop {
         println!("job {} not sent; it stays {}", row.id, row.state);

@@ -61,6 +61,9 @@ pub struct EngineOptions {
     /// The wait between two polls of a job that expects webhook callbacks: its callbacks
     /// carry the news, and these rare polls only catch the ones that never arrive.
     pub callback_fallback: Duration,
+    /// The bucket of local inputs: a job whose image is an object locator is sent with a
+    /// fresh presigned URL of it (see `Engine::params_to_send`).
+    pub storage: Option<crate::storage::Storage>,
 }
 
 impl EngineOptions {
@@ -80,6 +83,7 @@ impl EngineOptions {
             max_unreachable: 4,
             name_pattern: DEFAULT_NAME_PATTERN.to_string(),
             callback_fallback: Duration::from_secs(60),
+            storage: None,
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct RunSummary {
     pub owing_hooks: Vec<(Option<String>, i64)>,
     /// Hook runs in scope whose latest outcome is a failure (`hooks failed` lists them).
     pub failed_hooks: i64,
+    /// Passes over jobs not sent because their local input is not in the bucket.
+    pub not_uploaded: u64,
 }
 
 impl RunSummary {
@@ -140,6 +146,7 @@ impl RunSummary {
             }
             Some(_) => crate::exit::ERROR,
             None if self.hook_blocked > 0
+                || self.not_uploaded > 0
                 || self.failed_hooks > 0
                 || self.owing_downloads > 0
                 || !self.owing_hooks.is_empty() =>
@@ -254,12 +261,15 @@ pub fn run<'a>(
 }
 
 /// Sends one job now on the calling thread (the `submit` command), recording intent and answer.
+/// `storage` is the bucket of local inputs, if any.
 pub fn send_now(
     ledger: &mut Ledger,
     gateway: &Gateway,
+    storage: Option<&crate::storage::Storage>,
     job_id: i64,
 ) -> Result<Option<StopReason>, EngineError> {
-    let options = EngineOptions::new(PathBuf::from("."));
+    let mut options = EngineOptions::new(PathBuf::from("."));
+    options.storage = storage.cloned();
     let mut engine = Engine::new(ledger, gateway, &options, None)?;
     let Some(job) = engine.ledger.job(job_id)? else {
         return Ok(None);
@@ -277,6 +287,9 @@ pub fn send_now(
         })?;
     }
     let job = engine.ledger.job(job_id)?.expect("job just read");
+    let Some(params) = engine.params_to_send(&job)? else {
+        return Ok(None);
+    };
     let record = engine.intent(&job);
     if let Some(batch) = job.batch.clone() {
         let batch = batch.as_str();
@@ -299,13 +312,7 @@ pub fn send_now(
     engine
         .ledger
         .mark_submitting(std::slice::from_ref(&record))?;
-    let result = worker::perform(
-        gateway,
-        Task::Submit {
-            params: job.params(),
-        },
-        job.attempt,
-    );
+    let result = worker::perform(gateway, Task::Submit { params }, job.attempt);
     engine.handle(Done {
         job_id: job.id,
         attempt: job.attempt,
@@ -579,22 +586,14 @@ impl<'a> Engine<'a> {
                 }
                 if job.post.as_deref() == Some("download") && job.state == JobState::Completed {
                     self.in_flight.insert(job.id, "download");
+                    let (dir, name) = self.output_place(&job)?;
                     workers.send(
                         job.id,
                         job.attempt,
                         Task::Download {
                             urls: job.output_urls.clone(),
-                            dir: job
-                                .batch
-                                .as_ref()
-                                .and_then(|b| self.options.batch_dirs.get(b))
-                                .unwrap_or(&self.options.out_dir)
-                                .clone(),
-                            name: render_name(
-                                &self.options.name_pattern,
-                                &job,
-                                &clock::now().format("%Y-%m-%d").to_string(),
-                            ),
+                            dir,
+                            name,
                         },
                     );
                     dispatched = true;
@@ -688,6 +687,10 @@ impl<'a> Engine<'a> {
             let Some(job) = self.judge(job)? else {
                 continue;
             };
+            let Some(params) = self.params_to_send(&job)? else {
+                self.passed.insert(job.id);
+                continue;
+            };
             let record = self.intent(&job);
             if let Some(budget) = self.options.budget {
                 match record.estimate {
@@ -721,7 +724,7 @@ impl<'a> Engine<'a> {
                 }
             }
             self.spent += record.estimate.unwrap_or_default();
-            intents.push((record, job));
+            intents.push((record, job, params));
         }
         if let Some(rewind) = rewind {
             self.send_cursor = self.send_cursor.min(rewind);
@@ -729,18 +732,12 @@ impl<'a> Engine<'a> {
         self.held_some = !to_hold.is_empty() && intents.is_empty();
         self.hold(to_hold)?;
         if !intents.is_empty() {
-            let records: Vec<SubmitRecord> = intents.iter().map(|(r, _)| r.clone()).collect();
+            let records: Vec<SubmitRecord> = intents.iter().map(|(r, _, _)| r.clone()).collect();
             self.ledger.mark_submitting(&records)?;
-            for (record, job) in intents {
+            for (record, job, params) in intents {
                 self.in_flight.insert(job.id, "submit");
                 self.summary.sent += 1;
-                workers.send(
-                    record.job_id,
-                    record.attempt,
-                    Task::Submit {
-                        params: job.params(),
-                    },
-                );
+                workers.send(record.job_id, record.attempt, Task::Submit { params });
             }
             dispatched = true;
         }
@@ -782,6 +779,72 @@ impl<'a> Engine<'a> {
                 Ok(None)
             }
         }
+    }
+
+    /// The one place a job's stored input becomes what is sent: an object locator
+    /// (`s3://BUCKET/KEY`, a local file) turns into a presigned GET URL signed now, so every
+    /// send, a resend too, gets a fresh one; any other image is sent as recorded. `None` when
+    /// the job cannot be sent in this run: its object is not known to be in the bucket (the
+    /// upload before the run failed or never happened) or no bucket is configured. The
+    /// recorded submission body keeps the locator, never a signed URL.
+    fn params_to_send(
+        &mut self,
+        job: &JobRow,
+    ) -> Result<Option<crate::params::JobParams>, EngineError> {
+        let mut params = job.params();
+        if !crate::storage::is_locator(&params.image) {
+            return Ok(Some(params));
+        }
+        let ready = match &self.options.storage {
+            Some(storage) if self.ledger.object_present(&params.image)? => storage,
+            _ => {
+                self.summary.not_uploaded += 1;
+                return Ok(None);
+            }
+        };
+        params.image = ready.url_to_send(&params.image);
+        Ok(Some(params))
+    }
+
+    /// Where a job's outputs go: the batch's (or the run's) output folder and a name from the
+    /// pattern. A local input is named after its file's stem and placed at its path below the
+    /// input folder, so a folder's outputs mirror its tree; with the default pattern its name
+    /// is the stem alone.
+    fn output_place(&self, job: &JobRow) -> Result<(PathBuf, String), EngineError> {
+        let mut dir = job
+            .batch
+            .as_ref()
+            .and_then(|b| self.options.batch_dirs.get(b))
+            .unwrap_or(&self.options.out_dir)
+            .clone();
+        let date = clock::now().format("%Y-%m-%d").to_string();
+        let upload = if crate::storage::is_locator(&job.image_url) {
+            self.ledger.upload_of(job.id)?
+        } else {
+            None
+        };
+        let Some(upload) = upload else {
+            return Ok((dir, render_name(&self.options.name_pattern, job, &date)));
+        };
+        let relative = std::path::Path::new(&upload.relative_path);
+        if let Some(parent) = relative.parent() {
+            for part in parent.components() {
+                if let std::path::Component::Normal(part) = part {
+                    dir.push(part);
+                }
+            }
+        }
+        let mut named = job.clone();
+        named.image_url = relative
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pattern = if self.options.name_pattern == DEFAULT_NAME_PATTERN {
+            "{stem}"
+        } else {
+            self.options.name_pattern.as_str()
+        };
+        Ok((dir, render_name(pattern, &named, &date)))
     }
 
     fn intent(&self, job: &JobRow) -> SubmitRecord {

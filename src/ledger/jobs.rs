@@ -19,6 +19,9 @@ pub struct NewJob {
     pub size: Option<(u32, u32)>,
     pub size_source: Option<&'static str>,
     pub tags: Vec<(String, String)>,
+    /// The local file whose object `params.image` names (a locator `s3://BUCKET/KEY`), recorded
+    /// in `uploads` with the job.
+    pub local: Option<crate::storage::local::LocalFile>,
 }
 
 impl NewJob {
@@ -30,6 +33,7 @@ impl NewJob {
             size: None,
             size_source: None,
             tags: Vec::new(),
+            local: None,
         }
     }
 
@@ -516,6 +520,9 @@ fn enqueue_one(
         now,
     ])?;
     let id = tx.last_insert_rowid();
+    if let Some(file) = &job.local {
+        super::uploads::insert_upload(tx, id, file, &p.image, now)?;
+    }
     let estimate = job.size.map(|(w, h)| {
         let (ow, oh) = crate::money::output_size(w, h, p.upscale);
         price.cost(ow, oh)

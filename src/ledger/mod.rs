@@ -20,6 +20,7 @@ pub mod migrations;
 mod record;
 mod report;
 mod state;
+mod uploads;
 mod verify;
 
 pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
@@ -30,6 +31,7 @@ pub use lock::EngineLock;
 pub use record::{cap_body, Change, Event, FileOp, HookRunRow, SubmitRecord};
 pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
 pub use state::JobState;
+pub use uploads::UploadRow;
 pub use verify::Problem;
 
 use rusqlite::{Connection, OpenFlags};

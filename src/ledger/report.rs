@@ -28,6 +28,8 @@ pub enum GroupBy {
     Batch,
     State,
     Tag(String),
+    /// The folder of each job's local input (`uploads.folder`).
+    Folder,
 }
 
 impl FromStr for GroupBy {
@@ -38,10 +40,11 @@ impl FromStr for GroupBy {
             "month" => Ok(GroupBy::Month),
             "batch" => Ok(GroupBy::Batch),
             "state" => Ok(GroupBy::State),
+            "folder" => Ok(GroupBy::Folder),
             other => match other.strip_prefix("tag:") {
                 Some(key) if !key.is_empty() => Ok(GroupBy::Tag(key.to_string())),
                 _ => Err(format!(
-                    "`{other}` is not a grouping (day, month, batch, state or tag:KEY)"
+                    "`{other}` is not a grouping (day, month, batch, state, folder or tag:KEY)"
                 )),
             },
         }
@@ -55,6 +58,7 @@ impl fmt::Display for GroupBy {
             GroupBy::Month => f.write_str("month"),
             GroupBy::Batch => f.write_str("batch"),
             GroupBy::State => f.write_str("state"),
+            GroupBy::Folder => f.write_str("folder"),
             GroupBy::Tag(key) => write!(f, "tag:{key}"),
         }
     }
@@ -271,7 +275,9 @@ const REPORT_SQL: &str = "
            a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
            j.input_width, j.input_height, j.upscale,
            CASE WHEN ?3 IS NOT NULL
-                THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3) END,
+                THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3)
+                WHEN ?4 THEN (SELECT folder FROM uploads u WHERE u.job_id = j.id
+                              ORDER BY u.id DESC LIMIT 1) END,
            CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM attempts b
                 WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END,
            (SELECT count(*) FROM outputs o WHERE o.job_id = a.job_id AND o.attempt = a.attempt)
@@ -370,6 +376,8 @@ impl Builder {
             GroupBy::Batch => a.batch.unwrap_or_else(|| "(none)".into()),
             GroupBy::State => a.state,
             GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
+            // The grouping column holds the local input's folder for this grouping.
+            GroupBy::Folder => a.tag.unwrap_or_else(|| "(not a local file)".into()),
         };
         self.report.total.add(&row)?;
         match self.groups.get_mut(&key) {
@@ -443,7 +451,8 @@ impl Ledger {
             _ => None,
         };
         let mut stmt = self.conn.prepare(REPORT_SQL)?;
-        let mut rows = stmt.query(rusqlite::params![since, until, tag])?;
+        let folder = *by == GroupBy::Folder;
+        let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
         let mut builder = Builder::default();
         builder.report.since = since.map(str::to_string);
         builder.report.until = until.map(str::to_string);
