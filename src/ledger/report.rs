@@ -595,12 +595,12 @@ mod tests {
 
     #[test]
     fn groupings_read_back_from_their_names() {
-        for by in ["day", "month", "batch", "state", "tag:client"] {
+        for by in ["day", "month", "batch", "state", "folder", "tag:client"] {
             assert_eq!(GroupBy::from_str(by).unwrap().to_string(), by);
         }
         assert_eq!(
             GroupBy::from_str("foo").unwrap_err(),
-            "`foo` is not a grouping (day, month, batch, state or tag:KEY)"
+            "`foo` is not a grouping (day, month, batch, state, folder or tag:KEY)"
         );
         assert!(GroupBy::from_str("tag:").is_err());
     }
