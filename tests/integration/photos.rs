@@ -395,6 +395,12 @@ fn an_expired_url_is_signed_again_when_the_job_is_resent() {
     // Each resend carried a URL never sent before; the objects were not uploaded again.
     assert_eq!(stats.submissions_by_image.len(), 4, "{first:?}");
     assert_eq!(s3.requests("PUT").len(), 2);
+    // The failures' answers were recorded, but no signed URL or key id with them.
+    let mut bytes = std::fs::read(w.ledger()).unwrap();
+    bytes.extend(std::fs::read(w.dir.path().join("ledger.db-wal")).unwrap_or_default());
+    let ledger = String::from_utf8_lossy(&bytes).into_owned();
+    assert!(!ledger.contains("X-Amz-Signature"));
+    assert!(!ledger.contains(crate::s3::ACCESS_KEY));
 }
 
 #[test]
