@@ -98,7 +98,10 @@ CREATE TABLE attempts (
 );
 CREATE INDEX attempts_by_submitted ON attempts(submitted_at);
 
--- The append-only record. Never updated, never deleted.
+-- The append-only record. Never updated, never deleted, with one exception: `ledger compact`
+-- drops the raw `body` of old gateway answers (see `compactions`), after making sure their
+-- facts are in the row's own columns. `body` is also NULL for a poll answer stored by
+-- reference (`repeated_bodies`).
 CREATE TABLE events (
     id             INTEGER PRIMARY KEY,
     job_id         INTEGER,                 -- NULL for events about no single job
@@ -190,6 +193,30 @@ CREATE TABLE deliveries (
     body           TEXT NOT NULL
 );
 CREATE INDEX deliveries_by_request ON deliveries(request_id);
+
+-- Poll answers that repeat the previous poll answer of the same attempt (same HTTP status, same
+-- remote status, same fields but for `*_at` timestamps): the event's `body` is NULL, and its
+-- body is the body of event `same_as` with the bytes between its first `prefix` bytes and its
+-- last `suffix` bytes replaced by `middle` (a byte-identical answer: prefix = its length,
+-- suffix = 0, middle = ''). `show` displays the whole body; the writer checks the rebuilt text
+-- equals the answer before storing it so.
+CREATE TABLE repeated_bodies (
+    event_id  INTEGER PRIMARY KEY,          -- the poll event stored by reference
+    same_as   INTEGER NOT NULL,             -- the event whose body it repeats (itself stored whole)
+    prefix    INTEGER NOT NULL,             -- bytes kept from the start of that body
+    suffix    INTEGER NOT NULL,             -- bytes kept from its end
+    middle    TEXT NOT NULL                 -- what this answer has between them
+);
+
+-- Every `ledger compact`: answer bodies of events before `before` were dropped, after their
+-- facts (HTTP status, remote status, latency, error) were written into the events.
+CREATE TABLE compactions (
+    id          INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    before      TEXT NOT NULL,              -- events recorded before this time lost their body
+    events      INTEGER NOT NULL,           -- how many bodies were dropped
+    bytes       INTEGER NOT NULL            -- their total length
+);
 
 -- Local files sent through the user's S3-compatible bucket: one row per job and file.
 CREATE TABLE uploads (

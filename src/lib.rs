@@ -31,15 +31,18 @@
 //! `examples/library.rs` runs the same flow end to end against the sandbox gateway.
 
 pub mod clock;
+pub mod digest;
+pub mod durable;
 pub mod engine;
 pub mod exit;
 pub mod gateway;
 pub mod hooks;
+mod http_server;
 pub mod ledger;
+pub mod lifecycle;
 pub mod manifest;
 pub mod money;
 pub mod params;
-pub mod probe;
 pub mod sandbox;
 pub mod storage;
 pub mod webhooks;

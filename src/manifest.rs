@@ -11,12 +11,13 @@
 //! - **Text**: one image URL a line. Blank lines and lines starting with `#` are skipped.
 //! - **CSV**: a header row naming the columns, then one job a row. Columns: `image`
 //!   (required), `fidelity`, `upscale`, `background_enhance`, `face_upsample`, `width`,
-//!   `height`, `key`, `tags` (`k=v;k2=v2`). Header names are matched ignoring case and
+//!   `height`, `key`, `tags` (`k=v;k2=v2`), `webhook_events_filter` (`start;completed`). Header names are matched ignoring case and
 //!   surrounding spaces; an empty cell means "the default". Lines starting with `#` are
 //!   skipped.
 //! - **JSON Lines**: one object a line, with the same names as fields. Numbers must be JSON
 //!   numbers and booleans JSON booleans (a quoted `"0.7"` is an error, not a guess); `null`
-//!   means "the default"; `tags` is an object of strings or a `k=v;k2=v2` string. A number's
+//!   means "the default"; `tags` is an object of strings or a `k=v;k2=v2` string, and
+//!   `webhook_events_filter` an array of strings. A number's
 //!   shortest decimal form is read exactly as the command line reads its text. Blank lines and
 //!   lines starting with `#` are skipped.
 //!
@@ -35,7 +36,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 /// The columns (CSV) and fields (JSON Lines) a manifest may have.
-pub const COLUMNS: [&str; 9] = [
+pub const COLUMNS: [&str; 10] = [
     "image",
     "fidelity",
     "upscale",
@@ -45,6 +46,7 @@ pub const COLUMNS: [&str; 9] = [
     "height",
     "key",
     "tags",
+    "webhook_events_filter",
 ];
 
 /// The longest key accepted, in characters.
@@ -315,6 +317,7 @@ struct Fields {
     height: Option<u32>,
     key: Option<String>,
     tags: Vec<(String, String)>,
+    webhook_events_filter: Option<Vec<String>>,
 }
 
 /// Reads the rows of one manifest, whatever its format, into a [`Manifest`].
@@ -569,6 +572,9 @@ fn build_row(
     job.upscale = fields.upscale.unwrap_or(job.upscale);
     job.background_enhance = fields.background_enhance.unwrap_or(job.background_enhance);
     job.face_upsample = fields.face_upsample.unwrap_or(job.face_upsample);
+    if fields.webhook_events_filter.is_some() {
+        job.webhook_events_filter = fields.webhook_events_filter;
+    }
     if problems.is_empty() {
         let mut check = job.clone();
         if local {
@@ -602,6 +608,9 @@ fn set_text(fields: &mut Fields, column: &str, cell: &str) -> Result<(), Problem
         "height" => fields.height = Some(parse_side("height", cell)?),
         "key" => fields.key = parse_key(cell)?,
         "tags" => fields.tags = parse_tags(cell)?,
+        "webhook_events_filter" => {
+            fields.webhook_events_filter = Some(params::parse_events_filter(cell, ';')?)
+        }
         other => return Err(unknown_name("column", other)),
     }
     Ok(())
@@ -628,6 +637,15 @@ fn set_json(fields: &mut Fields, name: &str, value: &Value) -> Result<(), Proble
         ("key", Value::String(s)) => fields.key = parse_key(s)?,
         ("tags", Value::String(s)) => fields.tags = parse_tags(s)?,
         ("tags", Value::Object(map)) => fields.tags = json_tags(map)?,
+        ("webhook_events_filter", Value::Array(items)) => {
+            let events = items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<String>>>()
+                .ok_or_else(|| wrong_type(name, value))?;
+            params::validate_events_filter(&events)?;
+            fields.webhook_events_filter = Some(events);
+        }
         _ => return Err(wrong_type(name, value)),
     }
     Ok(())
@@ -805,6 +823,7 @@ fn wrong_type(name: &str, value: &Value) -> Problem {
         "image" | "key" => "a string",
         "fidelity" | "upscale" | "width" | "height" => "a number",
         "background_enhance" | "face_upsample" => "true or false",
+        "webhook_events_filter" => "an array of strings",
         _ => "an object of strings or a \"k=v;k2=v2\" string",
     };
     let hint = match value {
@@ -1008,6 +1027,40 @@ mod tests {
     }
 
     #[test]
+    fn webhook_events_filter_is_a_list_in_csv_and_an_array_in_json() {
+        let m = parse(
+            "w.csv",
+            "image,webhook_events_filter\nhttp://x.test/a.png,start;completed\nhttp://x.test/b.png,\n",
+        );
+        assert!(m.errors.is_empty(), "{:?}", messages(&m));
+        assert_eq!(
+            m.rows[0].params.webhook_events_filter.as_deref(),
+            Some(&["start".to_string(), "completed".to_string()][..])
+        );
+        assert_eq!(m.rows[1].params.webhook_events_filter, None);
+        let m = parse(
+            "w.jsonl",
+            "{\"image\": \"http://x.test/a.png\", \"webhook_events_filter\": [\"logs\"]}\n\
+             {\"image\": \"http://x.test/b.png\", \"webhook_events_filter\": \"logs\"}\n\
+             {\"image\": \"http://x.test/c.png\", \"webhook_events_filter\": [\"a b\"]}\n",
+        );
+        assert_eq!(
+            m.rows[0].params.webhook_events_filter.as_deref(),
+            Some(&["logs".to_string()][..])
+        );
+        let said = messages(&m);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].starts_with("w.jsonl:2: webhook_events_filter: expected an array of strings"),
+            "{said:?}"
+        );
+        assert!(
+            said[1].starts_with("w.jsonl:3: webhook_events_filter:"),
+            "{said:?}"
+        );
+    }
+
+    #[test]
     fn csv_header_problems() {
         let m = parse(
             "h.csv",
@@ -1017,7 +1070,7 @@ mod tests {
             messages(&m),
             [
                 "h.csv:1: colour: unknown column (expected one of: image, fidelity, upscale, \
-              background_enhance, face_upsample, width, height, key, tags)"
+              background_enhance, face_upsample, width, height, key, tags, webhook_events_filter)"
             ]
         );
         assert_eq!(m.rows.len(), 1, "the other columns are still checked");
@@ -1121,7 +1174,7 @@ mod tests {
             messages(&m),
             [
                 "t.jsonl:1: colour: unknown field (expected one of: image, fidelity, upscale, \
-                 background_enhance, face_upsample, width, height, key, tags)",
+                 background_enhance, face_upsample, width, height, key, tags, webhook_events_filter)",
                 "t.jsonl:1: face_upsample: expected true or false, found the string \"yes\" \
                  (write it without quotes)",
                 "t.jsonl:1: fidelity: expected a number, found the string \"0.7\" \

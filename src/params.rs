@@ -115,12 +115,9 @@ impl JobParams {
         }
         if let Some(url) = &self.webhook_url {
             validate_http_url("webhook_url", url)?;
-            if !url.starts_with("https://") {
-                return Err(ParamError::new(
-                    "webhook_url",
-                    format!("`{url}` is not https: the gateway rejects plain http:// webhook URLs"),
-                ));
-            }
+        }
+        if let Some(filter) = &self.webhook_events_filter {
+            validate_events_filter(filter)?;
         }
         if self.webhook_mode.is_some() && self.webhook_url.is_none() {
             return Err(ParamError::new(
@@ -129,6 +126,21 @@ impl JobParams {
             ));
         }
         Ok(())
+    }
+
+    /// Checks the webhook URL's scheme against the gateway it goes to: the real gateway
+    /// rejects plain http:// webhook URLs, so only a gateway on loopback (the sandbox with
+    /// `--allow-http-webhooks`) is given one.
+    pub fn check_webhook_scheme(&self, base_url: &str) -> Result<(), ParamError> {
+        match &self.webhook_url {
+            Some(url) if !url.starts_with("https://") && !is_loopback_url(base_url) => {
+                Err(ParamError::new(
+                    "webhook_url",
+                    format!("`{url}` is not https: the gateway rejects plain http:// webhook URLs (http is accepted only when the base URL is on loopback, for the sandbox)"),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether the gateway will call back for this job.
@@ -227,6 +239,58 @@ pub fn parse_bool(field: &'static str, text: &str) -> Result<bool, ParamError> {
             format!("`{text}` is not a boolean (expected true or false)"),
         )),
     }
+}
+
+/// The event types the API documents for `webhook_events_filter`.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["start", "output", "logs", "completed"];
+
+/// Parses `start,output` (CLI) or `start;output` (a CSV cell) into the filter's list.
+pub fn parse_events_filter(text: &str, separator: char) -> Result<Vec<String>, ParamError> {
+    let events: Vec<String> = text
+        .split(separator)
+        .map(|e| e.trim().to_string())
+        .collect();
+    validate_events_filter(&events)?;
+    Ok(events)
+}
+
+/// A filter names at least one event, each once, as a word (`start`, `completed`, ...).
+pub fn validate_events_filter(events: &[String]) -> Result<(), ParamError> {
+    let bad = |m: String| Err(ParamError::new("webhook_events_filter", m));
+    if events.is_empty() {
+        return bad("is empty (name events such as start, output, logs, completed)".into());
+    }
+    for (i, e) in events.iter().enumerate() {
+        if e.is_empty()
+            || e.len() > 64
+            || !e
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            return bad(format!(
+                "`{e}` is not an event type (the API documents start, output, logs and completed)"
+            ));
+        }
+        if events[..i].contains(e) {
+            return bad(format!("`{e}` is given twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a URL's host is a loopback address (127.0.0.0/8, ::1 or localhost).
+pub fn is_loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<ureq::http::Uri>() else {
+        return false;
+    };
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The longest URL accepted (image or webhook), in bytes. Longer ones are refused here rather
@@ -386,11 +450,32 @@ mod tests {
     }
 
     #[test]
-    fn webhook_url_must_be_https() {
+    fn webhook_url_must_be_https_unless_the_gateway_is_on_loopback() {
         let mut p = JobParams::new("https://x.test/a.png");
         p.webhook_url = Some("http://hooks.test/cb".into());
-        assert_eq!(p.validate().unwrap_err().field, "webhook_url");
+        let real = "https://gateway.pixazo.ai";
+        assert_eq!(
+            p.check_webhook_scheme(real).unwrap_err().field,
+            "webhook_url"
+        );
+        assert!(p.check_webhook_scheme("http://127.0.0.1:8787").is_ok());
+        assert!(p.check_webhook_scheme("http://[::1]:8787").is_ok());
+        assert!(p
+            .check_webhook_scheme("http://127.0.0.1.evil.test")
+            .is_err());
         p.webhook_url = Some("https://hooks.test/cb".into());
-        assert!(p.validate().is_ok());
+        assert!(p.check_webhook_scheme(real).is_ok());
+    }
+
+    #[test]
+    fn events_filters_are_lists_of_event_names() {
+        assert_eq!(
+            parse_events_filter("start, completed", ',').unwrap(),
+            ["start", "completed"]
+        );
+        for bad in ["", "start,,completed", "start;start", "a b"] {
+            assert!(parse_events_filter(bad, ',').is_err(), "{bad}");
+            assert!(parse_events_filter(bad, ';').is_err(), "{bad}");
+        }
     }
 }

@@ -147,10 +147,37 @@ fn ceiling(gateway: &Gateway, sandbox: &Sandbox, threads: usize, time: Duration)
 pub fn throughput(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
     let n = opts.size(5_000);
     let mut at8 = None;
-    for concurrency in [1, 8] {
+    // The last run repeats concurrency 8 without fsyncing outputs: the cost of the fsyncs.
+    for (concurrency, fsync) in [(1, true), (8, true), (8, false)] {
         let dir = tempfile::tempdir_in(&opts.work)?;
         let sandbox = fast_sandbox(dir.path())?;
-        let gateway = Gateway::new(GatewayConfig::new(&sandbox.base_url(), None));
+        let mut config = GatewayConfig::new(&sandbox.base_url(), None);
+        config.fsync_outputs = fsync;
+        let gateway = Gateway::new(config);
+        if !fsync {
+            note(format!("#1 {n} jobs at concurrency 8, outputs not fsynced"));
+            let m = measured_run(
+                &mut Ledger::open(&dir.path().join("ledger.db")).and_then(|mut l| {
+                    l.enqueue(&tiny_jobs(&sandbox, "tiny", n))?;
+                    Ok(l)
+                })?,
+                &gateway,
+                &sandbox,
+                &options(dir.path(), concurrency, None),
+            )?;
+            let rate = n as f64 / m.wall.as_secs_f64();
+            note(format!("   {rate:.0} jobs/s without fsync"));
+            rows.push(Row::new(
+                "1",
+                "  same batch, concurrency 8, outputs not fsynced (--no-fsync-outputs)",
+                "jobs/s",
+                format!("{rate:.0}"),
+                "—",
+                "report".into(),
+            ));
+            sandbox.shutdown();
+            continue;
+        }
         let ceiling = if concurrency == 8 {
             let c = ceiling(&gateway, &sandbox, 8, opts.secs(3))?;
             note(format!("#2 ceiling: {c:.0} status calls/s with 8 clients"));
@@ -333,6 +360,8 @@ pub fn loop_step(opts: &Opts, big: Option<(PathBuf, usize)>, rows: &mut Vec<Row>
                         finished,
                         in_flight: 0,
                         owe_hooks: false,
+                        processing_polls: 0,
+                        request_tag: "req",
                     },
                 )?;
                 p

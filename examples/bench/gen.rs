@@ -5,7 +5,10 @@
 
 use crate::util::{note, thousands, Res};
 use codeformer_ledger::gateway::Gateway;
-use codeformer_ledger::ledger::{Change, Event, JobState, Ledger, NewJob, OutputRow, SubmitRecord};
+use codeformer_ledger::ledger::{
+    Change, Downloaded, Event, Field, JobState, JobUpdate, Ledger, NewJob, OutputRow, Post,
+    SubmitRecord,
+};
 use codeformer_ledger::params::JobParams;
 use rust_decimal::Decimal;
 use std::time::Instant;
@@ -25,6 +28,13 @@ pub struct Plan<'a> {
     pub in_flight: usize,
     /// Completed jobs still owe hooks (`post = 'hooks'`) instead of nothing.
     pub owe_hooks: bool,
+    /// PROCESSING polls before the final one (a typical job is polled a few times; every
+    /// repeated answer but the first differs from the previous only in `updated_at`, or not
+    /// at all).
+    pub processing_polls: usize,
+    /// The first part of the gateway's request ids, so that ledgers written apart do not
+    /// share them by accident.
+    pub request_tag: &'a str,
 }
 
 /// Writes the plan into `ledger`; returns jobs written per second.
@@ -89,22 +99,29 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
         .map(|&id| {
             let change = Change {
                 state: Some(JobState::Queued),
-                request_id: Some(request_id(id)),
+                request_id: Some(request_id(plan.request_tag, id)),
                 remote_status: Some("QUEUED".into()),
-                next_poll_at: Some(Some(now_ms + 500)),
+                next_poll_at: Field::Set(now_ms + 500),
                 ..Change::default()
             };
             let event = Event::new(Some(id), Some(1), "submit_answer")
                 .http(Some(202), 41)
                 .body(format!(
                     r#"{{"request_id":"{}","status":"QUEUED","polling_url":"https://gateway.example.com/v2/requests/status/{}"}}"#,
-                    request_id(id),
-                    request_id(id)
+                    request_id(plan.request_tag, id),
+                    request_id(plan.request_tag, id)
                 ));
-            (id, 1, change, event)
+            JobUpdate::new(id, 1, change, event)
         })
         .collect();
     ledger.record(answers)?;
+    for round in 0..plan.processing_polls {
+        let polls = ids
+            .iter()
+            .map(|&id| processing_poll(plan.request_tag, id, round, now_ms))
+            .collect();
+        ledger.record(polls)?;
+    }
     let mut polls = Vec::with_capacity(n);
     let mut downloads = Vec::new();
     let mut errors = Vec::new();
@@ -116,13 +133,13 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
             Outcome::Error => errors.push(id),
             Outcome::Other => {}
         }
-        polls.push((id, 1, change, event));
+        polls.push(JobUpdate::new(id, 1, change, event));
     }
     ledger.record(polls)?;
     for id in errors {
         ledger.record_no_charge(id, 1, "ERROR jobs are not charged")?;
     }
-    let post = plan.owe_hooks.then_some("hooks");
+    let post = plan.owe_hooks.then_some(Post::Hooks);
     let files: Vec<_> = downloads
         .into_iter()
         .map(|(id, i)| {
@@ -130,14 +147,22 @@ fn chunk(ledger: &mut Ledger, plan: &Plan<'_>, first: usize, n: usize) -> Res<()
             let file = OutputRow {
                 attempt: 1,
                 idx: 0,
-                url: format!("https://cdn.example.com/{}/output.png", request_id(id)),
+                url: format!(
+                    "https://cdn.example.com/{}/output.png",
+                    request_id(plan.request_tag, id)
+                ),
                 path: format!("/srv/restored/{}/{i:07}-{id}.png", plan.batch),
                 bytes: (w * h) as i64,
                 sha256: format!("{:064x}", id as u128 * 0x9e37_79b9_7f4a_7c15),
                 width: Some(w * 2),
                 height: Some(h * 2),
             };
-            (id, 1, vec![file], post)
+            Downloaded {
+                job_id: id,
+                attempt: 1,
+                files: vec![file],
+                post_after: post,
+            }
         })
         .collect();
     ledger.record_downloads(&files)?;
@@ -150,9 +175,30 @@ enum Outcome {
     Other,
 }
 
+/// A PROCESSING answer as the gateway repeats it: `updated_at` moves every other poll.
+fn processing_poll(tag: &str, id: i64, round: usize, now_ms: i64) -> JobUpdate {
+    let rid = request_id(tag, id);
+    let body = format!(
+        r#"{{"request_id":"{rid}","status":"PROCESSING","model_id":"codeformer-image-restoration","error":null,"output":null,"created_at":"2026-05-22T13:17:32.110Z","updated_at":"2026-05-22 13:17:{:02}"}}"#,
+        33 + round / 2
+    );
+    let change = Change {
+        state: Some(JobState::Processing),
+        remote_status: Some("PROCESSING".into()),
+        count_poll: true,
+        next_poll_at: Field::Set(now_ms),
+        ..Change::default()
+    };
+    let event = Event::new(Some(id), Some(1), "poll")
+        .http(Some(200), 12)
+        .remote(Some("PROCESSING"))
+        .body(body);
+    JobUpdate::new(id, 1, change, event)
+}
+
 /// The poll that moves job `i` (ledger id `id`) to where the plan wants it.
 fn poll_answer(plan: &Plan<'_>, i: usize, id: i64, now_ms: i64) -> (Change, Event, Outcome) {
-    let rid = request_id(id);
+    let rid = request_id(plan.request_tag, id);
     let (status, state, outcome) = if i >= plan.finished {
         ("PROCESSING", JobState::Processing, Outcome::Other)
     } else if i % 50 == 7 {
@@ -179,21 +225,21 @@ fn poll_answer(plan: &Plan<'_>, i: usize, id: i64, now_ms: i64) -> (Change, Even
     match outcome {
         Outcome::Completed => {
             change.output_urls = Some(vec![format!("https://cdn.example.com/{rid}/output.png")]);
-            change.post = Some(Some("download"));
-            change.next_poll_at = Some(Some(now_ms));
+            change.post = Field::Set(Post::Download);
+            change.next_poll_at = Field::Set(now_ms);
             change.finished = true;
         }
         Outcome::Error => {
-            change.error = Some(Some("the gateway reported ERROR".into()));
-            change.next_poll_at = Some(None);
+            change.error = Field::Set("the gateway reported ERROR".into());
+            change.next_poll_at = Field::Clear;
             change.finished = true;
         }
         Outcome::Other if state == JobState::Failed => {
-            change.error = Some(Some("no face found".into()));
-            change.next_poll_at = Some(None);
+            change.error = Field::Set("no face found".into());
+            change.next_poll_at = Field::Clear;
             change.finished = true;
         }
-        Outcome::Other => change.next_poll_at = Some(Some(now_ms)),
+        Outcome::Other => change.next_poll_at = Field::Set(now_ms),
     }
     let event = Event::new(Some(id), Some(1), "poll")
         .http(Some(200), 12)
@@ -202,6 +248,6 @@ fn poll_answer(plan: &Plan<'_>, i: usize, id: i64, now_ms: i64) -> (Change, Even
     (change, event, outcome)
 }
 
-fn request_id(id: i64) -> String {
-    format!("req-{id:08x}-5f2c-4e1a-9b7d")
+fn request_id(tag: &str, id: i64) -> String {
+    format!("{tag}-{id:08x}-5f2c-4e1a-9b7d")
 }

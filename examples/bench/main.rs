@@ -19,6 +19,7 @@ mod gen;
 mod images;
 mod parts;
 mod scale;
+mod size;
 mod util;
 
 use std::path::PathBuf;
@@ -176,6 +177,9 @@ fn run() -> Res<()> {
     }
     if opts.wants(8) {
         engine::schedule(&opts, &mut rows)?;
+    }
+    if opts.wants(9) {
+        size::ledger_size(&opts, &mut rows)?;
     }
     if !opts.keep {
         let _ = std::fs::remove_dir_all(opts.work.join("scale"));

@@ -6,7 +6,7 @@ use crate::{verdict, Opts, Row};
 use codeformer_ledger::engine::{self, LuaHooks, PostProcessor};
 use codeformer_ledger::gateway::{Gateway, GatewayConfig};
 use codeformer_ledger::hooks::{HookConfig, HookFn, HookHost};
-use codeformer_ledger::ledger::{Change, Event, JobState, Ledger, NewJob};
+use codeformer_ledger::ledger::{Change, Event, Field, JobState, JobUpdate, Ledger, NewJob};
 use codeformer_ledger::params::JobParams;
 use codeformer_ledger::sandbox::{Sandbox, SandboxConfig};
 use std::time::{Duration, Instant};
@@ -42,14 +42,14 @@ pub fn writer(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
                     let change = Change {
                         remote_status: Some("PROCESSING".into()),
                         count_poll: true,
-                        next_poll_at: Some(Some(1_700_000_000_000 + (written + k) as i64)),
+                        next_poll_at: Field::Set(1_700_000_000_000 + (written + k) as i64),
                         ..Change::default()
                     };
                     let event = Event::new(Some(id), Some(1), "poll")
                         .http(Some(200), 3)
                         .remote(Some("PROCESSING"))
                         .body(body.clone());
-                    (id, 1, change, event)
+                    JobUpdate::new(id, 1, change, event)
                 })
                 .collect();
             ledger.record(items)?;
@@ -91,6 +91,8 @@ pub fn hooks(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
             finished: n + n / 10,
             in_flight: 0,
             owe_hooks: true,
+            processing_polls: 0,
+            request_tag: "req",
         },
     )?;
 
@@ -178,8 +180,10 @@ pub fn probes(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
     let gateway = Gateway::new(GatewayConfig::new(&sandbox.base_url(), None));
     let mut worst: Vec<(&str, u64, u64, u64)> = Vec::new();
     for (format, name, len) in &files {
-        let probe =
-            codeformer_ledger::probe::probe_url(gateway.file_agent(), &sandbox.static_url(name))?;
+        let probe = codeformer_ledger::gateway::probe::probe_url(
+            gateway.file_agent(),
+            &sandbox.static_url(name),
+        )?;
         let served = sandbox
             .stats()
             .static_bytes_by_path

@@ -211,6 +211,8 @@ fn generate(
             finished,
             in_flight: 0,
             owe_hooks: false,
+            processing_polls: 0,
+            request_tag: "req",
         },
     )?;
     drop(ledger);
@@ -229,6 +231,8 @@ fn generate(
             finished: 0,
             in_flight,
             owe_hooks: false,
+            processing_polls: 0,
+            request_tag: "req",
         },
     )?;
     drop(ledger);

@@ -1,5 +1,6 @@
 //! The config file: defaults a user sets once. Precedence: flag > environment > config file >
-//! built-in default. `config show` prints every effective value and where it came from.
+//! built-in default. `config show` prints every effective value and where it came from; the
+//! options of the commands that run the engine are resolved against it in `options.rs`.
 
 use super::{CliError, CmdResult, Global};
 use serde::Deserialize;
@@ -31,6 +32,10 @@ pub struct ConfigFile {
     pub tags: Option<BTreeMap<String, String>>,
     /// `s3://BUCKET/PREFIX`, as `--upload`.
     pub upload: Option<String>,
+    /// Extra CA certificates (PEM) to trust, as `--ca-cert`.
+    pub ca_cert: Option<PathBuf>,
+    /// `false` is `--no-fsync-outputs`.
+    pub fsync_outputs: Option<bool>,
 }
 
 /// The config file in force, if any, with where it was found.
@@ -135,24 +140,6 @@ impl Config {
                 })
             })
             .transpose()
-    }
-
-    /// Where outputs go, resolved in one place for every command that writes or touches them:
-    /// the flag, else the batch's remembered folder, else the config file's out_dir, else
-    /// ./restored.
-    pub fn out_dir(&self, flag: Option<&Path>, remembered: Option<&str>) -> PathBuf {
-        flag.map(Path::to_path_buf)
-            .or_else(|| remembered.map(PathBuf::from))
-            .or_else(|| self.file.out_dir.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_OUT_DIR))
-    }
-
-    /// The longest wait between two polls: the flag, else the config file's, else 5 s.
-    pub fn poll_interval_or(&self, flag: Option<Duration>) -> Result<Duration, CliError> {
-        Ok(match flag {
-            Some(d) => d,
-            None => self.poll_interval()?.unwrap_or(DEFAULT_POLL_INTERVAL),
-        })
     }
 
     pub fn origin(&self) -> String {
@@ -307,6 +294,32 @@ pub fn run(global: &Global, args: ConfigArgs) -> CmdResult {
                 })
                 .unwrap_or_else(|| "(none)".into()),
             from_config(c.file.tags.is_some()),
+        ),
+        (
+            "ca_cert",
+            global
+                .ca_cert
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "(none)".into()),
+            if c.file.ca_cert.is_some() && !global.ca_cert_from_flag {
+                c.origin()
+            } else if global.ca_cert.is_some() {
+                "flag --ca-cert".into()
+            } else {
+                "built-in default".into()
+            },
+        ),
+        (
+            "fsync_outputs",
+            global.fsync_outputs.to_string(),
+            if global.fsync_from_flag {
+                "flag --no-fsync-outputs".into()
+            } else if c.file.fsync_outputs.is_some() {
+                c.origin()
+            } else {
+                "built-in default".into()
+            },
         ),
     ];
     for (key, value, source) in rows {

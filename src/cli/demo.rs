@@ -154,7 +154,7 @@ pub fn run(_global: &Global, args: DemoArgs) -> CmdResult {
         println!("  {bin} --ledger {ledger_arg} {command}");
     }
     sandbox.shutdown();
-    Ok(summary.exit_code())
+    Ok(codeformer_ledger::exit::of_run(&summary))
 }
 
 /// A path as a shell reads it: as is when it is plain, else in single quotes.

@@ -20,9 +20,9 @@ use std::path::PathBuf;
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct DoctorArgs {
-    /// The output folder to check.
-    #[arg(long, value_name = "DIR", default_value = "restored")]
-    pub out_dir: PathBuf,
+    /// The output folder to check [default: the config file's out_dir, else ./restored].
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
     /// Hook files to compile (repeatable).
     #[arg(long = "hook", value_name = "FILE")]
     pub hooks: Vec<PathBuf>,
@@ -36,12 +36,14 @@ struct Check {
 }
 
 pub fn run(global: &Global, args: DoctorArgs) -> CmdResult {
+    let out_dir = super::options::out_dir(&global.config, args.out_dir.as_deref(), None);
     let checks = vec![
         key_check(global),
+        network_check(global),
         gateway_check(global),
         ledger_check(global),
-        out_dir_check(&args.out_dir),
-        hooks_check(&args.hooks, &args.out_dir),
+        out_dir_check(&out_dir),
+        hooks_check(&args.hooks, &out_dir),
     ];
     let mut checks = checks;
     if global.upload.is_some() {
@@ -170,6 +172,14 @@ fn gateway_check(global: &Global) -> Check {
             format!("{base} answers but rate-limits (HTTP 429)"),
             None,
         ),
+        ApiCheck::Unreachable { reason } if reason.contains("TLS") => (
+            false,
+            format!("{base} cannot be trusted: {reason}"),
+            Some(
+                "pass --ca-cert FILE (or config key ca_cert) with the PEM certificate of the CA that signs the gateway's or the proxy's certificate, or set SSL_CERT_FILE to a bundle holding it"
+                    .into(),
+            ),
+        ),
         ApiCheck::Unreachable { reason } => (
             false,
             format!("{base} cannot be reached: {reason}"),
@@ -184,6 +194,52 @@ fn gateway_check(global: &Global) -> Check {
     };
     Check {
         name: "gateway",
+        ok,
+        result,
+        fix,
+    }
+}
+
+/// What the requests trust and which proxy they go through (never its credentials).
+fn network_check(global: &Global) -> Check {
+    let net = match global.net() {
+        Ok(n) => n,
+        Err(e) => {
+            return Check {
+                name: "network",
+                ok: false,
+                result: e.message,
+                fix: Some("give --ca-cert a PEM file of CA certificates".into()),
+            }
+        }
+    };
+    let t = &net.trust;
+    let mut result = format!(
+        "trusts the bundled web roots, {} of the machine's store",
+        t.machine
+    );
+    if let Some((path, n)) = &t.ca_cert {
+        result.push_str(&format!(" and {n} from --ca-cert {}", path.display()));
+    }
+    result.push_str(&format!(
+        "; proxy for the gateway: {}",
+        net.describe_proxy(&global.base_url)
+    ));
+    let mut ok = true;
+    let mut fix = None;
+    if let Some(problem) = net.key_in_clear(&global.base_url) {
+        ok = false;
+        result.push_str(&format!("; {problem}"));
+        fix = Some("use an https base URL, or add the gateway's host to NO_PROXY".into());
+    } else if !t.machine_errors.is_empty() {
+        result.push_str(&format!(
+            "; the machine's store could not all be read: {}",
+            t.machine_errors.join("; ")
+        ));
+        fix = Some("check SSL_CERT_FILE / SSL_CERT_DIR, or pass --ca-cert FILE".into());
+    }
+    Check {
+        name: "network",
         ok,
         result,
         fix,

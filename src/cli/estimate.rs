@@ -25,10 +25,10 @@ pub struct EstimateArgs {
     )]
     pub image_url: Option<String>,
     /// The input's size instead of a URL (no network).
-    #[arg(long, value_name = "WxH", value_parser = super::submit::size)]
+    #[arg(long, value_name = "WxH", value_parser = super::common::size)]
     pub size: Option<(u32, u32)>,
     /// Enlargement factor.
-    #[arg(long, value_name = "N", value_parser = super::submit::upscale, default_value = "2")]
+    #[arg(long, value_name = "N", value_parser = super::common::upscale, default_value = "2")]
     pub upscale: u32,
     /// table for reading; json and csv (one header row, one row) with the same fields.
     #[arg(long, value_enum, default_value = "table")]
@@ -53,11 +53,11 @@ pub fn run(global: &Global, args: EstimateArgs) -> CmdResult {
         (_, Some(size)) => (size, "given".to_string()),
         (Some(url), None) => {
             params::validate_image_url(url).map_err(|e| CliError::usage(e.to_string()))?;
-            let gateway = Gateway::new(codeformer_ledger::gateway::GatewayConfig::new(
-                &global.base_url,
-                None,
-            ));
-            let probe = codeformer_ledger::probe::probe_url(gateway.file_agent(), url)
+            let gateway = Gateway::new(
+                codeformer_ledger::gateway::GatewayConfig::new(&global.base_url, None)
+                    .with_net(global.net()?),
+            );
+            let probe = codeformer_ledger::gateway::probe::probe_url(gateway.file_agent(), url)
                 .map_err(|e| CliError::error(format!("{url}: {e}")))?;
             let size = (probe.size.width, probe.size.height);
             if let Some(l) = ledger.as_mut() {

@@ -89,13 +89,16 @@ pub fn run(global: &Global, args: HooksArgs) -> CmdResult {
                 Some(b) => ledger.batch_settings(b)?.and_then(|(_, dir)| dir),
                 None => None,
             };
-            let dir = global
-                .config
-                .out_dir(out_dir.as_deref(), remembered.as_deref());
+            let dir =
+                super::options::out_dir(&global.config, out_dir.as_deref(), remembered.as_deref());
             std::fs::create_dir_all(&dir)?;
             let files: Vec<PathBuf> = files.into_iter().map(PathBuf::from).collect();
-            let Some(mut hooks) =
-                super::run::start_hooks(files, &dir.canonicalize()?, trusted_hooks, hook_timeout)?
+            let Some(mut hooks) = super::common::start_hooks(
+                files,
+                &dir.canonicalize()?,
+                trusted_hooks,
+                hook_timeout,
+            )?
             else {
                 return Ok(codeformer_ledger::exit::DONE);
             };

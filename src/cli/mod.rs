@@ -2,6 +2,7 @@
 //! are parsed in two stages: clap structs that do no I/O, then a resolved [`Global`] (ledger
 //! path, gateway, key) that the commands use.
 
+pub mod common;
 pub mod config;
 pub mod demo;
 pub mod docs;
@@ -10,8 +11,11 @@ pub mod estimate;
 pub mod hooks;
 pub mod ingest;
 pub mod jobs;
+pub mod ledger;
 pub mod listen;
+pub mod options;
 pub mod prices;
+pub mod reconcile;
 pub mod report;
 pub mod run;
 pub mod sandbox;
@@ -21,7 +25,7 @@ pub mod verify;
 
 use clap::{Parser, Subcommand};
 use codeformer_ledger::exit;
-use codeformer_ledger::gateway::{ApiKey, Gateway, GatewayConfig, DEFAULT_BASE_URL};
+use codeformer_ledger::gateway::{ApiKey, Gateway, GatewayConfig, NetConfig, DEFAULT_BASE_URL};
 use codeformer_ledger::ledger::{Ledger, LedgerError};
 use codeformer_ledger::KEY_ENV;
 use std::fmt;
@@ -76,6 +80,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
     pub url_ttl: Option<std::time::Duration>,
 
+    /// Also trust the CA certificates (PEM) in this file, for the gateway, downloads, image
+    /// probes and any proxy (beside the machine's store and SSL_CERT_FILE / SSL_CERT_DIR).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Do not fsync downloaded outputs and their folder before recording them (for an output
+    /// folder on tmpfs, where it buys nothing).
+    #[arg(long, global = true)]
+    pub no_fsync_outputs: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,6 +103,8 @@ pub enum Command {
     Jobs(jobs::JobsArgs),
     Show(jobs::ShowArgs),
     Report(report::ReportArgs),
+    Reconcile(reconcile::ReconcileArgs),
+    Ledger(ledger::LedgerArgs),
     Ingest(ingest::IngestArgs),
     Listen(listen::ListenArgs),
     Hooks(hooks::HooksArgs),
@@ -192,6 +208,12 @@ pub struct Global {
     api_key_file: Option<PathBuf>,
     /// Where local inputs are uploaded (`--upload` or the config file's `upload`).
     pub upload: Option<codeformer_ledger::storage::StorageConfig>,
+    /// `--ca-cert`, else the config file's `ca_cert`.
+    pub ca_cert: Option<PathBuf>,
+    pub ca_cert_from_flag: bool,
+    /// Whether outputs are fsynced before they are recorded.
+    pub fsync_outputs: bool,
+    pub fsync_from_flag: bool,
 }
 
 impl Global {
@@ -230,10 +252,19 @@ impl Global {
             )));
         }
         let upload = upload::resolve(cli, &config)?;
+        let ca_cert = cli.ca_cert.clone().or_else(|| config.file.ca_cert.clone());
+        if let Some(path) = &ca_cert {
+            NetConfig::check_ca_file(path).map_err(|e| CliError::usage(e.to_string()))?;
+        }
+        let fsync_outputs = !cli.no_fsync_outputs && config.file.fsync_outputs.unwrap_or(true);
         Ok(Global {
             upload,
             ledger,
             base_url,
+            ca_cert,
+            ca_cert_from_flag: cli.ca_cert.is_some(),
+            fsync_outputs,
+            fsync_from_flag: cli.no_fsync_outputs,
             config,
             sources: config::Sources {
                 ledger: ledger_source,
@@ -266,11 +297,15 @@ impl Global {
         Ok(std::env::var(KEY_ENV).ok().and_then(|k| ApiKey::new(&k)))
     }
 
+    /// The trust store and proxy every outgoing request uses.
+    pub fn net(&self) -> Result<NetConfig, CliError> {
+        NetConfig::from_env(self.ca_cert.as_deref()).map_err(|e| CliError::usage(e.to_string()))
+    }
+
     pub fn gateway(&self) -> Result<Gateway, CliError> {
-        Ok(Gateway::new(GatewayConfig::new(
-            &self.base_url,
-            self.api_key()?,
-        )))
+        let mut config = GatewayConfig::new(&self.base_url, self.api_key()?).with_net(self.net()?);
+        config.fsync_outputs = self.fsync_outputs;
+        Ok(Gateway::new(config))
     }
 
     /// The bucket of local inputs, when `--upload` is configured. Its requests go through the
@@ -279,7 +314,7 @@ impl Global {
         let Some(config) = &self.upload else {
             return Ok(None);
         };
-        let agent = Gateway::new(GatewayConfig::new(&self.base_url, None))
+        let agent = Gateway::new(GatewayConfig::new(&self.base_url, None).with_net(self.net()?))
             .file_agent()
             .clone();
         codeformer_ledger::storage::Storage::new(config.clone(), agent)
@@ -313,6 +348,8 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Jobs(args) => jobs::list(&global, args),
         Command::Show(args) => jobs::show(&global, args),
         Command::Report(args) => report::run(&global, args),
+        Command::Reconcile(args) => reconcile::run(&global, args),
+        Command::Ledger(args) => ledger::run(&global, args),
         Command::Ingest(args) => ingest::run(&global, args),
         Command::Listen(args) => listen::run(&global, args),
         Command::Hooks(args) => hooks::run(&global, args),

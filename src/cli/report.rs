@@ -2,13 +2,15 @@
 
 mod html;
 
+pub use html::{reconcile_page, show_command};
+
 use super::{CliError, CmdResult, Global};
-use codeformer_ledger::ledger::{GroupBy, Report, ReportRow};
+use codeformer_ledger::ledger::{GroupBy, LedgerError, Report, ReportRow, Source, MAX_OTHERS};
 use codeformer_ledger::money;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Cost audit: spend grouped by day, month, batch, state or tag.
+/// Cost audit: spend grouped by day, month, batch, state, tag or ledger.
 ///
 /// Per group: attempts (a retry is a new attempt), outcomes, output megapixels, estimated,
 /// charged and charge-unknown cost; a total that equals the sum of the rows to the last digit;
@@ -16,10 +18,14 @@ use std::path::{Path, PathBuf};
 /// differs from their estimate, with the reason. Read only; works offline and while an engine
 /// runs. Dates are UTC days: --since 2026-03-01 --until 2026-04-01 is March.
 ///
+/// --with-ledger adds other ledgers (read only, while their engines run too); a request id
+/// recorded in two of them is counted once, in the first given (--ledger first), and listed.
+///
 /// Examples:
 ///   codeformer-ledger report --by month
 ///   codeformer-ledger report --since 2026-11-01 --by tag:client --format csv
 ///   codeformer-ledger report --format html --output spend.html
+///   codeformer-ledger report --with-ledger studio-b.db --with-ledger studio-c.db --by ledger
 #[derive(clap::Args, Debug)]
 #[command(verbatim_doc_comment)]
 pub struct ReportArgs {
@@ -29,7 +35,7 @@ pub struct ReportArgs {
     /// Until this date (YYYY-MM-DD, midnight UTC) or RFC 3339 time, exclusive.
     #[arg(long, value_name = "D")]
     pub until: Option<String>,
-    /// Grouping: day, month, batch, state, folder (of local inputs) or tag:KEY.
+    /// Grouping: day, month, batch, state, folder (of local inputs), ledger or tag:KEY.
     #[arg(long, value_name = "BY", default_value = "day", value_parser = by)]
     pub by: GroupBy,
     /// Output format; every amount is exact in all of them.
@@ -39,6 +45,9 @@ pub struct ReportArgs {
     /// standard output.
     #[arg(long, short, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Another ledger to include, read only (repeatable); labelled by the path as given.
+    #[arg(long = "with-ledger", value_name = "PATH")]
+    pub with_ledger: Vec<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +90,16 @@ pub fn run(global: &Global, args: ReportArgs) -> CmdResult {
         }
     }
     let ledger = global.open_ledger_read_only()?;
-    let report = ledger.report(since.as_deref(), until.as_deref(), &args.by)?;
+    let others = sources(&global.ledger, &args.with_ledger)?;
+    let report = ledger
+        .report_over(
+            &global.ledger.display().to_string(),
+            &others,
+            since.as_deref(),
+            until.as_deref(),
+            &args.by,
+        )
+        .map_err(source_error)?;
     let mut text = Vec::new();
     render(&mut text, &report, args.format)?;
     match &args.output {
@@ -93,6 +111,53 @@ pub fn run(global: &Global, args: ReportArgs) -> CmdResult {
         }
     }
     Ok(codeformer_ledger::exit::DONE)
+}
+
+/// The `--with-ledger` paths as sources, refusing one given twice (or the main ledger again),
+/// which would count its unsent jobs twice.
+pub fn sources(main: &Path, paths: &[PathBuf]) -> Result<Vec<Source>, CliError> {
+    if paths.len() > MAX_OTHERS {
+        return Err(CliError::usage(format!(
+            "{} --with-ledger given; at most {MAX_OTHERS} can be read together with --ledger",
+            paths.len()
+        )));
+    }
+    let mut seen = vec![std::fs::canonicalize(main).unwrap_or_else(|_| main.to_path_buf())];
+    let mut out = Vec::new();
+    for path in paths {
+        let real = std::fs::canonicalize(path).map_err(|e| {
+            CliError::usage(format!(
+                "--with-ledger {}: {e}; nothing was read or changed",
+                path.display()
+            ))
+        })?;
+        if seen.contains(&real) {
+            return Err(CliError::usage(format!(
+                "--with-ledger {}: this ledger is already in the report (as --ledger or an \
+                 earlier --with-ledger)",
+                path.display()
+            )));
+        }
+        seen.push(real);
+        out.push(Source {
+            path: path.clone(),
+            label: path.display().to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// A `--with-ledger` file that is missing or not a ledger is bad input (exit 2).
+pub fn source_error(e: LedgerError) -> CliError {
+    match e {
+        LedgerError::NotALedger { .. }
+        | LedgerError::NotALedgerFile { .. }
+        | LedgerError::ForeignCompanion { .. }
+        | LedgerError::Missing(_)
+        | LedgerError::TooNew { .. }
+        | LedgerError::Sources(_) => CliError::usage(format!("--with-ledger: {e}")),
+        other => other.into(),
+    }
 }
 
 /// Writes a report in one of the formats.
@@ -111,7 +176,7 @@ pub fn render(out: &mut impl Write, report: &Report, format: ReportFormat) -> st
 
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so the
 /// file is either the old one or the whole new one.
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
     let fail = |e: &dyn std::fmt::Display| {
         CliError::error(format!(
             "--output {}: cannot write the report: {e}",
@@ -207,7 +272,28 @@ fn write_table(out: &mut impl Write, report: &Report) -> std::io::Result<()> {
             writeln!(out, "  {}", discrepancy_line(d))?;
         }
     }
+    if !report.ledgers.is_empty() {
+        writeln!(out, "\nledgers: {}", report.ledgers.join(", "))?;
+    }
+    if !report.shared.is_empty() {
+        writeln!(
+            out,
+            "\nrequest ids recorded in more than one ledger (each counted once):"
+        )?;
+        for s in &report.shared {
+            writeln!(out, "  {}", shared_line(s))?;
+        }
+    }
     Ok(())
+}
+
+fn shared_line(s: &codeformer_ledger::ledger::SharedRequest) -> String {
+    format!(
+        "{}: in {}; counted in {}",
+        s.request_id,
+        s.ledgers.join(", "),
+        s.counted_in
+    )
 }
 
 /// Warnings a reader of the totals must see.
@@ -292,7 +378,12 @@ fn discrepancy_cells(d: &codeformer_ledger::ledger::Discrepancy) -> [String; 6] 
 
 fn discrepancy_line(d: &codeformer_ledger::ledger::Discrepancy) -> String {
     let [job, attempt, estimated, charged, difference, reason] = discrepancy_cells(d);
+    let place = d
+        .ledger
+        .as_ref()
+        .map(|l| format!(" ({l})"))
+        .unwrap_or_default();
     format!(
-        "job {job} attempt {attempt}: estimated {estimated}, charged {charged} ({difference}): {reason}"
+        "job {job}{place} attempt {attempt}: estimated {estimated}, charged {charged} ({difference}): {reason}"
     )
 }

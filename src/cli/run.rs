@@ -1,6 +1,7 @@
 //! `run` and `batch`: drive the engine until nothing is unfinished.
 
-use super::submit::{stop_error, ParamArgs};
+use super::common::{stop_error, ParamArgs};
+use super::options::{Checked, EngineArgs, RunConfig};
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::engine::{self, EngineOptions, Progress, ProgressSink, RunSummary};
 use codeformer_ledger::ledger::{JobState, Ledger, NewJob};
@@ -11,58 +12,6 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-/// Options of the engine, shared by `run` and `batch`.
-#[derive(clap::Args, Debug, Clone)]
-pub struct EngineArgs {
-    /// Where outputs are written [default: the batch's folder from an earlier run, else the
-    /// config file's out_dir, else ./restored].
-    #[arg(long, value_name = "DIR")]
-    pub out_dir: Option<PathBuf>,
-    /// Output file names, from {key}, {job}, {stem} (of the input URL), {upscale}, {date},
-    /// {attempt}; a name already taken by another file gets " (2)" [default: {stem}-{job}].
-    #[arg(long, value_name = "PATTERN", value_parser = name_pattern)]
-    pub name_pattern: Option<String>,
-    /// HTTP requests in flight at most [default: 4].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: Option<u16>,
-    /// Never send a job if what is charged, plus the estimates in flight, plus its own estimate would exceed this many USD.
-    /// With a batch (`batch`, `run --batch`) the cap is remembered for it: later runs of the
-    /// batch keep it until another --budget replaces it or --no-budget lifts it. Without a
-    /// batch it applies to this run only, over every job in the ledger.
-    #[arg(long, value_name = "USD", value_parser = super::parse_budget, allow_hyphen_values = true)]
-    pub budget: Option<Decimal>,
-    /// Lift the batch's remembered cap (and the config file's budget) for this and later runs.
-    #[arg(long, conflicts_with = "budget")]
-    pub no_budget: bool,
-    /// Stop polling jobs still unfinished this long after they were sent (they become `stalled`), e.g. 30m.
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
-    pub deadline: Option<Duration>,
-    /// The longest wait between two polls of one job (the schedule adapts below it) [default: 5s].
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
-    pub poll_interval: Option<Duration>,
-    /// How often jobs that expect webhook callbacks are still polled, as a fallback for lost
-    /// callbacks [default: 60s].
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
-    pub callback_fallback: Option<Duration>,
-    /// A Lua hook file (repeatable; run in the order given). Remembered per batch, so a
-    /// resume runs the same hooks.
-    #[arg(long = "hook", value_name = "FILE")]
-    pub hooks: Vec<PathBuf>,
-    /// Give hooks the full Lua standard library (io, os, require). Only for scripts you trust.
-    #[arg(long)]
-    pub trusted_hooks: bool,
-    /// Wall-clock limit of one hook call.
-    #[arg(long, value_name = "DUR", value_parser = super::parse_duration, default_value = "10s")]
-    pub hook_timeout: Duration,
-    /// No progress display.
-    #[arg(long, short)]
-    pub quiet: bool,
-    /// Delete each local input's object from the bucket once its job's output is downloaded
-    /// (objects another unfinished job needs are kept).
-    #[arg(long)]
-    pub delete_uploads: bool,
-}
 
 /// Resume: send planned jobs, poll, download, run hooks, until nothing is unfinished.
 ///
@@ -86,33 +35,6 @@ pub struct RunArgs {
     /// Send `uncertain` jobs again. They may already exist at the gateway, so this can pay twice.
     #[arg(long)]
     pub resubmit_uncertain: bool,
-}
-
-impl RunArgs {
-    /// The run of `submit --wait`: every option unset, so the config file and the batch's
-    /// remembered settings apply as they do for `run`.
-    pub fn for_wait(batch: Option<String>) -> Self {
-        RunArgs {
-            batch,
-            engine: EngineArgs {
-                out_dir: None,
-                name_pattern: None,
-                concurrency: None,
-                budget: None,
-                no_budget: false,
-                deadline: None,
-                poll_interval: None,
-                callback_fallback: None,
-                hooks: Vec::new(),
-                trusted_hooks: false,
-                hook_timeout: Duration::from_secs(10),
-                quiet: false,
-                delete_uploads: false,
-            },
-            retry: Vec::new(),
-            resubmit_uncertain: false,
-        }
-    }
 }
 
 /// Enqueue a manifest (text, CSV or JSON Lines), then run it to the end.
@@ -147,10 +69,6 @@ pub struct BatchArgs {
     pub engine: EngineArgs,
 }
 
-fn name_pattern(text: &str) -> Result<String, String> {
-    engine::check_name_pattern(text).map(|_| text.to_string())
-}
-
 fn retry_state(text: &str) -> Result<JobState, String> {
     let state: JobState = text.trim().parse()?;
     if !state.is_retryable() {
@@ -162,25 +80,39 @@ fn retry_state(text: &str) -> Result<JobState, String> {
 }
 
 pub fn run(global: &Global, args: RunArgs) -> CmdResult {
-    let given = Given::check(global, &args.engine)?;
-    let gateway = global.gateway()?;
-    let mut ledger = global.open_ledger()?;
-    let _lock = ledger.lock_engine()?;
-    let plan = Plan::resolve(&ledger, args.batch.as_deref(), &args.engine, given)?;
-    plan.remember(&mut ledger)?;
-    drive(
+    let checked = Checked::check(&global.config, &args.engine)?;
+    run_checked(
         global,
-        &mut ledger,
-        &gateway,
-        plan,
-        &args.engine,
+        args.batch.as_deref(),
+        checked,
         args.retry,
         args.resubmit_uncertain,
     )
 }
 
+/// `run` with its options checked already (`submit --wait` checks them before it records
+/// the job).
+pub fn run_checked(
+    global: &Global,
+    batch: Option<&str>,
+    checked: Checked,
+    retry: Vec<JobState>,
+    resubmit_uncertain: bool,
+) -> CmdResult {
+    let gateway = global.gateway()?;
+    let mut ledger = global.open_ledger()?;
+    let _lock = ledger.lock_engine()?;
+    let mut plan = RunConfig::resolve(&ledger, batch, checked)?;
+    plan.retry = retry;
+    plan.resubmit_uncertain = resubmit_uncertain;
+    plan.remember(&mut ledger)?;
+    drive(global, &mut ledger, &gateway, plan)
+}
+
 pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
-    let defaults = args.params.params("https://placeholder.invalid/")?;
+    let defaults = args
+        .params
+        .params("https://placeholder.invalid/", &global.base_url)?;
     let name = match &args.name {
         Some(name) => name.clone(),
         None => batch_name(&args.manifest),
@@ -190,14 +122,14 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
     } else {
         manifest_jobs(global, &args, &defaults, &name)?
     };
-    let given = Given::check(global, &args.engine)?;
+    let checked = Checked::check(&global.config, &args.engine)?;
     let gateway = global.gateway()?;
     if !args.enqueue_only {
         super::upload::storage_for(global, super::upload::any_local(&jobs))?;
     }
     let mut ledger = global.open_ledger()?;
     // Everything is checked before the first write: exit 2 leaves the ledger as it was.
-    let plan = Plan::resolve(&ledger, Some(&name), &args.engine, given)?;
+    let plan = RunConfig::resolve(&ledger, Some(&name), checked)?;
     refuse_key_conflicts(&ledger, &jobs, &lines, &args.manifest)?;
     let report = ledger.enqueue_reporting(&jobs)?;
     plan.remember(&mut ledger)?;
@@ -219,15 +151,7 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    drive(
-        global,
-        &mut ledger,
-        &gateway,
-        plan,
-        &args.engine,
-        Vec::new(),
-        false,
-    )
+    drive(global, &mut ledger, &gateway, plan)
 }
 
 /// The jobs of a manifest's rows, with their line numbers. Local paths are read here (relative
@@ -418,221 +342,6 @@ pub fn resume_hint(ledger: &Ledger, batch: &str) -> Result<String, CliError> {
     })
 }
 
-/// What the command line gives for a run, checked before the ledger is opened: hook files
-/// exist and are files, the output folder can be created and written, the budget reads.
-struct Given {
-    out_dir: Option<PathBuf>,
-    hooks: Option<Vec<PathBuf>>,
-    /// The given hooks, loaded (so compiled) with the given output folder.
-    started: Option<engine::LuaHooks>,
-    budget: BudgetFlag,
-    config_budget: Option<Decimal>,
-    /// The config file's folder: below a batch's remembered one, above the default.
-    config_out_dir: Option<PathBuf>,
-}
-
-/// What the command line says about the cap.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum BudgetFlag {
-    /// Nothing: a batch keeps its remembered cap.
-    Keep,
-    Set(Decimal),
-    Lift,
-}
-
-impl Given {
-    fn check(global: &Global, args: &EngineArgs) -> Result<Given, CliError> {
-        let config = &global.config;
-        let out_dir = match args.out_dir.clone() {
-            Some(dir) => Some(usable_out_dir(&dir)?),
-            None => None,
-        };
-        let listed = if args.hooks.is_empty() {
-            config.file.hooks.clone().unwrap_or_default()
-        } else {
-            args.hooks.clone()
-        };
-        let hooks: Option<Vec<PathBuf>> = if listed.is_empty() {
-            None
-        } else {
-            Some(
-                listed
-                    .iter()
-                    .map(|h| hook_file(h))
-                    .collect::<Result<_, _>>()?,
-            )
-        };
-        // Loaded now, before the ledger is opened: a script that does not compile is refused
-        // before anything is written, even a new ledger file.
-        let started: Option<engine::LuaHooks> = match (&hooks, &out_dir) {
-            (Some(files), Some(dir)) => {
-                start_hooks(files.clone(), dir, args.trusted_hooks, args.hook_timeout)?
-            }
-            (Some(files), None) => {
-                let scratch = tempfile::tempdir()?;
-                start_hooks(
-                    files.clone(),
-                    scratch.path(),
-                    args.trusted_hooks,
-                    args.hook_timeout,
-                )?;
-                None
-            }
-            (None, _) => None,
-        };
-        let budget = match (args.budget, args.no_budget) {
-            (Some(cap), _) => BudgetFlag::Set(cap),
-            (None, true) => BudgetFlag::Lift,
-            (None, false) => BudgetFlag::Keep,
-        };
-        Ok(Given {
-            out_dir,
-            hooks,
-            started,
-            budget,
-            config_budget: config.budget()?,
-            config_out_dir: config.file.out_dir.clone(),
-        })
-    }
-}
-
-/// A hook file that exists and is a regular file, as an absolute path.
-fn hook_file(path: &Path) -> Result<PathBuf, CliError> {
-    let real = path
-        .canonicalize()
-        .map_err(|e| CliError::usage(format!("--hook {}: {e}", path.display())))?;
-    if !real.is_file() {
-        return Err(CliError::usage(format!(
-            "--hook {}: is not a file (give a Lua source file)",
-            path.display()
-        )));
-    }
-    Ok(real)
-}
-
-/// Creates the output folder if needed and checks that a file can be written in it.
-pub fn usable_out_dir(dir: &Path) -> Result<PathBuf, CliError> {
-    let bad = |e: std::io::Error| {
-        CliError::usage(format!(
-            "the output folder {} cannot be used: {e}; give a writable folder with --out-dir",
-            dir.display()
-        ))
-    };
-    std::fs::create_dir_all(dir).map_err(bad)?;
-    let real = dir.canonicalize().map_err(bad)?;
-    tempfile::Builder::new()
-        .prefix(".write-check-")
-        .tempfile_in(&real)
-        .map_err(bad)?;
-    Ok(real)
-}
-
-/// A run's inputs, all checked, before anything is written; [`Plan::remember`] writes what a
-/// batch keeps.
-pub struct Plan {
-    batch: Option<String>,
-    out_dir: PathBuf,
-    hook_files: Vec<PathBuf>,
-    hooks: Option<engine::LuaHooks>,
-    /// The cap of this run.
-    budget: Option<Decimal>,
-    /// A new cap to remember for the batch (`Some(None)` lifts it), with the flag that set it.
-    budget_change: Option<(Option<Decimal>, &'static str)>,
-    /// The cap is the batch's (given now or remembered), not the config file's.
-    budget_is_the_batch: bool,
-    /// Caps of every batch, for a run over the whole ledger.
-    batch_budgets: std::collections::HashMap<String, Decimal>,
-}
-
-impl Plan {
-    fn resolve(
-        ledger: &Ledger,
-        batch: Option<&str>,
-        args: &EngineArgs,
-        given: Given,
-    ) -> Result<Plan, CliError> {
-        let remembered = match batch {
-            Some(name) => ledger.batch_settings(name)?,
-            None => None,
-        };
-        let out_dir = match given.out_dir.clone() {
-            Some(dir) => dir,
-            None => {
-                let dir = remembered
-                    .as_ref()
-                    .and_then(|(_, dir)| dir.as_ref().map(PathBuf::from))
-                    .or_else(|| given.config_out_dir.clone())
-                    .unwrap_or_else(|| PathBuf::from(super::config::DEFAULT_OUT_DIR));
-                usable_out_dir(&dir)?
-            }
-        };
-        let remembered_hooks: Vec<PathBuf> = remembered
-            .map(|(hooks, _)| hooks.into_iter().map(PathBuf::from).collect())
-            .unwrap_or_default();
-        let hook_files = match given.hooks {
-            Some(files) => files,
-            None => remembered_hooks,
-        };
-        // Compiled before anything is written, so that a script that does not load stops the
-        // command first (given hooks were loaded already, with the given folder).
-        let hooks = match given.started {
-            Some(started) => Some(started),
-            None => start_hooks(
-                hook_files.clone(),
-                &out_dir,
-                args.trusted_hooks,
-                args.hook_timeout,
-            )?,
-        };
-        let (budget, budget_change, budget_is_the_batch) = match (batch, given.budget) {
-            (Some(_), BudgetFlag::Set(cap)) => (Some(cap), Some((Some(cap), "--budget")), true),
-            (Some(_), BudgetFlag::Lift) => (None, Some((None, "--no-budget")), false),
-            (Some(name), BudgetFlag::Keep) => match ledger.batch_budget(name)? {
-                Some(cap) => (Some(cap), None, true),
-                None => (given.config_budget, None, false),
-            },
-            (None, BudgetFlag::Set(cap)) => (Some(cap), None, false),
-            (None, BudgetFlag::Lift) => (None, None, false),
-            (None, BudgetFlag::Keep) => (given.config_budget, None, false),
-        };
-        let batch_budgets = match batch {
-            Some(_) => Default::default(),
-            None => ledger.batch_budgets()?,
-        };
-        Ok(Plan {
-            batch: batch.map(str::to_string),
-            out_dir,
-            hook_files,
-            hooks,
-            budget,
-            budget_change,
-            budget_is_the_batch,
-            batch_budgets,
-        })
-    }
-
-    /// Writes what the batch keeps for later runs: its output folder, hooks and cap.
-    fn remember(&self, ledger: &mut Ledger) -> Result<(), CliError> {
-        let Some(name) = &self.batch else {
-            return Ok(());
-        };
-        let names: Vec<String> = self
-            .hook_files
-            .iter()
-            .map(|h| h.to_string_lossy().into_owned())
-            .collect();
-        ledger.upsert_batch(
-            name,
-            (!names.is_empty()).then_some(&names[..]),
-            Some(&self.out_dir.to_string_lossy()),
-        )?;
-        if let Some((cap, flag)) = self.budget_change {
-            ledger.set_batch_budget(name, cap, flag)?;
-        }
-        Ok(())
-    }
-}
-
 fn batch_name(manifest: &Path) -> String {
     manifest
         .file_stem()
@@ -646,59 +355,23 @@ pub fn drive(
     global: &Global,
     ledger: &mut Ledger,
     gateway: &codeformer_ledger::gateway::Gateway,
-    plan: Plan,
-    args: &EngineArgs,
-    retry: Vec<JobState>,
-    resubmit_uncertain: bool,
+    mut plan: RunConfig,
 ) -> CmdResult {
-    let config = &global.config;
-    let Plan {
-        batch,
-        out_dir,
-        mut hooks,
-        budget,
-        batch_budgets,
-        budget_is_the_batch,
-        ..
-    } = plan;
     announce_budget(
-        batch.as_deref(),
-        budget,
-        budget_is_the_batch,
-        &batch_budgets,
+        plan.batch.as_deref(),
+        plan.budget,
+        plan.budget_is_the_batch,
+        &plan.batch_budgets,
     );
-    let mut options = EngineOptions::new(out_dir.clone());
-    if batch.is_none() && args.out_dir.is_none() {
-        // A run over every batch downloads each batch's outputs into its own folder.
-        options.batch_dirs = ledger.batch_out_dirs()?;
-    }
-    options.batch = batch;
-    options.concurrency = args
-        .concurrency
-        .or(config.file.concurrency)
-        .unwrap_or(super::config::DEFAULT_CONCURRENCY) as usize;
-    options.budget = budget;
-    options.batch_budgets = batch_budgets;
-    options.deadline = args.deadline;
-    options.poll_interval = config.poll_interval_or(args.poll_interval)?;
-    if let Some(pattern) = args
-        .name_pattern
-        .clone()
-        .or(config.file.name_pattern.clone())
-    {
-        options.name_pattern = pattern;
-    }
-    if let Some(fallback) = args.callback_fallback {
-        options.callback_fallback = fallback;
-    }
-    options.retry = retry;
-    options.resubmit_uncertain = resubmit_uncertain;
     // Local inputs: every object the run needs goes into the bucket before anything is sent.
-    super::upload::upload_needed(global, ledger, options.batch.as_deref(), None, args.quiet)?;
-    options.storage = global.storage().unwrap_or(None);
+    super::upload::upload_needed(global, ledger, plan.batch.as_deref(), None, plan.quiet)?;
+    plan.storage = global.storage().unwrap_or(None);
+    let options = plan.engine_options(ledger)?;
+    let out_dir = plan.out_dir.clone();
+    let mut hooks = plan.hooks.take();
     let stop = options.stop.clone();
     let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
-    let mut progress = Display::new(args.quiet);
+    let mut progress = Display::new(plan.quiet);
     let post = hooks.as_mut().map(|h| h as &mut dyn engine::PostProcessor);
     let summary = engine::run(ledger, gateway, &options, post, &mut progress)?;
     progress.finish();
@@ -716,7 +389,7 @@ pub fn drive(
         }
     }
     print_summary(ledger, &summary, &out_dir)?;
-    if args.delete_uploads {
+    if plan.delete_uploads {
         let n = super::upload::delete_downloaded(global, ledger, options.batch.as_deref())?;
         if n > 0 {
             println!("{n} uploaded object(s) deleted from the bucket (--delete-uploads)");
@@ -730,7 +403,7 @@ pub fn drive(
     print_retry_hint(&summary, options.batch.as_deref());
     match &summary.stop {
         Some(reason) => Err(explain_stop(ledger, &options, reason)?),
-        None => Ok(summary.exit_code()),
+        None => Ok(codeformer_ledger::exit::of_run(&summary)),
     }
 }
 
@@ -796,24 +469,6 @@ fn explain_stop(
         _ => {}
     }
     Ok(error)
-}
-
-/// Starts the hook worker for these files; a file that does not compile is a usage error.
-pub fn start_hooks(
-    files: Vec<PathBuf>,
-    out_dir: &Path,
-    trusted: bool,
-    timeout: Duration,
-) -> Result<Option<engine::LuaHooks>, CliError> {
-    if files.is_empty() {
-        return Ok(None);
-    }
-    let mut config = codeformer_ledger::hooks::HookConfig::new(files, out_dir);
-    config.trusted = trusted;
-    config.timeout = timeout;
-    engine::LuaHooks::start(config)
-        .map(Some)
-        .map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// Says which cap the run keeps, and that a cap without a batch is for this run only.

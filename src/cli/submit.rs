@@ -1,74 +1,11 @@
 //! `submit`: record, estimate and send one job.
 
+use super::common::{size, stop_error, ParamArgs};
+use super::options::Checked;
 use super::{CliError, CmdResult, Global};
-use codeformer_ledger::engine::{self, StopReason};
+use codeformer_ledger::engine;
 use codeformer_ledger::ledger::{JobState, LedgerError, NewJob};
-use codeformer_ledger::params::{self, JobParams, WebhookMode};
-use rust_decimal::Decimal;
-
-/// The API parameters shared by `submit` and `batch` (defaults for every manifest row).
-#[derive(clap::Args, Debug, Clone)]
-pub struct ParamArgs {
-    /// CodeFormer fidelity, 0..1: lower gives better-looking faces, higher stays closer to the input.
-    #[arg(long, value_name = "F", value_parser = fidelity, default_value = "0.5")]
-    pub fidelity: Decimal,
-    /// Enlargement factor: 2 doubles width and height (cost grows with its square).
-    #[arg(long, value_name = "N", value_parser = upscale, default_value = "2")]
-    pub upscale: u32,
-    /// Do not enhance the background (Real-ESRGAN).
-    #[arg(long)]
-    pub no_background_enhance: bool,
-    /// Do not upsample restored faces.
-    #[arg(long)]
-    pub no_face_upsample: bool,
-    /// Body field `webhook`: a URL the gateway notifies when the job completes.
-    #[arg(long, value_name = "URL")]
-    pub webhook: Option<String>,
-    /// Header X-Webhook-URL: an https endpoint that receives callbacks.
-    #[arg(long, value_name = "URL")]
-    pub webhook_url: Option<String>,
-    /// Header X-Webhook-Mode: one callback at the end (terminal) or one per status poll (sync).
-    #[arg(long, value_name = "MODE", value_parser = webhook_mode)]
-    pub webhook_mode: Option<WebhookMode>,
-    /// Tag the job(s) KEY=VALUE, for reports by client or project (repeatable).
-    #[arg(long = "tag", value_name = "K=V", value_parser = tag)]
-    pub tags: Vec<(String, String)>,
-}
-
-impl ParamArgs {
-    /// The tags given, or the config file's when none are.
-    pub fn tags_or(&self, config: &super::config::Config) -> Vec<(String, String)> {
-        if self.tags.is_empty() {
-            config
-                .file
-                .tags
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .collect()
-        } else {
-            self.tags.clone()
-        }
-    }
-
-    pub fn params(&self, image: &str) -> Result<JobParams, CliError> {
-        let params = JobParams {
-            image: image.to_string(),
-            fidelity: self.fidelity,
-            upscale: self.upscale,
-            background_enhance: !self.no_background_enhance,
-            face_upsample: !self.no_face_upsample,
-            webhook: self.webhook.clone(),
-            webhook_events_filter: None,
-            webhook_url: self.webhook_url.clone(),
-            webhook_mode: self.webhook_mode,
-        };
-        params
-            .validate()
-            .map_err(|e| CliError::usage(e.to_string()))?;
-        Ok(params)
-    }
-}
+use codeformer_ledger::params;
 
 /// Record, estimate and send one job.
 ///
@@ -112,22 +49,6 @@ pub struct SubmitArgs {
     pub poll_interval: Option<std::time::Duration>,
 }
 
-pub fn fidelity(text: &str) -> Result<Decimal, String> {
-    params::parse_fidelity(text).map_err(|e| e.message)
-}
-pub fn upscale(text: &str) -> Result<u32, String> {
-    params::parse_upscale(text).map_err(|e| e.message)
-}
-pub fn size(text: &str) -> Result<(u32, u32), String> {
-    params::parse_size(text).map_err(|e| e.message)
-}
-pub fn tag(text: &str) -> Result<(String, String), String> {
-    params::parse_tag(text).map_err(|e| e.message)
-}
-pub fn webhook_mode(text: &str) -> Result<WebhookMode, String> {
-    text.parse::<WebhookMode>().map_err(|e| e.message)
-}
-
 /// The local file `submit PATH` names, read; `None` for a URL. Without `--upload` a path is
 /// refused naming it.
 fn local_input(
@@ -159,17 +80,16 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
     } else {
         args.image_url.as_str()
     };
-    let params = args.params.params(image)?;
-    if args.wait {
-        // Checked before the job is recorded: exit 2 leaves the ledger as it was.
-        if let Some(dir) = args
-            .out_dir
-            .as_ref()
-            .or(global.config.file.out_dir.as_ref())
-        {
-            super::run::usable_out_dir(dir)?;
-        }
-    }
+    let params = args.params.params(image, &global.base_url)?;
+    // The run of --wait, checked before the job is recorded: exit 2 leaves the ledger as it was.
+    let wait = match args.wait {
+        true => Some(Checked::for_wait(
+            &global.config,
+            args.out_dir.clone(),
+            args.poll_interval,
+        )?),
+        false => None,
+    };
     let gateway = global.gateway()?;
     let mut job = match local_input(global, &args)? {
         Some(file) => super::upload::local_job(global, file, params)?,
@@ -227,12 +147,9 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         return Err(not_sent(global, &row));
     }
     print_outcome(&row, args.wait);
-    if args.wait {
+    if let Some(checked) = wait {
         drop(lock);
-        let mut run_args = super::run::RunArgs::for_wait(args.batch);
-        run_args.engine.out_dir = args.out_dir;
-        run_args.engine.poll_interval = args.poll_interval;
-        return super::run::run(global, run_args);
+        return super::run::run_checked(global, args.batch.as_deref(), checked, Vec::new(), false);
     }
     Ok(match row.state {
         JobState::Rejected | JobState::Uncertain => codeformer_ledger::exit::SOME_FAILED,
@@ -286,31 +203,4 @@ fn print_outcome(row: &codeformer_ledger::ledger::JobRow, wait: bool) {
             row.reason.as_deref().or(row.error.as_deref()).unwrap_or("")
         ),
     }
-}
-
-/// The message and exit code for a run that stopped early.
-pub fn stop_error(reason: &StopReason) -> CliError {
-    let code = match reason {
-        StopReason::Budget { .. } | StopReason::InsufficientBalance { .. } => {
-            codeformer_ledger::exit::BUDGET
-        }
-        _ => codeformer_ledger::exit::ERROR,
-    };
-    let message = match reason {
-        StopReason::Budget { needed } => format!(
-            "stopped by the budget cap: the held jobs need {} USD more; raise --budget and run again",
-            codeformer_ledger::money::exact(*needed)
-        ),
-        StopReason::InsufficientBalance { message } => format!(
-            "the gateway's wallet cannot pay for the next job (HTTP 402: {message}); it and the jobs not yet sent are held. Top up the wallet, then run again"
-        ),
-        StopReason::Unauthorized { message } => message.clone(),
-        StopReason::Unreachable { message } | StopReason::Misconfigured { message } => {
-            message.clone()
-        }
-        StopReason::Interrupted => {
-            "interrupted; what was in flight is recorded. `codeformer-ledger run` resumes".into()
-        }
-    };
-    CliError { code, message }
 }

@@ -130,6 +130,28 @@ fn log_line(level: &str, file: &str, message: &str) {
     eprintln!("hook {level} [{file}] {message}");
 }
 
+impl LuaHooks {
+    /// An `on_submit` call that succeeded but whose answer is refused: a failed run is
+    /// recorded, so the hook is asked again next time rather than taken as passed.
+    fn refuse_submit_change(
+        &mut self,
+        ledger: &mut Ledger,
+        job: &JobRow,
+        idx: usize,
+        error: &str,
+    ) -> Result<SubmitVerdict, LedgerError> {
+        let message = format!(
+            "on_submit in {} returned a bad change: {error}",
+            self.names[idx]
+        );
+        let key = Some((job.id, job.attempt));
+        let run = ledger.start_hook_run(key, None, &self.names[idx], HookFn::OnSubmit.name())?;
+        let event = Event::new(Some(job.id), Some(job.attempt), "hook").detail(message.clone());
+        ledger.finish_hook_run(run, Some(&message), vec![event], &[], &[])?;
+        Ok(SubmitVerdict::Failed(message))
+    }
+}
+
 impl PostProcessor for LuaHooks {
     fn wants(&self, state: JobState) -> bool {
         let func = if state == JobState::Completed {
@@ -189,25 +211,7 @@ impl PostProcessor for LuaHooks {
                         self.names[idx]
                     )))
                 }
-                Err(e) => {
-                    let message = format!(
-                        "on_submit in {} returned a bad change: {e}",
-                        self.names[idx]
-                    );
-                    // The call succeeded but its answer is refused: record a failed run so the
-                    // hook is asked again next time rather than taken as passed.
-                    let key = Some((job.id, job.attempt));
-                    let run = ledger.start_hook_run(
-                        key,
-                        None,
-                        &self.names[idx],
-                        HookFn::OnSubmit.name(),
-                    )?;
-                    let event =
-                        Event::new(Some(job.id), Some(job.attempt), "hook").detail(message.clone());
-                    ledger.finish_hook_run(run, Some(&message), vec![event], &[], &[])?;
-                    return Ok(SubmitVerdict::Failed(message));
-                }
+                Err(e) => return self.refuse_submit_change(ledger, job, idx, &e.to_string()),
             }
         }
         Ok(if changed {

@@ -1,6 +1,7 @@
 //! The HTTP workers: threads that take a task, talk to the network, and send back what
 //! happened. They never touch the ledger; the engine's thread records every result.
 
+use crate::digest::hex;
 use crate::gateway::{DownloadError, Exchange, Gateway, PollOutcome, SubmitOutcome};
 use crate::ledger::OutputRow;
 use crate::params::JobParams;
@@ -34,10 +35,10 @@ pub enum Task {
 /// What a task found.
 #[derive(Debug)]
 pub enum TaskResult {
-    Probe(Result<crate::probe::Probe, String>),
+    Probe(Result<crate::gateway::probe::Probe, crate::gateway::probe::ProbeError>),
     Submit(Exchange<SubmitOutcome>),
     Poll(Exchange<PollOutcome>),
-    Download(Result<Vec<OutputRow>, String>),
+    Download(Result<Vec<OutputRow>, DownloadError>),
 }
 
 #[derive(Debug)]
@@ -112,14 +113,14 @@ fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway:
 /// Runs one task on the calling thread.
 pub fn perform(gateway: &Gateway, task: Task, attempt: i64) -> TaskResult {
     match task {
-        Task::Probe { url } => TaskResult::Probe(
-            crate::probe::probe_url(gateway.file_agent(), &url).map_err(|e| e.to_string()),
-        ),
+        Task::Probe { url } => {
+            TaskResult::Probe(crate::gateway::probe::probe_url(gateway.file_agent(), &url))
+        }
         Task::Submit { params } => TaskResult::Submit(gateway.submit(&params)),
         Task::Poll { request_id } => TaskResult::Poll(gateway.status(&request_id)),
-        Task::Download { urls, dir, name } => TaskResult::Download(
-            download_all(gateway, &urls, &dir, &name, attempt).map_err(|e| e.to_string()),
-        ),
+        Task::Download { urls, dir, name } => {
+            TaskResult::Download(download_all(gateway, &urls, &dir, &name, attempt))
+        }
     }
 }
 
@@ -195,6 +196,9 @@ fn download_one(
         _ => "png",
     };
     let path = place(temp, dir, name, ext, &sha)?;
+    if gateway.config().fsync_outputs {
+        crate::durable::sync_file_and_dir(&path)?;
+    }
     Ok(OutputRow {
         attempt,
         idx,
@@ -298,10 +302,6 @@ fn file_sha(path: &Path) -> std::io::Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex(&hasher.finalize()))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The default output name pattern.

@@ -1,5 +1,6 @@
 //! The blocking HTTP client of the gateway (ureq).
 
+use super::net::{agent_builder, handshake_failure, untrusted_certificate, NetConfig};
 use super::types::*;
 use crate::params::JobParams;
 use std::io::{Read, Write};
@@ -21,6 +22,10 @@ pub struct GatewayConfig {
     pub download_timeout: Duration,
     /// Largest output accepted, in bytes.
     pub max_output_bytes: u64,
+    /// Trusted certificates and proxy, shared by every agent.
+    pub net: NetConfig,
+    /// Whether a downloaded output and its folder are fsynced before it is recorded.
+    pub fsync_outputs: bool,
 }
 
 impl GatewayConfig {
@@ -32,7 +37,15 @@ impl GatewayConfig {
             connect_timeout: Duration::from_secs(10),
             download_timeout: Duration::from_secs(300),
             max_output_bytes: 512 * 1024 * 1024,
+            net: NetConfig::from_env_only(),
+            fsync_outputs: true,
         }
+    }
+
+    /// The same, with the trust and proxy setup given.
+    pub fn with_net(mut self, net: NetConfig) -> Self {
+        self.net = net;
+        self
     }
 }
 
@@ -70,20 +83,18 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Self {
-        let api = Agent::config_builder()
+        let api = agent_builder(&config.net)
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_global(Some(config.timeout))
             .timeout_connect(Some(config.connect_timeout))
-            .user_agent(concat!("codeformer-ledger/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        let files = Agent::config_builder()
+        let files = agent_builder(&config.net)
             .http_status_as_error(false)
             .max_redirects(5)
             .timeout_global(Some(config.download_timeout))
             .timeout_connect(Some(config.connect_timeout))
-            .user_agent(concat!("codeformer-ledger/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
         Gateway { config, api, files }
@@ -133,13 +144,25 @@ impl Gateway {
         if let Some(mode) = params.webhook_mode {
             request = request.header("X-Webhook-Mode", mode.as_str());
         }
+        if let Some(reason) = self.config.net.key_in_clear(&self.config.base_url) {
+            return Exchange {
+                http_status: None,
+                latency_ms: 0,
+                body: reason.clone(),
+                outcome: SubmitOutcome::Insecure { reason },
+            };
+        }
         let started = Instant::now();
         let result = request.send(Self::submit_body(params).as_bytes());
         let latency_ms = started.elapsed().as_millis() as u64;
         match result {
             Err(e) => {
-                let reason = describe(&e, &self.config);
-                let outcome = if not_sent(&e) {
+                let reason = describe(&e, &self.config.base_url);
+                let outcome = if handshake_failure(&e).is_some() {
+                    SubmitOutcome::Insecure {
+                        reason: reason.clone(),
+                    }
+                } else if not_sent(&e) {
                     SubmitOutcome::NotSent {
                         reason: reason.clone(),
                     }
@@ -193,11 +216,19 @@ impl Gateway {
         if let Some(key) = &self.config.key {
             request = request.header("Ocp-Apim-Subscription-Key", key.expose());
         }
+        if let Some(reason) = self.config.net.key_in_clear(&self.config.base_url) {
+            return Exchange {
+                http_status: None,
+                latency_ms: 0,
+                body: reason.clone(),
+                outcome: PollOutcome::Unreachable { reason },
+            };
+        }
         let started = Instant::now();
         match request.call() {
             Err(e) => {
-                let reason = describe(&e, &self.config);
-                let outcome = if not_sent(&e) {
+                let reason = describe(&e, &self.config.base_url);
+                let outcome = if not_sent(&e) || handshake_failure(&e).is_some() {
                     PollOutcome::Unreachable {
                         reason: reason.clone(),
                     }
@@ -325,6 +356,14 @@ impl Gateway {
 
     /// A GET below the base URL: the answer's status and body, if one came.
     fn get_raw(&self, path: &str) -> Option<(u16, String)> {
+        if self
+            .config
+            .net
+            .key_in_clear(&self.config.base_url)
+            .is_some()
+        {
+            return None;
+        }
         let mut request = self.api.get(format!("{}{path}", self.config.base_url));
         if let Some(key) = &self.config.key {
             request = request.header("Ocp-Apim-Subscription-Key", key.expose());
@@ -343,13 +382,15 @@ impl Gateway {
         let mut request = self.files.get(url);
         // The key goes to the gateway's own origin only, never to a CDN or another host.
         if let Some(key) = &self.config.key {
-            if same_origin(url, &self.config.base_url) {
+            if same_origin(url, &self.config.base_url)
+                && self.config.net.key_in_clear(url).is_none()
+            {
                 request = request.header("Ocp-Apim-Subscription-Key", key.expose());
             }
         }
         let mut response = request
             .call()
-            .map_err(|e| DownloadError::Transfer(describe(&e, &self.config)))?;
+            .map_err(|e| DownloadError::Transfer(describe(&e, url)))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(DownloadError::Status(status));
@@ -663,7 +704,12 @@ fn retry_after(response: &ureq::http::Response<ureq::Body>) -> Option<Duration> 
 fn not_sent(error: &ureq::Error) -> bool {
     use std::io::ErrorKind;
     match error {
-        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed | ureq::Error::BadUri(_) => true,
+        ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::BadUri(_)
+        | ureq::Error::InvalidProxyUrl
+        // The proxy refused or did not answer the CONNECT: nothing reached the gateway.
+        | ureq::Error::ConnectProxyFailed(_) => true,
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect),
         ureq::Error::Io(io) => matches!(
             io.kind(),
@@ -676,12 +722,26 @@ fn not_sent(error: &ureq::Error) -> bool {
     }
 }
 
-/// A transport error in words, without the key (ureq errors never carry headers).
-fn describe(error: &ureq::Error, config: &GatewayConfig) -> String {
+/// A transport error in words, without the key (ureq errors never carry headers). A TLS
+/// failure names the certificate problem and its fix.
+fn describe(error: &ureq::Error, target: &str) -> String {
+    let host = origin(target).unwrap_or(target);
+    if untrusted_certificate(error) {
+        let why = handshake_failure(error).unwrap_or_default();
+        return format!(
+            "the TLS certificate of {host} is not trusted ({why}), so nothing was sent. If a company or private CA signs it, pass --ca-cert FILE (config key `ca_cert`) with that CA's PEM certificate, or set SSL_CERT_FILE to a bundle that holds it"
+        );
+    }
+    if let Some(why) = handshake_failure(error) {
+        return format!("the TLS handshake with {host} failed ({why}), so nothing was sent");
+    }
     match error {
-        ureq::Error::Timeout(t) => format!("timed out ({t:?}) talking to {}", config.base_url),
-        ureq::Error::HostNotFound => format!("host not found: {}", config.base_url),
-        ureq::Error::ConnectionFailed => format!("could not connect to {}", config.base_url),
+        ureq::Error::Timeout(t) => format!("timed out ({t:?}) talking to {host}"),
+        ureq::Error::HostNotFound => format!("host not found: {host}"),
+        ureq::Error::ConnectionFailed => format!("could not connect to {host}"),
+        ureq::Error::ConnectProxyFailed(why) => {
+            format!("the proxy refused the tunnel to {host}: {why}")
+        }
         ureq::Error::TooManyRedirects => "too many redirects".into(),
         other => other.to_string(),
     }

@@ -67,6 +67,10 @@ pub enum SubmitOutcome {
     RateLimited { retry_after: Option<Duration> },
     /// The request never left: no connection could be made. Safe to send again.
     NotSent { reason: String },
+    /// The request never left because the connection cannot be trusted: the TLS handshake
+    /// failed (an untrusted certificate, nothing in common to negotiate), or the key would
+    /// cross a proxy in clear. Nothing was created, and every other job would fare the same.
+    Insecure { reason: String },
     /// The gateway may or may not have created the job: a 5xx, a timeout or a dropped
     /// connection after sending.
     Unknown { reason: String },

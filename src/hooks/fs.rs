@@ -9,7 +9,7 @@
 //! Not covered: a link created by another process between the check and the operation. Hooks
 //! themselves cannot create links.
 
-use super::api::{error_at_caller, string_arg, Outbox};
+use super::args::{error_at_caller, string_arg, Outbox};
 use super::HookEffect;
 use mlua::{Lua, Table, Value};
 use std::io::{self, Write};

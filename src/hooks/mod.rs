@@ -68,6 +68,7 @@
 //! ```
 
 mod api;
+mod args;
 mod convert;
 mod fs;
 mod host;

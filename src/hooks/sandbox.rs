@@ -165,7 +165,7 @@ end
 
 fn refusing_function(lua: &Lua, message: String) -> mlua::Result<Function> {
     lua.create_function(move |lua, _: mlua::MultiValue| -> mlua::Result<()> {
-        Err(super::api::error_at_caller(lua, &message))
+        Err(super::args::error_at_caller(lua, &message))
     })
 }
 
@@ -173,7 +173,7 @@ fn refusing_metatable(lua: &Lua, library: &'static str, hint: &'static str) -> m
     let meta = lua.create_table()?;
     let index = lua.create_function(move |lua, (_, key): (Value, Value)| -> mlua::Result<()> {
         let key = key.to_string().unwrap_or_else(|_| "?".into());
-        Err(super::api::error_at_caller(
+        Err(super::args::error_at_caller(
             lua,
             &format!("{library}.{key} is not available to sandboxed hooks{hint} ({TRUSTED_HINT})"),
         ))

@@ -6,7 +6,8 @@
 //! from its own environment (the host already withholds it), and exits when its parent goes
 //! away, even in the middle of a runaway call.
 
-use super::api::{self, ApiContext, Outbox};
+use super::api::{self, ApiContext};
+use super::args::Outbox;
 use super::convert::{json_to_lua, lua_to_json};
 use super::fs::Confined;
 use super::protocol::{LoadSpec, Reply, Request, PROTOCOL_VERSION};

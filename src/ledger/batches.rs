@@ -8,8 +8,8 @@
 //! - a key names one job: a new job whose key is already taken by a job with other parameters
 //!   is a [`KeyConflict`], never silently dropped or merged.
 
-use super::jobs::{job_from_row, NewJob, OutputRow, JOB_COLUMNS, JOB_FROM};
-use super::record::{insert_event, Event};
+use super::events::{insert_event, Event};
+use super::rows::{job_from_row, NewJob, OutputRow, JOB_COLUMNS, JOB_FROM};
 use super::{JobRow, Ledger, LedgerError, Result};
 use crate::clock;
 use crate::money;
@@ -155,6 +155,18 @@ pub(super) fn join(
             )?;
         }
     }
+    let conflicts = add_tags(tx, job_id, job, now)?;
+    Ok((joined, conflicts))
+}
+
+/// The tags of a matching row that the reused job lacks are added to it; one it holds with
+/// another value is a conflict, kept as it was.
+fn add_tags(
+    tx: &rusqlite::Transaction<'_>,
+    job_id: i64,
+    job: &NewJob,
+    now: &str,
+) -> Result<Vec<TagConflict>> {
     let mut conflicts = Vec::new();
     for (key, value) in &job.tags {
         let kept: Option<String> = tx
@@ -182,7 +194,7 @@ pub(super) fn join(
             }
         }
     }
-    Ok((joined, conflicts))
+    Ok(conflicts)
 }
 
 impl Ledger {

@@ -22,10 +22,12 @@
 //!   not document such as `CANCELLED`), or it is about an earlier attempt of the job;
 //! - `orphan`: no job of this ledger has that request_id (recorded with `job_id` NULL).
 
-use super::record::{apply_change, cap_body, insert_event};
-use super::{Change, Event, JobState, Ledger, LedgerError, Result};
+use super::change::{apply_change, Change, Field, Post};
+use super::events::{cap_body, insert_event, Event};
+use super::{JobState, Ledger, LedgerError, Result};
 use crate::clock;
 use crate::gateway::{RemoteJob, RemoteStatus};
+use crate::lifecycle::{self, At, Charge, Learned, Reported, Step, Verdict, Via, Work};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 use std::fmt;
@@ -302,29 +304,26 @@ fn already_applied(tx: &Transaction<'_>, request_id: &str, status: &RemoteStatus
         .is_some())
 }
 
-/// How far along the gateway's flow a state is; `None` for states the gateway never reports.
-fn rank(state: JobState) -> Option<u8> {
-    match state {
-        JobState::Queued => Some(1),
-        JobState::Processing => Some(2),
-        JobState::Completed | JobState::Failed | JobState::Error => Some(3),
-        _ => None,
-    }
+/// The lifecycle's step for a callback's status to a job as it stands.
+fn callback_step(owner: &Owner, status: &RemoteStatus) -> Step {
+    lifecycle::step(
+        At::new(owner.state, false),
+        Learned::Status(Via::Callback, Reported::of(status)),
+    )
 }
 
 /// Decides a delivery's outcome for a known job, with the account that goes in its event.
 fn classify(owner: &Owner, status: &RemoteStatus, already: bool) -> (DeliveryKind, String) {
     let st = status.as_str();
-    let Some(target) = JobState::for_remote(status) else {
+    let current = owner.state;
+    if Reported::of(status) == Reported::Undocumented {
         return (
             DeliveryKind::Stale,
             format!(
-                "status {st:?} is not one the API documents; the job stays {} and is still polled (it may be charged)",
-                owner.state
+                "status {st:?} is not one the API documents; the job stays {current} and is still polled (it may be charged)"
             ),
         );
-    };
-    let current = owner.state;
+    }
     if owner.attempt != owner.current_attempt {
         let note = if *status == RemoteStatus::Completed {
             " (that attempt may have been charged)"
@@ -345,63 +344,60 @@ fn classify(owner: &Owner, status: &RemoteStatus, already: bool) -> (DeliveryKin
             format!("{st} was already applied; nothing changed"),
         );
     }
-    if current == target && target.is_final() {
-        return (
-            DeliveryKind::Duplicate,
-            format!("the job is already {current}; nothing changed"),
-        );
-    }
     // The client gave up polling a stalled job, but the gateway kept it: its final status is
     // news (a COMPLETED one will be charged) and is applied.
-    let moves_forward = match (rank(current), rank(target)) {
-        (Some(from), Some(to)) => to > from,
-        _ => current == JobState::Stalled && target.is_final(),
-    };
-    if moves_forward {
-        (DeliveryKind::Applied, format!("{current} -> {target}"))
-    } else {
-        (
+    let step = callback_step(owner, status);
+    match step.verdict {
+        Verdict::Applied => (DeliveryKind::Applied, format!("{current} -> {}", step.next)),
+        Verdict::Duplicate => (
+            DeliveryKind::Duplicate,
+            format!("the job is already {current}; nothing changed"),
+        ),
+        Verdict::Stale | Verdict::Ignored => (
             DeliveryKind::Stale,
             format!("{st} would not move the job forward from {current}; nothing changed"),
-        )
+        ),
     }
 }
 
 fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> Result<()> {
-    let Some(target) = JobState::for_remote(&remote.status) else {
+    let step = callback_step(owner, &remote.status);
+    if step.verdict != Verdict::Applied {
         return Ok(());
-    };
+    }
     let mut change = Change {
-        state: Some(target),
+        state: step.moves_to(owner.state),
         remote_status: Some(remote.status.as_str().to_string()),
+        finished: step.finished,
         ..Change::default()
     };
-    match remote.status {
+    if step.finished {
+        change.reason = Field::Clear;
+    }
+    match step.work {
         // The fallback poll stays scheduled as it was.
-        RemoteStatus::Queued | RemoteStatus::Processing => {}
-        RemoteStatus::Completed => {
+        Work::Keep => {}
+        Work::Download => {
             // Due now: an engine (running, or the next `run`) downloads the outputs and
             // records the charge from their size, once, as after a poll.
             change.output_urls = Some(remote.media_urls.clone());
-            change.post = Some(Some("download"));
-            change.next_poll_at = Some(Some(now_ms()));
-            change.error = Some(None);
-            change.reason = Some(None);
-            change.finished = true;
+            change.post = Field::Set(Post::Download);
+            change.next_poll_at = Field::Set(now_ms());
+            change.error = Field::Clear;
         }
-        RemoteStatus::Undocumented(_) => {}
-        RemoteStatus::Failed | RemoteStatus::Error => {
-            change.error = Some(Some(remote.error.clone().unwrap_or_else(|| {
-                format!("the gateway reported {}", remote.status.as_str())
-            })));
-            change.next_poll_at = Some(None);
-            change.reason = Some(None);
-            change.post = Some(failure_post(tx, owner.batch.as_deref())?);
-            change.finished = true;
+        _ => {
+            change.error = Field::Set(
+                remote
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| format!("the gateway reported {}", remote.status.as_str())),
+            );
+            change.next_poll_at = Field::Clear;
+            change.post = Field::set_or_clear(failure_post(tx, owner.batch.as_deref())?);
         }
     }
     apply_change(tx, owner.job_id, owner.attempt, &change, now)?;
-    if remote.status == RemoteStatus::Error {
+    if step.charge == Charge::Free {
         no_charge(tx, owner.job_id, owner.attempt, now)?;
     }
     Ok(())
@@ -413,7 +409,7 @@ fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> 
 /// runs its `on_failed` hooks once, or clears the mark when none is defined). Hooks given
 /// only on a `run` command line and not remembered by a batch are not known here, so those
 /// jobs owe nothing and their `on_failed` hooks do not run.
-fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<&'static str>> {
+fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<Post>> {
     let Some(batch) = batch else {
         return Ok(None);
     };
@@ -424,7 +420,7 @@ fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<&'st
     let remembered: Vec<String> = hooks
         .and_then(|h| serde_json::from_str(&h).ok())
         .unwrap_or_default();
-    Ok((!remembered.is_empty()).then_some("hooks"))
+    Ok((!remembered.is_empty()).then_some(Post::Hooks))
 }
 
 /// ERROR is not charged: the attempt's cost is 0, recorded once with its `charge` event.

@@ -561,6 +561,16 @@ pub fn open_checked(
     Ok((conn, OpenHandle(Some(id))))
 }
 
+/// Runs `check` on a file this process has no SQLite handle on (see [`OPEN`]); one it has
+/// open was checked when it was opened.
+pub fn check_unopened(path: &Path, check: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let table = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+    match file_id(path) {
+        Some(id) if table.iter().any(|(f, _)| *f == id) => Ok(()),
+        _ => check(path),
+    }
+}
+
 /// One name per ledger file: a small record per file identity (device and inode) in the
 /// user's runtime folder holds the name the first process gave SQLite. A later process that
 /// reaches the same file through another hard link uses that name while it still names the

@@ -40,6 +40,25 @@ const MIGRATIONS: &[&str] = &[
     // new ledger: the open checks that a write-ahead log beside the file carries it before
     // SQLite may replay the log, so another database's log is refused instead of applied.
     "PRAGMA application_id = 1128680519;",
+    // Ledgers that stay small: a poll answer that repeats the previous one is stored as a
+    // reference to it (`repeated_bodies`) instead of a copy, and `ledger compact` records each
+    // run (`compactions`) when it drops old answer bodies. Existing rows are kept as they are.
+    // The text is schema.sql's, byte for byte.
+    r#"CREATE TABLE repeated_bodies (
+    event_id  INTEGER PRIMARY KEY,          -- the poll event stored by reference
+    same_as   INTEGER NOT NULL,             -- the event whose body it repeats (itself stored whole)
+    prefix    INTEGER NOT NULL,             -- bytes kept from the start of that body
+    suffix    INTEGER NOT NULL,             -- bytes kept from its end
+    middle    TEXT NOT NULL                 -- what this answer has between them
+);
+
+CREATE TABLE compactions (
+    id          INTEGER PRIMARY KEY,
+    at          TEXT NOT NULL,
+    before      TEXT NOT NULL,              -- events recorded before this time lost their body
+    events      INTEGER NOT NULL,           -- how many bodies were dropped
+    bytes       INTEGER NOT NULL            -- their total length
+);"#,
     // Local files and folders reach the gateway through the user's bucket: each upload (the
     // local path as given and resolved, its hash and object, the PUT's status) needs a record,
     // as a job row names only the object. The text is schema.sql's, byte for byte.

@@ -11,26 +11,40 @@
 //! - every process reaches one ledger file under one name, and one engine at a time drives it;
 //! - the API key is never written here (nothing in this module ever receives it).
 
+mod attach;
 mod batches;
+mod bodies;
+mod change;
 mod deliveries;
+mod events;
 mod files;
 mod jobs;
 mod lock;
 pub mod migrations;
+mod prices;
+mod reconcile;
 mod record;
 mod report;
-mod state;
+mod rows;
 mod uploads;
 mod verify;
 
+pub use crate::lifecycle::JobState;
+pub use attach::MAX_OTHERS;
 pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
+pub use bodies::{rebuild as rebuild_body, Compaction};
+pub use change::{Change, Expect, Field, InputSize, JobUpdate, Post, Submitted};
 pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
+pub use events::{cap_body, Event};
 pub use files::APPLICATION_ID;
-pub use jobs::{EnqueueReport, Enqueued, EventRow, JobFilter, JobRow, NewJob, OutputRow};
+pub use jobs::{EnqueueReport, Enqueued};
 pub use lock::EngineLock;
-pub use record::{cap_body, Change, Event, FileOp, HookRunRow, SubmitRecord};
-pub use report::{DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow};
-pub use state::JobState;
+pub use reconcile::{AttemptRef, Billed, Finding, FindingKind, Reconcile, Tally, Totals};
+pub use record::{Downloaded, FileOp, HookRunRow, ProbedJob, SubmitRecord};
+pub use report::{
+    DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow, SharedRequest, Source,
+};
+pub use rows::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
 pub use uploads::UploadRow;
 pub use verify::Problem;
 
@@ -98,6 +112,9 @@ pub enum LedgerError {
     /// An amount in the ledger could not be summed exactly.
     #[error("ledger money error: {0}")]
     Money(#[from] crate::money::MoneyError),
+    /// Other ledgers could not be read together with this one.
+    #[error("{0}")]
+    Sources(String),
     /// SQLite reported an error.
     #[error("ledger database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

@@ -1,80 +1,16 @@
 //! Writing what the engine learns: every change of a job goes with the event that explains it,
 //! in one transaction, and many of them can share one transaction (group commit).
 
-use super::jobs::{job_from_row, JOB_COLUMNS, JOB_FROM};
+use super::change::{apply_change, Change, Field, InputSize, JobUpdate, Post, Submitted};
+use super::events::{insert_event, Event};
+use super::prices::price_in_force;
+use super::rows::{job_from_row, JOB_COLUMNS, JOB_FROM};
 use super::{JobRow, JobState, Ledger, Result};
 use crate::clock;
+use crate::lifecycle::{self, At, Learned};
 use crate::money::{self, Price};
 use rusqlite::{params, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
-use std::str::FromStr;
-
-/// Largest answer body kept in an event, in bytes; longer bodies are cut and marked.
-pub const MAX_EVENT_BODY: usize = 16 * 1024;
-
-/// One entry of the append-only record.
-#[derive(Debug, Clone, Default)]
-pub struct Event {
-    pub job_id: Option<i64>,
-    pub attempt: Option<i64>,
-    pub kind: &'static str,
-    pub http_status: Option<u16>,
-    pub remote_status: Option<String>,
-    pub latency_ms: Option<u64>,
-    pub detail: Option<String>,
-    pub body: Option<String>,
-}
-
-impl Event {
-    pub fn new(job_id: Option<i64>, attempt: Option<i64>, kind: &'static str) -> Self {
-        Event {
-            job_id,
-            attempt,
-            kind,
-            ..Event::default()
-        }
-    }
-    pub fn detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
-    pub fn body(mut self, body: impl Into<String>) -> Self {
-        self.body = Some(body.into());
-        self
-    }
-    pub fn http(mut self, status: Option<u16>, latency_ms: u64) -> Self {
-        self.http_status = status;
-        self.latency_ms = Some(latency_ms);
-        self
-    }
-    pub fn remote(mut self, status: Option<&str>) -> Self {
-        self.remote_status = status.map(str::to_string);
-        self
-    }
-}
-
-/// A change to one job's row and its current attempt. `None` leaves a field as it is.
-#[derive(Debug, Clone, Default)]
-pub struct Change {
-    pub state: Option<JobState>,
-    pub request_id: Option<String>,
-    pub remote_status: Option<String>,
-    /// `Some(None)` stops polling.
-    pub next_poll_at: Option<Option<i64>>,
-    pub count_poll: bool,
-    /// `Some(None)` clears the post-processing owed.
-    pub post: Option<Option<&'static str>>,
-    pub reason: Option<Option<String>>,
-    pub error: Option<Option<String>>,
-    pub output_urls: Option<Vec<String>>,
-    /// Marks the attempt as sent now, at this price and estimate.
-    pub submitted: Option<(Decimal, Option<Decimal>)>,
-    pub finished: bool,
-    pub input_size: Option<(u32, u32, &'static str)>,
-    /// Apply only if the job is still in this state and attempt (a poll answer must not undo
-    /// what a callback recorded while the poll was in flight). The event is kept either way.
-    pub expect: Option<(JobState, i64)>,
-}
 
 /// A job that is about to be sent, with what it is expected to cost.
 #[derive(Debug, Clone)]
@@ -85,6 +21,23 @@ pub struct SubmitRecord {
     pub body: String,
     pub price: Decimal,
     pub estimate: Option<Decimal>,
+}
+
+/// The attempt of a job whose input was probed, and the upscale its estimate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbedJob {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub upscale: u32,
+}
+
+/// Outputs downloaded for one attempt, and the post-processing it owes next.
+#[derive(Debug, Clone)]
+pub struct Downloaded {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub files: Vec<super::OutputRow>,
+    pub post_after: Option<Post>,
 }
 
 /// A hook call as recorded.
@@ -102,153 +55,14 @@ pub struct HookRunRow {
     pub error: Option<String>,
 }
 
-pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Result<()> {
-    let body = event.body.map(|b| cap_body(&b));
-    tx.prepare_cached(
-        "INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        event.job_id,
-        event.attempt,
-        now,
-        event.kind,
-        event.http_status,
-        event.remote_status,
-        event.latency_ms.map(|l| l as i64),
-        event.detail,
-        body
-    ])?;
-    Ok(())
-}
-
-/// Cuts an answer body to `MAX_EVENT_BODY` (16 KiB) on a character boundary.
-pub fn cap_body(body: &str) -> String {
-    if body.len() <= MAX_EVENT_BODY {
-        return body.to_string();
-    }
-    let mut end = MAX_EVENT_BODY;
-    while !body.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…[{} bytes cut]", &body[..end], body.len() - end)
-}
-
-pub(super) fn price_in_force(tx: &rusqlite::Connection, at: &str) -> Result<Price> {
-    let row: Option<(String, String, String)> = tx
-        .prepare_cached(
-            "SELECT model, per_megapixel, effective_from FROM prices
-             WHERE model = ?1 AND effective_from <= ?2
-               AND id NOT IN (SELECT price_id FROM price_removals)
-             ORDER BY effective_from DESC, id DESC LIMIT 1",
-        )?
-        .query_row(params![money::MODEL, at], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .optional()?;
-    let Some((model, rate, from)) = row else {
-        return Ok(Price::default_rate());
-    };
-    Ok(Price {
-        model,
-        per_megapixel: Decimal::from_str(&rate).map_err(|_| super::LedgerError::Corrupt {
-            what: "prices.per_megapixel",
-            value: rate.clone(),
-        })?,
-        effective_from: clock::parse_remote(&from).unwrap_or_else(clock::now),
-    })
-}
-
-pub(super) fn apply_change(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    attempt: i64,
-    c: &Change,
-    now: &str,
-) -> Result<()> {
-    let urls = c
-        .output_urls
-        .as_ref()
-        .map(|u| serde_json::to_string(u).unwrap_or_default());
-    let changed = tx
-        .prepare_cached(
-            "UPDATE jobs SET
-            state = coalesce(?2, state),
-            request_id = coalesce(?3, request_id),
-            remote_status = coalesce(?4, remote_status),
-            next_poll_at = CASE WHEN ?5 THEN ?6 ELSE next_poll_at END,
-            polls = polls + ?7,
-            post = CASE WHEN ?8 THEN ?9 ELSE post END,
-            reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
-            error = CASE WHEN ?12 THEN ?13 ELSE error END,
-            output_urls = coalesce(?14, output_urls),
-            input_width = coalesce(?15, input_width),
-            input_height = coalesce(?16, input_height),
-            size_source = coalesce(?17, size_source),
-            updated_at = ?18
-         WHERE id = ?1 AND (?19 IS NULL OR (state = ?19 AND attempt = ?20))",
-        )?
-        .execute(params![
-            job_id,
-            c.state.map(JobState::as_str),
-            c.request_id,
-            c.remote_status,
-            c.next_poll_at.is_some(),
-            c.next_poll_at.flatten(),
-            c.count_poll as i64,
-            c.post.is_some(),
-            c.post.flatten(),
-            c.reason.is_some(),
-            c.reason.clone().flatten(),
-            c.error.is_some(),
-            c.error.clone().flatten(),
-            urls,
-            c.input_size.map(|s| s.0),
-            c.input_size.map(|s| s.1),
-            c.input_size.map(|s| s.2),
-            now,
-            c.expect.map(|e| e.0.as_str()),
-            c.expect.map(|e| e.1),
-        ])?;
-    if changed == 0 {
-        return Ok(());
-    }
-    let (price, estimate) = match c.submitted {
-        Some((price, estimate)) => (Some(money::exact(price)), estimate.map(money::exact)),
-        None => (None, None),
-    };
-    tx.prepare_cached(
-        "UPDATE attempts SET
-            state = coalesce(?3, state),
-            request_id = coalesce(?4, request_id),
-            price_per_mp = coalesce(?5, price_per_mp),
-            estimated_cost = coalesce(?6, estimated_cost),
-            submitted_at = CASE WHEN ?7 THEN ?9 ELSE submitted_at END,
-            finished_at = CASE WHEN ?8 THEN ?9 ELSE finished_at END
-         WHERE job_id = ?1 AND attempt = ?2",
-    )?
-    .execute(params![
-        job_id,
-        attempt,
-        c.state.map(JobState::as_str),
-        c.request_id,
-        price,
-        estimate,
-        c.submitted.is_some(),
-        c.finished,
-        now,
-    ])?;
-    Ok(())
-}
-
 impl Ledger {
     /// Applies changes, each with its event, in one transaction.
-    pub fn record(&mut self, items: Vec<(i64, i64, Change, Event)>) -> Result<()> {
+    pub fn record(&mut self, updates: Vec<JobUpdate>) -> Result<()> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
-        for (job_id, attempt, change, event) in items {
-            apply_change(&tx, job_id, attempt, &change, &now)?;
-            insert_event(&tx, event, &now)?;
+        for u in updates {
+            apply_change(&tx, u.job_id, u.attempt, &u.change, &now)?;
+            insert_event(&tx, u.event, &now)?;
         }
         tx.commit()?;
         Ok(())
@@ -274,8 +88,11 @@ impl Ledger {
             .map(|s| {
                 let change = Change {
                     state: Some(JobState::Submitting),
-                    submitted: Some((s.price, s.estimate)),
-                    reason: Some(None),
+                    submitted: Some(Submitted {
+                        price: s.price,
+                        estimate: s.estimate,
+                    }),
+                    reason: Field::Clear,
                     ..Change::default()
                 };
                 let event = Event::new(Some(s.job_id), Some(s.attempt), "submit_intent")
@@ -287,147 +104,10 @@ impl Ledger {
                             .unwrap_or_else(|| "unknown".into())
                     ))
                     .body(s.body.clone());
-                (s.job_id, s.attempt, change, event)
+                JobUpdate::new(s.job_id, s.attempt, change, event)
             })
             .collect();
         self.record(items)
-    }
-
-    /// The price in force now.
-    pub fn current_price(&self) -> Result<Price> {
-        price_in_force(&self.conn, &clock::now_stamp())
-    }
-
-    /// Every price row, oldest first.
-    pub fn prices(&self) -> Result<Vec<(i64, Price, Option<String>)>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, model, per_megapixel, effective_from, note FROM prices ORDER BY effective_from, id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<String>>(4)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, model, rate, from, note) = row?;
-            let per_megapixel =
-                Decimal::from_str(&rate).map_err(|_| super::LedgerError::Corrupt {
-                    what: "prices.per_megapixel",
-                    value: rate.clone(),
-                })?;
-            let effective_from = clock::parse_remote(&from).ok_or(super::LedgerError::Corrupt {
-                what: "prices.effective_from",
-                value: from.clone(),
-            })?;
-            out.push((
-                id,
-                Price {
-                    model,
-                    per_megapixel,
-                    effective_from,
-                },
-                note,
-            ));
-        }
-        Ok(out)
-    }
-
-    /// The prices withdrawn by `prices remove`: price id, when, and why.
-    pub fn price_removals(&self) -> Result<Vec<(i64, String, Option<String>)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT price_id, removed_at, reason FROM price_removals ORDER BY price_id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Withdraws a price: a new row in `price_removals` and a `price` event; the price row
-    /// itself is kept. The last price of the model in force cannot be removed.
-    pub fn remove_price(&mut self, id: i64, reason: Option<&str>) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        let refuse = |reason: &str| super::LedgerError::PriceNotRemovable {
-            id,
-            reason: reason.to_string(),
-        };
-        let row: Option<(String, String, String)> = tx
-            .query_row(
-                "SELECT model, per_megapixel, effective_from FROM prices WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((model, rate, from)) = row else {
-            return Err(refuse("there is no such price (see `prices list`)"));
-        };
-        let removed: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM price_removals WHERE price_id = ?1)",
-            [id],
-            |r| r.get(0),
-        )?;
-        if removed {
-            return Err(refuse("it was already removed"));
-        }
-        let others: i64 = tx.query_row(
-            "SELECT count(*) FROM prices WHERE model = ?1 AND id != ?2
-               AND id NOT IN (SELECT price_id FROM price_removals)",
-            params![model, id],
-            |r| r.get(0),
-        )?;
-        if others == 0 {
-            return Err(refuse(
-                "it is the only price left; record the right one first (`prices set USD_PER_MP --from DATE`)",
-            ));
-        }
-        let now = clock::now_stamp();
-        tx.execute(
-            "INSERT INTO price_removals (price_id, removed_at, reason) VALUES (?1, ?2, ?3)",
-            params![id, now, reason],
-        )?;
-        insert_event(
-            &tx,
-            Event::new(None, None, "price").detail(format!(
-                "price {id} ({rate} USD per megapixel for {model} from {from}) removed{}",
-                reason.map(|r| format!(": {r}")).unwrap_or_default()
-            )),
-            &now,
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Records a new price, in force from its date.
-    pub fn set_price(&mut self, price: &Price, note: Option<&str>) -> Result<i64> {
-        let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
-        tx.execute(
-            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                price.model,
-                money::exact(price.per_megapixel),
-                clock::stamp(price.effective_from),
-                now,
-                note
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
-        insert_event(
-            &tx,
-            Event::new(None, None, "price").detail(format!(
-                "{} USD per megapixel for {} from {}",
-                money::exact(price.per_megapixel),
-                price.model,
-                clock::stamp(price.effective_from)
-            )),
-            &now,
-        )?;
-        tx.commit()?;
-        Ok(id)
     }
 
     /// A cached input size for an image URL.
@@ -442,14 +122,14 @@ impl Ledger {
             .optional()?)
     }
 
-    /// Caches a probed input size; `job` (with its attempt) gets the size and an estimate event.
+    /// Caches a probed input size; `job` gets the size and an estimate event.
     pub fn record_probe(
         &mut self,
         url: &str,
         size: (u32, u32),
         format: &str,
         bytes_read: u64,
-        job: Option<(i64, i64, u32)>,
+        job: Option<ProbedJob>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
@@ -459,7 +139,12 @@ impl Ledger {
             params![url, size.0, size.1, format, bytes_read as i64, now],
         )?;
         let mut estimate = None;
-        if let Some((job_id, attempt, upscale)) = job {
+        if let Some(ProbedJob {
+            job_id,
+            attempt,
+            upscale,
+        }) = job
+        {
             let price = price_in_force(&tx, &now)?;
             let (ow, oh) = money::output_size(size.0, size.1, upscale);
             let cost = price.cost(ow, oh);
@@ -469,7 +154,11 @@ impl Ledger {
                 job_id,
                 attempt,
                 &Change {
-                    input_size: Some((size.0, size.1, "header")),
+                    input_size: Some(InputSize {
+                        width: size.0,
+                        height: size.1,
+                        source: "header",
+                    }),
                     ..Change::default()
                 },
                 &now,
@@ -501,7 +190,7 @@ impl Ledger {
         job_id: i64,
         attempt: i64,
         files: &[super::OutputRow],
-        post_after: Option<&'static str>,
+        post_after: Option<Post>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
         let charge = download_in(&tx, job_id, attempt, files, post_after, &clock::now_stamp())?;
@@ -511,20 +200,17 @@ impl Ledger {
 
     /// [`Ledger::record_download`] for many attempts in one transaction (group commit): the
     /// charge each call set, in order.
-    pub fn record_downloads(
-        &mut self,
-        items: &[(i64, i64, Vec<super::OutputRow>, Option<&'static str>)],
-    ) -> Result<Vec<Option<Decimal>>> {
+    pub fn record_downloads(&mut self, items: &[Downloaded]) -> Result<Vec<Option<Decimal>>> {
         let tx = self.conn.transaction()?;
         let now = clock::now_stamp();
         let mut charges = Vec::with_capacity(items.len());
-        for (job_id, attempt, files, post_after) in items {
+        for d in items {
             charges.push(download_in(
                 &tx,
-                *job_id,
-                *attempt,
-                files,
-                *post_after,
+                d.job_id,
+                d.attempt,
+                &d.files,
+                d.post_after,
                 &now,
             )?);
         }
@@ -727,19 +413,22 @@ impl Ledger {
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        let killed = Learned::Killed;
+        let step = lifecycle::step(At::new(JobState::Submitting, false), killed);
         let items = ids
             .iter()
             .map(|&(id, attempt)| {
                 let reason = "the process stopped after sending the submission and before recording the answer; the job may exist and be billed";
-                (
+                JobUpdate::new(
                     id,
                     attempt,
                     Change {
-                        state: Some(JobState::Uncertain),
-                        reason: Some(Some(reason.into())),
+                        state: step.moves_to(JobState::Submitting),
+                        reason: Field::Set(reason.into()),
                         ..Change::default()
                     },
-                    Event::new(Some(id), Some(attempt), "state").detail(format!("submitting -> uncertain: {reason}")),
+                    Event::new(Some(id), Some(attempt), killed.event_kind())
+                        .detail(format!("submitting -> {}: {reason}", step.next)),
                 )
             })
             .collect();
@@ -949,14 +638,14 @@ impl Ledger {
         &mut self,
         job_id: i64,
         attempt: i64,
-        post: Option<&'static str>,
+        post: Option<Post>,
         why: &str,
     ) -> Result<()> {
-        self.record(vec![(
+        self.record(vec![JobUpdate::new(
             job_id,
             attempt,
             Change {
-                post: Some(post),
+                post: Field::set_or_clear(post),
                 ..Change::default()
             },
             Event::new(Some(job_id), Some(attempt), "post").detail(why.to_string()),
@@ -969,7 +658,7 @@ fn download_in(
     job_id: i64,
     attempt: i64,
     files: &[super::OutputRow],
-    post_after: Option<&'static str>,
+    post_after: Option<Post>,
     now: &str,
 ) -> Result<Option<Decimal>> {
     for f in files {
@@ -1000,9 +689,9 @@ fn download_in(
         job_id,
         attempt,
         &Change {
-            post: Some(post_after),
-            next_poll_at: Some(None),
-            error: Some(None),
+            post: Field::set_or_clear(post_after),
+            next_poll_at: Field::Clear,
+            error: Field::Clear,
             ..Change::default()
         },
         now,

@@ -11,13 +11,17 @@
 //! - each attempt's estimate lands in exactly one place, so that for the totals
 //!   `estimated = charged + charge_unknown + not_charged + not_sent - difference` holds
 //!   exactly, and `difference` is the sum of the attempts listed in the reconciliation.
+//! - over several ledgers ([`Ledger::report_over`], the others attached read-only), an attempt
+//!   whose request id an earlier ledger records is counted there only, and listed as shared.
 
+use super::attach::Attached;
 use super::{Ledger, LedgerError, Result};
 use crate::money::{self, DecimalSum, MoneyError};
 use rust_decimal::Decimal;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::str::FromStr;
 
 /// How rows are grouped.
@@ -30,6 +34,8 @@ pub enum GroupBy {
     Tag(String),
     /// The folder of each job's local input (`uploads.folder`).
     Folder,
+    /// The ledger each attempt was read from (`report --with-ledger`).
+    Ledger,
 }
 
 impl FromStr for GroupBy {
@@ -41,10 +47,11 @@ impl FromStr for GroupBy {
             "batch" => Ok(GroupBy::Batch),
             "state" => Ok(GroupBy::State),
             "folder" => Ok(GroupBy::Folder),
+            "ledger" => Ok(GroupBy::Ledger),
             other => match other.strip_prefix("tag:") {
                 Some(key) if !key.is_empty() => Ok(GroupBy::Tag(key.to_string())),
                 _ => Err(format!(
-                    "`{other}` is not a grouping (day, month, batch, state, folder or tag:KEY)"
+                    "`{other}` is not a grouping (day, month, batch, state, folder, ledger or tag:KEY)"
                 )),
             },
         }
@@ -60,6 +67,7 @@ impl fmt::Display for GroupBy {
             GroupBy::State => f.write_str("state"),
             GroupBy::Folder => f.write_str("folder"),
             GroupBy::Tag(key) => write!(f, "tag:{key}"),
+            GroupBy::Ledger => f.write_str("ledger"),
         }
     }
 }
@@ -97,6 +105,9 @@ pub struct ReportRow {
 /// An attempt whose recorded charge differs from its estimate.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Discrepancy {
+    /// The ledger the job is in, when the report reads more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<String>,
     pub job_id: i64,
     pub attempt: i64,
     /// `None` when there was no estimate (the input size was unknown).
@@ -156,6 +167,30 @@ pub struct Report {
     /// With `--by batch`: each batch's remembered `--budget` (`batches.budget`), for charts.
     #[serde(skip)]
     pub budgets: BTreeMap<String, Decimal>,
+    /// The ledgers read, by label, when there is more than one (`--with-ledger`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ledgers: Vec<String>,
+    /// Request ids found in more than one of those ledgers: each is counted once, in the first
+    /// ledger listed that has it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shared: Vec<SharedRequest>,
+}
+
+/// A request id recorded in more than one ledger of a report.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SharedRequest {
+    pub request_id: String,
+    /// Where its attempt is counted.
+    pub counted_in: String,
+    /// Every ledger that records it, in the report's order.
+    pub ledgers: Vec<String>,
+}
+
+/// Another ledger to read with the open one, and the label its rows carry.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub path: std::path::PathBuf,
+    pub label: String,
 }
 
 fn exact<S: serde::Serializer>(d: &Decimal, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -226,6 +261,7 @@ struct Attempt {
     estimated: Option<Decimal>,
     charged: Option<Decimal>,
     output: Option<(u32, u32)>,
+    /// Output files, when more than one (0 otherwise: one file, or none yet).
     outputs: i64,
     input: Option<(u32, u32)>,
     upscale: u32,
@@ -270,21 +306,37 @@ impl Placed {
     }
 }
 
-const REPORT_SQL: &str = "
+/// The report's query over one ledger's tables (`main`, or an attached ledger's schema); the
+/// request id is read only when several ledgers may share one. With `folder`, the grouping
+/// column holds the folder of each job's local input (`uploads.folder`) when no tag is asked.
+fn report_sql(schema: &str, request_ids: bool, folder: bool) -> String {
+    let request_id = if request_ids { "a.request_id" } else { "NULL" };
+    let folder = if folder {
+        format!(
+            "WHEN ?4 THEN (SELECT folder FROM {schema}.uploads u WHERE u.job_id = j.id
+                              ORDER BY u.id DESC LIMIT 1)"
+        )
+    } else {
+        "WHEN ?4 THEN NULL".to_string()
+    };
+    format!(
+        "
     SELECT a.job_id, a.attempt, a.state, coalesce(a.submitted_at, j.created_at), j.batch,
            a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
            j.input_width, j.input_height, j.upscale,
            CASE WHEN ?3 IS NOT NULL
-                THEN (SELECT value FROM tags t WHERE t.job_id = j.id AND t.key = ?3)
-                WHEN ?4 THEN (SELECT folder FROM uploads u WHERE u.job_id = j.id
-                              ORDER BY u.id DESC LIMIT 1) END,
-           CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM attempts b
+                THEN (SELECT value FROM {schema}.tags t WHERE t.job_id = j.id AND t.key = ?3)
+                {folder} END,
+           CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM {schema}.attempts b
                 WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END,
-           (SELECT count(*) FROM outputs o WHERE o.job_id = a.job_id AND o.attempt = a.attempt)
-    FROM attempts a JOIN jobs j ON j.id = a.job_id
+           0,
+           {request_id}
+    FROM {schema}.attempts a JOIN {schema}.jobs j ON j.id = a.job_id
     WHERE (?1 IS NULL OR coalesce(a.submitted_at, j.created_at) >= ?1)
       AND (?2 IS NULL OR coalesce(a.submitted_at, j.created_at) < ?2)
-    ORDER BY a.job_id, a.attempt";
+    ORDER BY a.job_id, a.attempt"
+    )
+}
 
 fn amount(what: &'static str, text: Option<String>) -> Result<Option<Decimal>> {
     text.map(|t| money::parse_exact(&t).map_err(|_| LedgerError::Corrupt { what, value: t }))
@@ -310,6 +362,78 @@ fn read_attempt(r: &rusqlite::Row<'_>) -> Result<Attempt> {
     })
 }
 
+/// Request ids of the attempts counted so far, to count each once over several ledgers.
+/// Held as 64-bit hashes with where each was read; a hash seen before is checked against the
+/// earlier ledger's row, so a collision never drops an attempt.
+#[derive(Default)]
+struct SeenRequests {
+    /// hash → (ledger index, job id, attempt) of the attempt counted.
+    by_hash: HashMap<u64, (usize, i64, i64)>,
+    /// Ids whose hash was taken by another id, exactly.
+    collided: HashMap<String, (usize, i64, i64)>,
+    /// Request id → ledgers recording it (the first is where it is counted).
+    shared: BTreeMap<String, Vec<usize>>,
+}
+
+impl SeenRequests {
+    /// Whether `id`, read at `at` (ledger, job, attempt), was already counted in an earlier
+    /// ledger; remembers it otherwise.
+    fn counted_before(
+        &mut self,
+        ledger: &Ledger,
+        schemas: &[String],
+        id: &str,
+        at: (usize, i64, i64),
+    ) -> Result<bool> {
+        let first = match self.collided.get(id) {
+            Some(&first) => Some(first),
+            None => {
+                let hash = {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    id.hash(&mut h);
+                    h.finish()
+                };
+                match self.by_hash.get(&hash) {
+                    None => {
+                        self.by_hash.insert(hash, at);
+                        return Ok(false);
+                    }
+                    Some(&first) if ledger.request_id_at(&schemas[first.0], first)? == id => {
+                        Some(first)
+                    }
+                    Some(_) => {
+                        self.collided.insert(id.to_string(), at);
+                        return Ok(false);
+                    }
+                }
+            }
+        };
+        let Some(first) = first else {
+            return Ok(false);
+        };
+        if first.0 == at.0 {
+            return Ok(false); // twice in one ledger: both are its own attempts
+        }
+        let ledgers = self
+            .shared
+            .entry(id.to_string())
+            .or_insert_with(|| vec![first.0]);
+        if !ledgers.contains(&at.0) {
+            ledgers.push(at.0);
+        }
+        Ok(true)
+    }
+}
+
+/// The ledger a row is read from.
+struct Read<'a> {
+    /// `main` or the attached schema's name.
+    schema: &'a str,
+    label: &'a str,
+    /// More than one ledger is read: rows say which one they come from.
+    several: bool,
+}
+
 /// Accumulates attempts into groups and totals.
 #[derive(Default)]
 struct Builder {
@@ -319,7 +443,7 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, ledger: &Ledger, a: Attempt, by: &GroupBy) -> Result<()> {
+    fn add(&mut self, ledger: &Ledger, a: Attempt, by: &GroupBy, src: &Read<'_>) -> Result<()> {
         let estimated = a.estimated.unwrap_or_default();
         let placed = place(&a.state, estimated, a.charged);
         let mut row = ReportRow {
@@ -339,37 +463,13 @@ impl Builder {
             _ => {}
         }
         if a.charged.is_some() {
-            row.output_megapixels = ledger.output_megapixels(&a)?;
+            row.output_megapixels = ledger.output_megapixels(src.schema, &a)?;
         }
         if a.state == "uncertain" && a.resent {
             self.report.possible_double_charges += 1;
         }
-        let difference = placed.difference(estimated)?;
-        let rec = &mut self.report.reconciliation;
-        rec.not_sent = plus(rec.not_sent, placed.not_sent)?;
-        rec.not_charged = plus(rec.not_charged, placed.not_charged)?;
-        if !difference.is_zero() {
-            rec.difference = plus(rec.difference, difference)?;
-            rec.attempts.push(Discrepancy {
-                job_id: a.job_id,
-                attempt: a.attempt,
-                estimated: a.estimated,
-                charged: placed.charged,
-                difference: difference.normalize(),
-                reason: reason(&a),
-            });
-        }
-        let day = a.at.get(..10).unwrap_or(&a.at);
-        if !self.days.contains_key(day) {
-            let spend = DaySpend {
-                day: day.to_string(),
-                ..DaySpend::default()
-            };
-            self.days.insert(day.to_string(), spend);
-        }
-        let spend = self.days.get_mut(day).expect("inserted above");
-        spend.charged = plus(spend.charged, row.charged)?;
-        spend.charge_unknown = plus(spend.charge_unknown, row.charge_unknown)?;
+        self.reconcile(&a, &placed, estimated, src)?;
+        self.add_day(&a.at, &row)?;
         let key = match by {
             GroupBy::Day => a.at.get(..10).unwrap_or(&a.at).to_string(),
             GroupBy::Month => a.at.get(..7).unwrap_or(&a.at).to_string(),
@@ -378,6 +478,7 @@ impl Builder {
             GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
             // The grouping column holds the local input's folder for this grouping.
             GroupBy::Folder => a.tag.unwrap_or_else(|| "(not a local file)".into()),
+            GroupBy::Ledger => src.label.to_string(),
         };
         self.report.total.add(&row)?;
         match self.groups.get_mut(&key) {
@@ -391,6 +492,49 @@ impl Builder {
                 self.groups.insert(key, group);
             }
         }
+        Ok(())
+    }
+
+    /// What the attempt adds to the reconciliation of estimates and charges.
+    fn reconcile(
+        &mut self,
+        a: &Attempt,
+        placed: &Placed,
+        estimated: Decimal,
+        src: &Read<'_>,
+    ) -> Result<()> {
+        let difference = placed.difference(estimated)?;
+        let rec = &mut self.report.reconciliation;
+        rec.not_sent = plus(rec.not_sent, placed.not_sent)?;
+        rec.not_charged = plus(rec.not_charged, placed.not_charged)?;
+        if !difference.is_zero() {
+            rec.difference = plus(rec.difference, difference)?;
+            rec.attempts.push(Discrepancy {
+                ledger: src.several.then(|| src.label.to_string()),
+                job_id: a.job_id,
+                attempt: a.attempt,
+                estimated: a.estimated,
+                charged: placed.charged,
+                difference: difference.normalize(),
+                reason: reason(a),
+            });
+        }
+        Ok(())
+    }
+
+    /// What the attempt adds to its day's spend.
+    fn add_day(&mut self, at: &str, row: &ReportRow) -> Result<()> {
+        let day = at.get(..10).unwrap_or(at);
+        if !self.days.contains_key(day) {
+            let spend = DaySpend {
+                day: day.to_string(),
+                ..DaySpend::default()
+            };
+            self.days.insert(day.to_string(), spend);
+        }
+        let spend = self.days.get_mut(day).expect("inserted above");
+        spend.charged = plus(spend.charged, row.charged)?;
+        spend.charge_unknown = plus(spend.charge_unknown, row.charge_unknown)?;
         Ok(())
     }
 
@@ -446,19 +590,64 @@ fn reason(a: &Attempt) -> String {
 impl Ledger {
     /// Attempts placed in `[since, until)` (ledger timestamps, compared as text), grouped.
     pub fn report(&self, since: Option<&str>, until: Option<&str>, by: &GroupBy) -> Result<Report> {
+        let label = self.path.display().to_string();
+        self.report_over(&label, &[], since, until, by)
+    }
+
+    /// [`Ledger::report`] over this ledger (labelled `label`) and `others`, each attached
+    /// read-only for the time of the report. A request id recorded in more than one of them
+    /// is counted once, in the first that has it (this one, then `others` in order), and
+    /// listed in [`Report::shared`].
+    pub fn report_over(
+        &self,
+        label: &str,
+        others: &[Source],
+        since: Option<&str>,
+        until: Option<&str>,
+        by: &GroupBy,
+    ) -> Result<Report> {
+        let attached = Attached::new(self, others)?;
+        let mut labels = vec![label.to_string()];
+        labels.extend(others.iter().map(|o| o.label.clone()));
+        let schemas = attached.schemas();
         let tag = match by {
             GroupBy::Tag(key) => Some(key.as_str()),
             _ => None,
         };
-        let mut stmt = self.conn.prepare(REPORT_SQL)?;
-        let folder = *by == GroupBy::Folder;
-        let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
         let mut builder = Builder::default();
         builder.report.since = since.map(str::to_string);
         builder.report.until = until.map(str::to_string);
         builder.report.group_by = by.to_string();
-        while let Some(r) = rows.next()? {
-            builder.add(self, read_attempt(r)?, by)?;
+        let several = !others.is_empty();
+        let mut seen = SeenRequests::default();
+        for (i, schema) in schemas.iter().enumerate() {
+            let src = Read {
+                schema,
+                label: &labels[i],
+                several,
+            };
+            let multi = self.multi_output_attempts(schema)?;
+            // A ledger older than local inputs has no `uploads`: none of its jobs has a folder.
+            let folder = *by == GroupBy::Folder && self.has_uploads(schema)?;
+            let mut stmt = self.conn.prepare(&report_sql(schema, several, folder))?;
+            let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
+            while let Some(r) = rows.next()? {
+                if several {
+                    if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {
+                        let at = (i, r.get(0)?, r.get(1)?);
+                        if seen.counted_before(self, &schemas, id, at)? {
+                            continue;
+                        }
+                    }
+                }
+                let mut attempt = read_attempt(r)?;
+                if !multi.is_empty() {
+                    if let Some(&n) = multi.get(&(attempt.job_id, attempt.attempt)) {
+                        attempt.outputs = n;
+                    }
+                }
+                builder.add(self, attempt, by, &src)?;
+            }
         }
         if *by == GroupBy::Batch {
             let in_period =
@@ -469,26 +658,94 @@ impl Ledger {
                 }
             }
         }
+        let shared = seen.shared;
         let mut report = builder.finish();
         if *by == GroupBy::Batch {
-            report.budgets = self.batch_budgets()?.into_iter().collect();
+            for schema in schemas.iter().rev() {
+                report.budgets.extend(self.batch_budgets_in(schema)?);
+            }
         }
+        if several {
+            report.shared = shared
+                .into_iter()
+                .map(|(request_id, ledgers)| SharedRequest {
+                    request_id,
+                    counted_in: labels[ledgers[0]].clone(),
+                    ledgers: ledgers.iter().map(|&i| labels[i].clone()).collect(),
+                })
+                .collect();
+            report.ledgers = labels;
+        }
+        drop(attached);
         Ok(report)
+    }
+
+    /// Whether `schema` has the `uploads` table (a ledger attached before its migration has not).
+    fn has_uploads(&self, schema: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            &format!(
+                "SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'uploads'"
+            ),
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
+    }
+
+    /// Attempts of `schema` with more than one output file, and how many each has. Read once
+    /// from the outputs' index (a second file has `idx > 0`): a count per attempt in the report's
+    /// query was half of its time over a million attempts.
+    fn multi_output_attempts(&self, schema: &str) -> Result<HashMap<(i64, i64), i64>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT job_id, attempt, count(*) FROM {schema}.outputs
+             WHERE job_id IN (SELECT job_id FROM {schema}.outputs WHERE idx > 0)
+             GROUP BY job_id, attempt HAVING count(*) > 1"
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut multi = HashMap::new();
+        while let Some(r) = rows.next()? {
+            multi.insert((r.get(0)?, r.get(1)?), r.get(2)?);
+        }
+        Ok(multi)
+    }
+
+    /// The request id of one attempt of `schema`.
+    fn request_id_at(&self, schema: &str, at: (usize, i64, i64)) -> Result<String> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT coalesce(request_id, '') FROM {schema}.attempts WHERE job_id = ?1 AND attempt = ?2"
+            ))?
+            .query_row([at.1, at.2], |r| r.get(0))?)
+    }
+
+    fn batch_budgets_in(&self, schema: &str) -> Result<BTreeMap<String, Decimal>> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT name, budget FROM {schema}.batches WHERE budget IS NOT NULL"
+        ))?;
+        let mut rows = stmt.query([])?;
+        let mut budgets = BTreeMap::new();
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            if let Some(budget) = amount("batches.budget", r.get(1)?)? {
+                budgets.insert(name, budget);
+            }
+        }
+        Ok(budgets)
     }
 
     /// Megapixels of an attempt's outputs: the recorded size, or every file's when the gateway
     /// returned more than one.
-    fn output_megapixels(&self, a: &Attempt) -> Result<Decimal> {
+    fn output_megapixels(&self, schema: &str, a: &Attempt) -> Result<Decimal> {
         if a.outputs <= 1 {
             return Ok(a
                 .output
                 .map(|(w, h)| money::megapixels(w.into(), h.into()))
                 .unwrap_or_default());
         }
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT width, height FROM outputs WHERE job_id = ?1 AND attempt = ?2
-             AND width IS NOT NULL AND height IS NOT NULL",
-        )?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT width, height FROM {schema}.outputs WHERE job_id = ?1 AND attempt = ?2
+             AND width IS NOT NULL AND height IS NOT NULL"
+        ))?;
         let sizes = stmt.query_map([a.job_id, a.attempt], |r| {
             Ok((r.get::<_, u32>(0)?, r.get::<_, u32>(1)?))
         })?;
@@ -572,7 +829,9 @@ mod tests {
             ..Default::default()
         };
         let event = super::super::Event::new(Some(id), Some(1), "poll");
-        ledger.record(vec![(id, 1, change, event)]).unwrap();
+        ledger
+            .record(vec![super::super::JobUpdate::new(id, 1, change, event)])
+            .unwrap();
         let report = ledger.report(None, None, &GroupBy::State).unwrap();
         assert_eq!(report.total.completed, 1);
         assert_eq!(report.total.charged, Decimal::ZERO);
@@ -595,12 +854,20 @@ mod tests {
 
     #[test]
     fn groupings_read_back_from_their_names() {
-        for by in ["day", "month", "batch", "state", "folder", "tag:client"] {
+        for by in [
+            "day",
+            "month",
+            "batch",
+            "state",
+            "folder",
+            "ledger",
+            "tag:client",
+        ] {
             assert_eq!(GroupBy::from_str(by).unwrap().to_string(), by);
         }
         assert_eq!(
             GroupBy::from_str("foo").unwrap_err(),
-            "`foo` is not a grouping (day, month, batch, state, folder or tag:KEY)"
+            "`foo` is not a grouping (day, month, batch, state, folder, ledger or tag:KEY)"
         );
         assert!(GroupBy::from_str("tag:").is_err());
     }

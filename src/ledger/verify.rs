@@ -122,8 +122,7 @@ impl Ledger {
                         detail: format!("job {job}: {path}: {e}"),
                     }),
                     Ok(data) => {
-                        use sha2::Digest;
-                        let actual = crate::engine::hex(&sha2::Sha256::digest(&data));
+                        let actual = crate::digest::sha256_hex(&data);
                         if data.len() as i64 != bytes || actual != sha {
                             problems.push(Problem {
                                 check: "output file",

@@ -5,7 +5,11 @@
 //! closing a connection without sending a single byte, counting the bytes of a file that were
 //! actually written, and strict limits on what a client may send. Limits: a request head of at
 //! most 16 KiB and 100 headers (431), a body of at most 1 MiB (413), `Content-Length` or
-//! chunked bodies (both at once: 400), 10 s to send a request once it has started.
+//! chunked bodies (both at once: 400), 10 s to send a whole request once it has started (a
+//! deadline on the request, not on each read, so a client sending a byte now and then cannot
+//! hold a worker), and at most 1,024 connections open or waiting for a worker (beyond: 503
+//! with `Retry-After`). The limits, chunked bodies, answers to refusals and the linger after
+//! them are those of [`crate::http_server`], shared with the webhook receiver.
 //!
 //! Idle keep-alive connections are closed after 10 s, or at once when other connections wait
 //! for a worker, so that a few idle clients cannot starve the pool.
@@ -20,16 +24,32 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Largest request head (request line and headers).
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+use crate::http_server::{self as shared, chunked, REQUEST_TIMEOUT};
+pub use crate::http_server::{reason, MAX_HEAD_BYTES};
+
 /// Most headers in one request.
 pub const MAX_HEADERS: usize = 100;
 /// Largest request body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How long an idle keep-alive connection is kept when nobody else waits.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to send a request once its first byte arrived.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a client may hold: connections and time.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections open or waiting for a worker; beyond, a new one is answered 503.
+    pub max_connections: usize,
+    /// How long a request may take to arrive whole, from its first byte.
+    pub request_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            request_timeout: REQUEST_TIMEOUT,
+        }
+    }
+}
 /// How often an idle connection looks at the stop flag and the queue.
 const IDLE_TICK: Duration = Duration::from_millis(50);
 const SERVER_NAME: &str = "codeformer-ledger-sandbox";
@@ -133,12 +153,13 @@ pub enum Outcome {
 pub type Handler = Arc<dyn Fn(&Request) -> Outcome + Send + Sync>;
 
 /// Open connections, so that stopping can shut them down and unblock their workers.
-#[derive(Default)]
 struct Connections {
     open: Mutex<HashMap<u64, TcpStream>>,
     next_id: AtomicU64,
     /// Accepted connections that no worker has picked up yet.
     queued: AtomicUsize,
+    /// Most connections open and queued; beyond, a new one is answered 503.
+    cap: usize,
 }
 
 pub struct Server {
@@ -153,17 +174,24 @@ impl Server {
     pub fn spawn(
         listener: TcpListener,
         workers: usize,
+        limits: Limits,
         stop: Arc<AtomicBool>,
         handler: Handler,
     ) -> io::Result<Server> {
         let addr = listener.local_addr()?;
-        let connections = Arc::new(Connections::default());
+        let connections = Arc::new(Connections {
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            queued: AtomicUsize::new(0),
+            cap: limits.max_connections,
+        });
         let (tx, rx) = mpsc::channel::<TcpStream>();
         let rx = Arc::new(Mutex::new(rx));
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
             let rx = rx.clone();
             let ctx = WorkerContext {
+                request_timeout: limits.request_timeout,
                 stop: stop.clone(),
                 connections: connections.clone(),
                 handler: handler.clone(),
@@ -227,6 +255,12 @@ fn accept_loop(
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
+        let open =
+            connections.queued.load(Ordering::SeqCst) + connections.open.lock().unwrap().len();
+        if open >= connections.cap {
+            refuse_busy(stream, connections.cap);
+            continue;
+        }
         connections.queued.fetch_add(1, Ordering::SeqCst);
         if tx.send(stream).is_err() {
             return;
@@ -234,7 +268,23 @@ fn accept_loop(
     }
 }
 
+/// Past the connection cap: 503 with `Retry-After`, a short linger, and close, on the
+/// acceptor (a worker is what the client cannot have).
+fn refuse_busy(stream: TcpStream, cap: usize) {
+    let body = serde_json::json!({
+        "error": reason(503),
+        "message": format!("too many connections (the limit is {cap}); send it again later"),
+    })
+    .to_string();
+    let answer = shared::answer(503, &[("Retry-After", "1")], body.as_bytes());
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(200)));
+    let _ = (&stream).write_all(&answer);
+    let mut reader = &stream;
+    shared::linger(&stream, &mut reader, Duration::from_millis(200), 64 * 1024);
+}
+
 struct WorkerContext {
+    request_timeout: Duration,
     stop: Arc<AtomicBool>,
     connections: Arc<Connections>,
     handler: Handler,
@@ -260,23 +310,27 @@ impl WorkerContext {
 
     fn serve(&self, stream: TcpStream) -> io::Result<()> {
         stream.set_nodelay(true)?;
-        stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
-        let mut reader = BufReader::with_capacity(8 * 1024, stream.try_clone()?);
+        stream.set_write_timeout(Some(self.request_timeout))?;
+        let timed = Timed {
+            stream: stream.try_clone()?,
+            deadline: None,
+        };
+        let mut reader = BufReader::with_capacity(8 * 1024, timed);
         loop {
             if !self.wait_for_request(&mut reader)? {
                 return Ok(());
             }
-            stream.set_read_timeout(Some(REQUEST_TIMEOUT))?;
-            let request = match read_request(&mut reader, &stream) {
+            // From the first byte, the whole request has this long to arrive.
+            reader.get_mut().deadline = Some(Instant::now() + self.request_timeout);
+            let read = read_request(&mut reader, &stream);
+            reader.get_mut().deadline = None;
+            let request = match read {
                 Ok(request) => request,
                 Err(ReadError::Reject(status, message)) => {
-                    let response = Response::json(
-                        status,
-                        &serde_json::json!({"error": reason(status), "message": message}),
-                    );
-                    write_response(&stream, response, false, false)?;
-                    linger_close(&stream, &mut reader);
-                    return Ok(());
+                    return refuse(&stream, &mut reader, status, message);
+                }
+                Err(ReadError::Refused(refusal)) => {
+                    return refuse(&stream, &mut reader, refusal.status, &refusal.message);
                 }
                 Err(ReadError::Io) => return Ok(()),
             };
@@ -293,11 +347,11 @@ impl WorkerContext {
     }
 
     /// Waits for the first byte of the next request. `false`: close the connection instead.
-    fn wait_for_request(&self, reader: &mut BufReader<TcpStream>) -> io::Result<bool> {
+    fn wait_for_request(&self, reader: &mut BufReader<Timed>) -> io::Result<bool> {
         if !reader.buffer().is_empty() {
             return Ok(true);
         }
-        reader.get_ref().set_read_timeout(Some(IDLE_TICK))?;
+        reader.get_ref().stream.set_read_timeout(Some(IDLE_TICK))?;
         let idle_since = Instant::now();
         loop {
             match reader.fill_buf() {
@@ -321,17 +375,43 @@ impl WorkerContext {
 /// After refusing a request whose body is still arriving, stop sending and read a little of
 /// what is left: closing with unread data would reset the connection, and the client might
 /// lose the answer before reading it.
-fn linger_close(stream: &TcpStream, reader: &mut BufReader<TcpStream>) {
-    let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut sink = [0u8; 16 * 1024];
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut left = 2 * MAX_BODY_BYTES;
-    while left > 0 && Instant::now() < deadline {
-        match reader.read(&mut sink) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => left = left.saturating_sub(n),
+fn linger_close(stream: &TcpStream, reader: &mut BufReader<Timed>) {
+    shared::linger(stream, reader, Duration::from_secs(1), 2 * MAX_BODY_BYTES);
+}
+
+/// Answers a request that is not read further, and closes.
+fn refuse(
+    stream: &TcpStream,
+    reader: &mut BufReader<Timed>,
+    status: u16,
+    message: &str,
+) -> io::Result<()> {
+    let response = Response::json(
+        status,
+        &serde_json::json!({"error": reason(status), "message": message}),
+    );
+    write_response(stream, response, false, false)?;
+    linger_close(stream, reader);
+    Ok(())
+}
+
+/// The connection as its reader sees it: with a deadline set, every read ends by then, so a
+/// request has that long in all, however its bytes are spread out.
+struct Timed {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
         }
+        (&self.stream).read(buf)
     }
 }
 
@@ -345,6 +425,8 @@ fn is_timeout(e: &io::Error) -> bool {
 enum ReadError {
     /// Answer with this status and close.
     Reject(u16, &'static str),
+    /// Answer with this refusal and close.
+    Refused(shared::Refusal),
     /// The connection broke or timed out: close without answering.
     Io,
 }
@@ -355,10 +437,7 @@ impl From<io::Error> for ReadError {
     }
 }
 
-fn read_request(
-    reader: &mut BufReader<TcpStream>,
-    stream: &TcpStream,
-) -> Result<Request, ReadError> {
+fn read_request(reader: &mut BufReader<Timed>, stream: &TcpStream) -> Result<Request, ReadError> {
     let mut budget = MAX_HEAD_BYTES;
     let mut line = read_line(reader, &mut budget, 431)?;
     // RFC 9112 §2.2: ignore empty lines before the request line.
@@ -392,7 +471,7 @@ fn read_request(
 
 /// Reads one line without its line ending, charging its length to `budget`.
 fn read_line(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Timed>,
     budget: &mut usize,
     status_over_budget: u16,
 ) -> Result<Vec<u8>, ReadError> {
@@ -518,7 +597,7 @@ fn wants_keep_alive(request: &Request, http10: bool) -> bool {
 }
 
 fn read_body(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Timed>,
     stream: &TcpStream,
     request: &Request,
 ) -> Result<Vec<u8>, ReadError> {
@@ -600,35 +679,11 @@ fn content_length(request: &Request) -> Result<Option<u64>, ReadError> {
     Ok(found)
 }
 
-fn read_chunked(reader: &mut BufReader<TcpStream>) -> Result<Vec<u8>, ReadError> {
-    let mut body = Vec::new();
-    loop {
-        let mut budget = 1024;
-        let line = read_line(reader, &mut budget, 400)?;
-        let size_text = line.split(|&b| b == b';').next().unwrap_or(&[]);
-        let size_text = std::str::from_utf8(size_text)
-            .map_err(|_| ReadError::Reject(400, "malformed chunk size"))?
-            .trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .map_err(|_| ReadError::Reject(400, "malformed chunk size"))?;
-        if size == 0 {
-            let mut budget = MAX_HEAD_BYTES;
-            while !read_line(reader, &mut budget, 431)?.is_empty() {}
-            return Ok(body);
-        }
-        if size > MAX_BODY_BYTES - body.len() {
-            return Err(ReadError::Reject(413, "request body larger than 1 MiB"));
-        }
-        let start = body.len();
-        reader.take(size as u64).read_to_end(&mut body)?;
-        if body.len() - start != size {
-            return Err(ReadError::Io);
-        }
-        let mut budget = 2;
-        if !read_line(reader, &mut budget, 400)?.is_empty() {
-            return Err(ReadError::Reject(400, "malformed chunk"));
-        }
-    }
+fn read_chunked(reader: &mut BufReader<Timed>) -> Result<Vec<u8>, ReadError> {
+    chunked::read_blocking(reader, MAX_BODY_BYTES).map_err(|e| match e {
+        chunked::ReadError::Refused(refusal) => ReadError::Refused(refusal),
+        chunked::ReadError::Io => ReadError::Io,
+    })
 }
 
 fn write_response(
@@ -706,31 +761,6 @@ fn copy_file(body: FileBody, out: &mut BufWriter<&TcpStream>) -> io::Result<()> 
     Ok(())
 }
 
-/// The reason phrase of a status code.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        202 => "Accepted",
-        206 => "Partial Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        402 => "Payment Required",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        416 => "Range Not Satisfiable",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,6 +768,13 @@ mod tests {
 
     /// A server answering every request with its method, path and body length.
     fn echo_server() -> (Server, SocketAddr, Arc<AtomicBool>) {
+        echo_server_with(Limits {
+            max_connections: 64,
+            ..Limits::default()
+        })
+    }
+
+    fn echo_server_with(limits: Limits) -> (Server, SocketAddr, Arc<AtomicBool>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -748,7 +785,7 @@ mod tests {
             let text = format!("{} {} {}", req.method, req.path, req.body.len());
             Outcome::Respond(Response::new(200).bytes(text.into_bytes()))
         });
-        let server = Server::spawn(listener, 2, stop.clone(), handler).unwrap();
+        let server = Server::spawn(listener, 2, limits, stop.clone(), handler).unwrap();
         (server, addr, stop)
     }
 
@@ -838,9 +875,76 @@ mod tests {
     #[test]
     fn stop_releases_idle_connections() {
         let (server, addr, _) = echo_server();
-        let _idle = TcpStream::connect(addr).unwrap();
-        let started = Instant::now();
+        let idle = TcpStream::connect(addr).unwrap();
+        // Returns although the idle client never sends nor closes (a hang fails the suite).
         server.stop();
-        assert!(started.elapsed() < Duration::from_secs(2));
+        drop(idle);
+    }
+
+    /// Two clients that started a request and stopped hold both workers; past the cap of
+    /// two, a third is told 503 at once instead of waiting behind them.
+    #[test]
+    fn past_the_connection_cap_comes_503_with_retry_after() {
+        let (server, addr, _) = echo_server_with(Limits {
+            max_connections: 2,
+            ..Limits::default()
+        });
+        let slow: Vec<TcpStream> = (0..2)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+                s
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let answer = loop {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            let answer = String::from_utf8_lossy(&answer).into_owned();
+            if answer.starts_with("HTTP/1.1 503 ") || Instant::now() > deadline {
+                break answer;
+            }
+        };
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        assert!(answer.contains("Retry-After: 1"), "{answer}");
+        assert!(answer.contains("the limit is 2"), "{answer}");
+        drop(slow);
+        server.stop();
+    }
+
+    /// Regression: the limit was a timeout on each read, so a client sending a byte now and
+    /// then held its worker for ever. The request's deadline covers all its reads.
+    #[test]
+    fn a_client_dribbling_its_head_is_cut_off_at_the_deadline() {
+        let (server, addr, _) = echo_server_with(Limits {
+            request_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+        let guard = Instant::now() + Duration::from_secs(30);
+        let closed = loop {
+            if Instant::now() > guard {
+                break false;
+            }
+            if stream.write_all(b"a").is_err() {
+                break true;
+            }
+            let mut byte = [0u8; 1];
+            match stream.read(&mut byte) {
+                Ok(0) => break true,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break true,
+                _ => {}
+            }
+        };
+        assert!(closed, "the server kept reading a request that never ends");
+        server.stop();
     }
 }

@@ -490,7 +490,7 @@ fn own_static_file(shared: &Shared, url: &str) -> Option<PathBuf> {
         .strip_prefix("/static/")?;
     let rest = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
     let root = shared.config.static_dir.as_deref()?;
-    super::files::resolve_static(root, rest).map(|(path, _)| path)
+    super::paths::resolve_static(root, rest).map(|(path, _)| path)
 }
 
 fn read_local_info(shared: &Shared, path: &std::path::Path) -> Result<InputInfo, String> {

@@ -32,6 +32,7 @@ mod faults;
 mod files;
 mod http;
 mod jobs;
+mod paths;
 mod protocol;
 mod render;
 mod routes;
@@ -331,8 +332,14 @@ impl Sandbox {
         sandbox.spawn_background()?;
         let handler_shared = shared.clone();
         let handler: http::Handler = Arc::new(move |req| routes::handle(&handler_shared, req));
-        let server = http::Server::spawn(listener, shared.config.workers, stop, handler)
-            .map_err(SandboxError::Thread)?;
+        let server = http::Server::spawn(
+            listener,
+            shared.config.workers,
+            http::Limits::default(),
+            stop,
+            handler,
+        )
+        .map_err(SandboxError::Thread)?;
         sandbox.server = Some(server);
         Ok(sandbox)
     }
@@ -375,7 +382,7 @@ impl Sandbox {
         format!(
             "{}/static/{}",
             self.shared.base_url,
-            files::encode_path(relative.trim_start_matches('/'))
+            paths::encode_path(relative.trim_start_matches('/'))
         )
     }
 

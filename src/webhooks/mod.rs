@@ -32,7 +32,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod http;
 mod reader;
 
 use crate::ledger::{DeliveryError, DeliveryKind, DeliveryOutcome, Ledger, LedgerError};
@@ -46,7 +45,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use http::{MAX_HEAD_BYTES, REQUEST_TIMEOUT};
+pub use crate::http_server::{MAX_HEAD_BYTES, REQUEST_TIMEOUT};
 
 /// The default largest body accepted, in bytes. A callback is well under 2 KiB.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
@@ -446,7 +445,7 @@ impl Worker {
             delivery.method, delivery.target, answer.status, answer.log
         );
         let body = answer.body.to_string();
-        let bytes = http::answer(answer.status, &[], body.as_bytes());
+        let bytes = crate::http_server::answer(answer.status, &[], body.as_bytes());
         let mut writer = stream;
         let sent = writer
             .write_all(&bytes)

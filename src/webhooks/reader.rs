@@ -16,8 +16,9 @@
 //!   (closing with unread data would reset the connection and could lose the answer), on
 //!   this thread too, so refusals never hold a worker either.
 
-use super::http::{self, Framing, Head, Refusal, REQUEST_TIMEOUT};
 use super::{Delivery, ListenConfig, ListenStats, CALLBACK_PREFIX};
+use crate::http_server::request::{self, Framing, Head};
+use crate::http_server::{self as http, Refusal, REQUEST_TIMEOUT};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -269,7 +270,7 @@ fn worth_parsing(conn: &Conn, n: usize) -> bool {
 /// Looks at the bytes received so far: a whole head, a whole body, or a refusal.
 fn advance(conn: &mut Conn, shared: &Shared) -> Next {
     if let Phase::Head = conn.phase {
-        match http::parse_head(&conn.buf) {
+        match request::parse_head(&conn.buf) {
             Ok(None) => return Next::Keep,
             Ok(Some((head, len))) => {
                 let target = redact(&head.target, shared.config.path_token.as_deref());
@@ -277,7 +278,7 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
                     refuse(conn, shared, refusal, &head.method, &target);
                     return Next::Keep;
                 }
-                let framing = match http::framing(&head, shared.config.max_body) {
+                let framing = match request::framing(&head, shared.config.max_body) {
                     Ok(framing) => framing,
                     Err(refusal) => {
                         refuse(conn, shared, refusal, &head.method, &target);
@@ -308,12 +309,9 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
     let most = shared.config.max_body.saturating_add(http::MAX_HEAD_BYTES);
     let received = &conn.buf[*at..];
     let body = if received.len() > most {
-        Err(Refusal::new(
-            413,
-            format!("the body is over the {}-byte limit", shared.config.max_body),
-        ))
+        Err(http::too_big(shared.config.max_body))
     } else {
-        http::body(*framing, received, shared.config.max_body)
+        request::body(*framing, received, shared.config.max_body)
     };
     match body {
         Ok(None) => Next::Keep,

@@ -150,3 +150,17 @@ pub fn png_size(path: &Path) -> (u32, u32) {
     let info = reader.info();
     (info.width, info.height)
 }
+
+/// Polls `ready` every few milliseconds until it holds; panics naming `what` if it still does
+/// not after `limit`. The limit only keeps a broken build from hanging the suite: no test
+/// asserts how long anything took.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for {what} after {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -78,3 +78,53 @@ fn an_unknown_key_names_the_key_and_the_file() {
         text(&out)
     );
 }
+
+/// Regression: `doctor` checked `./restored` whatever the config file said, while every other
+/// command writes to the config file's `out_dir`.
+#[test]
+fn doctor_checks_the_config_files_output_folder() {
+    let w = World::new();
+    let out_dir = w.dir.path().join("from-config");
+    let config = w.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("out_dir = {:?}\n", out_dir.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = w.cli(&["--config", config.to_str().unwrap(), "doctor"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let line = said
+        .lines()
+        .find(|l| l.contains("output dir"))
+        .unwrap_or_else(|| panic!("{}", text(&out)));
+    assert!(line.starts_with("ok"), "{}", text(&out));
+    assert!(line.contains("from-config"), "{}", text(&out));
+    assert!(out_dir.is_dir());
+    assert!(!w.dir.path().join("restored").exists(), "{}", text(&out));
+}
+
+/// `submit --wait` resolves the options of its run before it records the job: a hook from
+/// the config file that does not compile is exit 2 with nothing recorded, as for `run`.
+#[test]
+fn submit_wait_checks_the_config_files_hooks_before_recording() {
+    let w = World::new();
+    let hook = w.dir.path().join("broken.lua");
+    std::fs::write(&hook, "function on_complete(job)\n  return (\nend\n").unwrap();
+    let config = w.dir.path().join("config.toml");
+    std::fs::write(&config, format!("hooks = [{:?}]\n", hook.to_str().unwrap())).unwrap();
+    let url = w.png("face.png", 10, 10);
+    let out = w.cli(&[
+        "--config",
+        config.to_str().unwrap(),
+        "submit",
+        &url,
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.lua"),
+        "{}",
+        text(&out)
+    );
+    assert!(!w.ledger().exists(), "{}", text(&out));
+}

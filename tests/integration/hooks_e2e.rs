@@ -265,14 +265,12 @@ fn a_runaway_hook_is_stopped_and_recorded() {
     )
     .unwrap();
     let m = manifest(&w, "s.txt", &[url]);
-    let started = std::time::Instant::now();
     let out = batch(
         &w,
         &m,
         &["--hook", hook.to_str().unwrap(), "--hook-timeout", "1s"],
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_eq!(
         w.count("SELECT count(*) FROM hook_runs WHERE status = 'failed' AND error LIKE 'timeout%'"),
         1

@@ -371,3 +371,42 @@ fn a_request_id_that_cannot_be_a_path_segment_makes_the_attempt_uncertain() {
         verify_sound(&w);
     }
 }
+
+/// Regression: a poll answering QUEUED after PROCESSING moved the job back to `queued` (a
+/// callback with the same news was already stale). The job stays `processing`, is polled on,
+/// and stalls at the deadline as `processing`.
+#[test]
+fn a_job_processing_is_not_moved_back_to_queued_by_a_poll() {
+    let polls = Arc::new(std::sync::Mutex::new(0u32));
+    let polls_in = Arc::clone(&polls);
+    let hostile = Hostile::start(Arc::new(move |method: &str, _path: &str| {
+        if method == "POST" {
+            return accepted("r-back");
+        }
+        let mut polls = polls_in.lock().unwrap();
+        *polls += 1;
+        let status = if *polls == 1 { "PROCESSING" } else { "QUEUED" };
+        let body = serde_json::json!({
+            "request_id": "r-back", "status": status, "model_id": "codeformer-image-restoration",
+            "error": null, "output": null
+        });
+        answer("200 OK", "application/json", body.to_string().as_bytes())
+    }));
+    let w = World::new();
+    submit_offline(&w);
+    let out = run_against(&hostile.base, &w, &["--deadline", "2s"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(*polls.lock().unwrap() >= 2, "polled after PROCESSING");
+    let queued_polls =
+        w.count("SELECT count(*) FROM events WHERE kind = 'poll' AND remote_status = 'QUEUED'");
+    assert!(queued_polls >= 1, "the QUEUED answers are on record");
+    let (state, reason): (String, String) = w
+        .db()
+        .query_row("SELECT state, reason FROM jobs", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(state, "stalled");
+    assert!(reason.starts_with("still processing after"), "{reason}");
+    verify_sound(&w);
+}

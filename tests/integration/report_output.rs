@@ -4,7 +4,9 @@
 
 use crate::common::*;
 use codeformer_ledger::clock;
-use codeformer_ledger::ledger::{Change, Event, JobState, Ledger, NewJob, OutputRow, SubmitRecord};
+use codeformer_ledger::ledger::{
+    Change, Event, JobState, JobUpdate, Ledger, NewJob, OutputRow, SubmitRecord,
+};
 use codeformer_ledger::money::Price;
 use codeformer_ledger::params::JobParams;
 use rust_decimal::Decimal;
@@ -69,7 +71,9 @@ pub(crate) fn set_state(ledger: &mut Ledger, id: i64, attempt: i64, state: JobSt
         ..Change::default()
     };
     let event = Event::new(Some(id), Some(attempt), "poll").remote(Some(state.as_str()));
-    ledger.record(vec![(id, attempt, change, event)]).unwrap();
+    ledger
+        .record(vec![JobUpdate::new(id, attempt, change, event)])
+        .unwrap();
 }
 
 pub(crate) fn download(ledger: &mut Ledger, id: i64, attempt: i64, size: (u32, u32)) {

@@ -9,7 +9,8 @@
 
 use codeformer_ledger::clock;
 use codeformer_ledger::ledger::{
-    Change, Event, GroupBy, JobState, Ledger, NewJob, OutputRow, Report, ReportRow, SubmitRecord,
+    Change, Event, GroupBy, JobState, JobUpdate, Ledger, NewJob, OutputRow, Report, ReportRow,
+    SubmitRecord,
 };
 use codeformer_ledger::money::{self, DecimalSum, Price};
 use codeformer_ledger::params::JobParams;
@@ -289,7 +290,7 @@ fn play(
                 ..Change::default()
             };
             let event = Event::new(Some(job.id), Some(attempt), "state").detail(state.as_str());
-            Some((job.id, attempt, change, event))
+            Some(JobUpdate::new(job.id, attempt, change, event))
         })
         .collect();
     ledger.record(changes).unwrap();

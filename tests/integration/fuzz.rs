@@ -1,13 +1,14 @@
 //! Property-based fuzzing of every parser that reads outside input: gateway answers and
 //! webhook bodies, image headers, manifests, amounts, sizes and timestamps. None may panic,
 //! whatever the bytes. `scripts/fuzz.sh` runs the same properties for longer
-//! (`PROPTEST_CASES`); failures are kept in `tests/proptest-regressions/` and replayed
-//! here on every run.
+//! (`PROPTEST_CASES`); failures are kept in `tests/proptest-regressions/fuzz.txt` and
+//! replayed here on every run. That path is proptest's `SourceParallel`: the folder beside
+//! the one holding this binary's `main.rs` (`tests/integration/`), named after this file.
 
 use codeformer_ledger::gateway::RemoteJob;
 use codeformer_ledger::manifest::{parse_manifest, Format};
 use codeformer_ledger::params::{self, JobParams};
-use codeformer_ledger::{clock, money, probe};
+use codeformer_ledger::{clock, gateway::probe, money};
 use proptest::prelude::*;
 
 /// 256 cases per property in the test suite; `PROPTEST_CASES` raises it (scripts/fuzz.sh).
@@ -60,7 +61,7 @@ fn status_body() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::WithSource("proptest-regressions"))), ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: Some(Box::new(prop::test_runner::FileFailurePersistence::SourceParallel("proptest-regressions"))), ..ProptestConfig::default() })]
 
     #[test]
     fn status_and_callback_bodies_never_panic(text in prop_oneof![jsonish(), status_body(), any::<String>()]) {

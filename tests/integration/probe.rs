@@ -1,7 +1,7 @@
 //! Image sizes over HTTP, against a loopback server written here that honours (or ignores)
 //! `Range` and counts every body byte it sends.
 
-use codeformer_ledger::probe::{probe_url, Probe, ProbeError, MAX_PROBE_BYTES};
+use codeformer_ledger::gateway::probe::{probe_url, Probe, ProbeError, MAX_PROBE_BYTES};
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Cursor, Write};

@@ -1,0 +1,531 @@
+//! What the workers bring back, recorded: each answer is turned into a [`lifecycle::step`]
+//! (the job's next state, its work and its charge), to which the answer adds what it
+//! carried (a request id, output URLs, an error text) and when the job is next polled.
+
+use super::worker::{Done, TaskResult};
+use super::{backoff, now_ms, Engine, EngineError, StopReason, MAX_RATE_LIMIT_WAIT};
+use crate::clock;
+use crate::gateway::{
+    DownloadError, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome,
+};
+use crate::ledger::{
+    Change, Event, Expect, Field, JobRow, JobState, JobUpdate, OutputRow, Post, ProbedJob,
+};
+use crate::lifecycle::{
+    self, At, Charge, Learned, Reported, Step, SubmitAnswer, Verdict, Via, Work,
+};
+use std::time::Duration;
+
+/// A recorded poll answer, and the final state it reached, if any.
+pub(super) struct PollItem {
+    pub(super) update: JobUpdate,
+    pub(super) step: Option<Step>,
+}
+
+/// Where a job stands for the lifecycle.
+pub(super) fn at(job: &JobRow) -> At {
+    At::new(job.state, job.owes() == Some(Post::Download))
+}
+
+impl<'a> Engine<'a> {
+    pub(super) fn handle(&mut self, done: Done) -> Result<(), EngineError> {
+        self.in_flight.remove(&done.job_id);
+        match done.result {
+            TaskResult::Probe(result) => self.on_probe(done.job_id, done.attempt, result),
+            TaskResult::Submit(exchange) => self.on_submit(done.job_id, done.attempt, exchange),
+            TaskResult::Poll(exchange) => {
+                let item = self.poll_record(done.job_id, done.attempt, exchange)?;
+                self.commit_polls(item.into_iter().collect())
+            }
+            TaskResult::Download(result) => self.on_download(done.job_id, done.attempt, result),
+        }
+    }
+
+    fn on_probe(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        result: Result<crate::gateway::probe::Probe, crate::gateway::probe::ProbeError>,
+    ) -> Result<(), EngineError> {
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(());
+        };
+        match result {
+            Ok(probe) => {
+                self.ledger.record_probe(
+                    &job.image_url,
+                    (probe.size.width, probe.size.height),
+                    &probe.size.format,
+                    probe.bytes_read,
+                    Some(ProbedJob {
+                        job_id,
+                        attempt,
+                        upscale: job.upscale,
+                    }),
+                )?;
+            }
+            Err(reason) => {
+                self.unprobeable.insert(job_id);
+                self.ledger
+                    .append(vec![Event::new(Some(job_id), Some(attempt), "estimate")
+                        .detail(format!(
+                            "the input size could not be read from {}: {reason}",
+                            job.image_url
+                        ))])?;
+            }
+        }
+        self.send_cursor = self.send_cursor.min(job_id - 1);
+        Ok(())
+    }
+
+    /// The columns a step sets whatever the answer carried: the state, the end of the
+    /// attempt, and the post-processing owed. Polls are scheduled by the caller.
+    pub(super) fn change_of(&self, from: JobState, step: &Step) -> Change {
+        let mut change = Change {
+            state: step.moves_to(from),
+            finished: step.finished,
+            ..Change::default()
+        };
+        match step.work {
+            Work::Download => {
+                change.post = Field::Set(Post::Download);
+                change.next_poll_at = Field::Set(now_ms());
+            }
+            Work::Finish => {
+                change.next_poll_at = Field::Clear;
+                change.post = Field::set_or_clear(self.post_after(step.next));
+            }
+            _ => {}
+        }
+        change
+    }
+
+    fn on_submit(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        exchange: Exchange<SubmitOutcome>,
+    ) -> Result<(), EngineError> {
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(());
+        };
+        let step = lifecycle::step(
+            at(&job),
+            Learned::Submit(SubmitAnswer::of(&exchange.outcome)),
+        );
+        self.control_after_submit(&job, &exchange.outcome)?;
+        let event = Event::new(Some(job_id), Some(attempt), "submit_answer")
+            .http(exchange.http_status, exchange.latency_ms)
+            .body(exchange.body.clone());
+        let mut change = Change::default();
+        if step.verdict == Verdict::Applied {
+            change = self.change_of(job.state, &step);
+            self.submit_details(&job, &exchange.outcome, &mut change);
+        }
+        self.ledger
+            .record(vec![JobUpdate::new(job_id, attempt, change, event)])?;
+        if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
+            // A callback can beat the 202 to the ledger; it was kept as an orphan.
+            self.ledger.adopt_orphans(request_id)?;
+        }
+        if step.charge == Charge::Free {
+            self.ledger.record_no_charge(
+                job_id,
+                attempt,
+                "rejected submissions are not charged",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// What a submission's answer adds to its step: the request id, the first poll, why it
+    /// was not sent.
+    fn submit_details(&self, job: &JobRow, outcome: &SubmitOutcome, change: &mut Change) {
+        let reason = match outcome {
+            SubmitOutcome::Accepted {
+                request_id, status, ..
+            } => {
+                // An undocumented status in the 202 is kept as said; the job is at the
+                // gateway all the same, and its polls tell the rest.
+                change.request_id = Some(request_id.clone());
+                change.remote_status = Some(RemoteStatus::parse(status).as_str().to_string());
+                let delay = self.next_poll_delay(job, Duration::ZERO, 0);
+                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
+                return;
+            }
+            SubmitOutcome::Rejected { status, message } => {
+                change.error = Field::Set(message.clone());
+                format!("the gateway refused the submission (HTTP {status}): {message}")
+            }
+            SubmitOutcome::Unauthorized { .. } => "not sent: HTTP 401".to_string(),
+            SubmitOutcome::Forbidden { .. } => "not sent: HTTP 403".to_string(),
+            SubmitOutcome::InsufficientBalance { message } => {
+                format!("insufficient balance (HTTP 402): {message}")
+            }
+            SubmitOutcome::RateLimited { .. } => {
+                "not sent: HTTP 429, will be sent again".to_string()
+            }
+            SubmitOutcome::NotSent { reason } | SubmitOutcome::Insecure { reason } => {
+                format!("not sent: {reason}")
+            }
+            SubmitOutcome::NotTheApi { answer } => {
+                format!("not sent: the base URL does not lead to the API ({answer})")
+            }
+            SubmitOutcome::UnusableAcceptance { reason } => format!(
+                "the gateway may have created this job, but {reason}; it may be billed, so it is not resent on its own (run --resubmit-uncertain)"
+            ),
+            SubmitOutcome::Unknown { reason } => format!(
+                "the submission's outcome is unknown ({reason}); the job may exist and be billed, so it is not resent on its own (run --resubmit-uncertain)"
+            ),
+        };
+        change.reason = Field::Set(reason);
+    }
+
+    /// What a submission's answer means for the run: the budget's count, the send cursor,
+    /// the rate limit, and whether sending stops.
+    fn control_after_submit(
+        &mut self,
+        job: &JobRow,
+        outcome: &SubmitOutcome,
+    ) -> Result<(), EngineError> {
+        if let Some(reason) = self.submit_stop(outcome) {
+            self.stop_with(reason);
+        }
+        match outcome {
+            SubmitOutcome::Accepted { .. } => {
+                self.reachable();
+                self.note_success();
+                return Ok(());
+            }
+            SubmitOutcome::Unknown { .. } | SubmitOutcome::UnusableAcceptance { .. } => {
+                return Ok(());
+            }
+            SubmitOutcome::Rejected { .. } => self.reachable(),
+            SubmitOutcome::InsufficientBalance { .. } => {
+                self.reachable();
+                self.passed.insert(job.id);
+            }
+            SubmitOutcome::RateLimited { retry_after } => {
+                self.reachable();
+                self.on_rate_limited(*retry_after)?;
+            }
+            SubmitOutcome::NotSent { reason } => self.on_unreachable(reason),
+            SubmitOutcome::Unauthorized { .. }
+            | SubmitOutcome::Forbidden { .. }
+            | SubmitOutcome::Insecure { .. }
+            | SubmitOutcome::NotTheApi { .. } => {}
+        }
+        // Not at the gateway: its estimate no longer counts against the budget.
+        self.spent -= job.estimated_cost.unwrap_or_default();
+        if SubmitAnswer::of(outcome) == SubmitAnswer::NotCreated {
+            self.send_cursor = self.send_cursor.min(job.id - 1);
+        }
+        Ok(())
+    }
+
+    /// Why a submission's answer stops sending, if it does.
+    fn submit_stop(&self, outcome: &SubmitOutcome) -> Option<StopReason> {
+        Some(match outcome {
+            SubmitOutcome::Unauthorized { message } | SubmitOutcome::Forbidden { message } => {
+                let code = if matches!(outcome, SubmitOutcome::Unauthorized { .. }) {
+                    401
+                } else {
+                    403
+                };
+                StopReason::Unauthorized {
+                    message: format!(
+                        "the gateway refused the API key (HTTP {code}: {message}); set {} to a valid key (or pass --api-key-file) and run again",
+                        crate::KEY_ENV
+                    ),
+                }
+            }
+            SubmitOutcome::InsufficientBalance { message } => StopReason::InsufficientBalance {
+                message: message.clone(),
+            },
+            // A failed TLS handshake proves the request never left: the job stays planned, and
+            // the run stops at once, since every other job would meet the same certificate.
+            SubmitOutcome::Insecure { reason } => StopReason::Unreachable {
+                message: format!(
+                    "{reason}. The jobs not sent stay planned, and the next `run` sends them"
+                ),
+            },
+            SubmitOutcome::NotTheApi { answer } => StopReason::Misconfigured {
+                message: self.misconfigured(&format!("a submission got {answer}"),
+                    "Nothing was created: the jobs not sent stay planned, and a run with the right URL sends each once."),
+            },
+            SubmitOutcome::UnusableAcceptance { reason } => StopReason::Misconfigured {
+                message: self.misconfigured(&format!("the answer to a submission is unusable: {reason}"),
+                    "That job is uncertain (it may exist and be billed); sending stopped there, and the jobs not sent stay planned."),
+            },
+            _ => return None,
+        })
+    }
+
+    pub(super) fn poll_record(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        exchange: Exchange<PollOutcome>,
+    ) -> Result<Option<PollItem>, EngineError> {
+        self.summary.polls += 1;
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(None);
+        };
+        let learned = match &exchange.outcome {
+            PollOutcome::Status(remote) => Learned::Status(Via::Poll, Reported::of(&remote.status)),
+            _ => Learned::PollFailed,
+        };
+        let step = lifecycle::step(at(&job), learned);
+        if job.attempt != attempt || step.verdict == Verdict::Ignored {
+            // The job moved on meanwhile (a callback finished it); keep the answer on record.
+            let event = Event::new(Some(job_id), Some(attempt), "poll")
+                .http(exchange.http_status, exchange.latency_ms)
+                .detail("answer after the job had already moved on")
+                .body(exchange.body);
+            return Ok(Some(PollItem {
+                update: JobUpdate::new(job_id, attempt, Change::default(), event),
+                step: None,
+            }));
+        }
+        let mut event = Event::new(Some(job_id), Some(attempt), "poll")
+            .http(exchange.http_status, exchange.latency_ms)
+            .body(exchange.body.clone());
+        let mut change = self.change_of(job.state, &step);
+        change.count_poll = true;
+        change.expect = Some(Expect {
+            state: job.state,
+            attempt,
+        });
+        match exchange.outcome {
+            PollOutcome::Status(remote) => {
+                self.polled_status(&job, &step, &remote, &mut change, &mut event)
+            }
+            outcome => self.poll_without_status(
+                job_id,
+                outcome,
+                exchange.http_status,
+                &mut change,
+                &mut event,
+            )?,
+        }
+        Ok(Some(PollItem {
+            update: JobUpdate::new(job_id, attempt, change, event),
+            step: Some(step),
+        }))
+    }
+
+    /// A status a poll brought: recorded as said, and the job polled again until it ends.
+    fn polled_status(
+        &mut self,
+        job: &JobRow,
+        step: &Step,
+        remote: &RemoteJob,
+        change: &mut Change,
+        event: &mut Event,
+    ) {
+        self.reachable();
+        self.note_success();
+        event.remote_status = Some(remote.status.as_str().to_string());
+        change.remote_status = Some(remote.status.as_str().to_string());
+        let elapsed = job
+            .submitted_at
+            .as_deref()
+            .and_then(clock::parse_remote)
+            .map(|t| (clock::now() - t).to_std().unwrap_or_default())
+            .unwrap_or_default();
+        if step.work != Work::PollLater {
+            self.failures.remove(&job.id);
+        }
+        match step.work {
+            Work::Poll => {
+                let delay = self.next_poll_delay(job, elapsed, job.polls as u32 + 1);
+                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
+            }
+            Work::Download => {
+                self.schedule.observe(elapsed);
+                change.output_urls = Some(remote.media_urls.clone());
+            }
+            Work::Finish => {
+                change.error =
+                    Field::Set(remote.error.clone().unwrap_or_else(|| {
+                        format!("the gateway reported {}", remote.status.as_str())
+                    }));
+                if step.charge == Charge::Free {
+                    self.spent -= job.estimated_cost.unwrap_or_default();
+                }
+            }
+            _ => {
+                // Not finished, and not free: only a documented ERROR is. Polled again, less
+                // often, until it says something documented or the deadline stalls it.
+                event.detail = Some(format!(
+                    "status {:?} is not one the API documents; the job stays {} and is polled again (it may be charged)",
+                    remote.status.as_str(),
+                    job.state
+                ));
+                change.next_poll_at = Field::Set(now_ms() + self.poll_backoff(job.id));
+            }
+        }
+    }
+
+    /// The wait before polling a job again after an answer without news, growing with the
+    /// failures in a row.
+    fn poll_backoff(&mut self, job_id: i64) -> i64 {
+        let failures = self.failures.entry(job_id).or_insert(0);
+        *failures += 1;
+        let delay = backoff(
+            *failures,
+            self.schedule.min.max(Duration::from_millis(50)),
+            self.options.poll_interval.max(Duration::from_secs(30)),
+        );
+        delay.as_millis() as i64
+    }
+
+    /// A poll that brought no status: the job is polled again later, and the run may stop.
+    fn poll_without_status(
+        &mut self,
+        job_id: i64,
+        outcome: PollOutcome,
+        http_status: Option<u16>,
+        change: &mut Change,
+        event: &mut Event,
+    ) -> Result<(), EngineError> {
+        let every = self.options.poll_interval.as_millis() as i64;
+        let unreachable = matches!(outcome, PollOutcome::Unreachable { .. });
+        let reason = match outcome {
+            PollOutcome::Status(_) => return Ok(()),
+            PollOutcome::RateLimited { retry_after } => {
+                self.on_rate_limited(retry_after)?;
+                let delay = retry_after
+                    .unwrap_or(self.options.poll_interval)
+                    .min(MAX_RATE_LIMIT_WAIT)
+                    .max(self.schedule.min);
+                change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
+                return Ok(());
+            }
+            PollOutcome::Unauthorized { status } => {
+                change.next_poll_at = Field::Set(now_ms() + every);
+                self.stop_with(StopReason::Unauthorized {
+                    message: format!(
+                        "the gateway refused the API key when polling (HTTP {status}); set {} to a valid key and run again",
+                        crate::KEY_ENV
+                    ),
+                });
+                return Ok(());
+            }
+            PollOutcome::NotTheApi { answer } => {
+                event.detail = Some(format!("the base URL does not lead to the API: {answer}"));
+                change.next_poll_at = Field::Set(now_ms() + every);
+                let message = self.misconfigured(&format!("a status call got {answer}"),
+                    "The jobs at the gateway are kept as they were and are polled by a run with the right URL.");
+                self.stop_with(StopReason::Misconfigured { message });
+                return Ok(());
+            }
+            PollOutcome::NotFound => {
+                "the gateway does not know this request id (HTTP 404)".to_string()
+            }
+            PollOutcome::Unreachable { reason } => {
+                self.on_unreachable(&reason);
+                reason
+            }
+            PollOutcome::Transient { reason } => reason,
+            PollOutcome::BadAnswer { reason } => format!("bad answer: {reason}"),
+        };
+        if !unreachable && http_status.is_some() {
+            self.reachable();
+        }
+        event.detail = Some(reason);
+        change.next_poll_at = Field::Set(now_ms() + self.poll_backoff(job_id));
+        Ok(())
+    }
+
+    /// Records poll answers in one transaction (group commit), then the 0 USD charge of each
+    /// that ended in ERROR.
+    pub(super) fn commit_polls(&mut self, items: Vec<PollItem>) -> Result<(), EngineError> {
+        let free: Vec<(i64, i64)> = items
+            .iter()
+            .filter(|i| i.step.is_some_and(|s| s.charge == Charge::Free))
+            .map(|i| (i.update.job_id, i.update.attempt))
+            .collect();
+        self.ledger
+            .record(items.into_iter().map(|i| i.update).collect())?;
+        for (job_id, attempt) in free {
+            self.ledger
+                .record_no_charge(job_id, attempt, "ERROR jobs are not charged")?;
+        }
+        Ok(())
+    }
+
+    fn on_download(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        result: Result<Vec<OutputRow>, DownloadError>,
+    ) -> Result<(), EngineError> {
+        let Some(job) = self.ledger.job(job_id)? else {
+            return Ok(());
+        };
+        let learned = match result {
+            Ok(_) => Learned::Downloaded,
+            Err(_) => Learned::DownloadFailed,
+        };
+        let step = lifecycle::step(at(&job), learned);
+        if step.verdict == Verdict::Ignored {
+            return Ok(());
+        }
+        match result {
+            Ok(files) => {
+                self.summary.downloads += 1;
+                let post = self.post_after(JobState::Completed);
+                if let Some(charge) = self.ledger.record_download(job_id, attempt, &files, post)? {
+                    self.spent += charge - job.estimated_cost.unwrap_or_default();
+                    self.summary.charged += charge;
+                }
+                Ok(())
+            }
+            Err(error) => self.download_failed(job_id, attempt, error.to_string()),
+        }
+    }
+
+    /// A download that failed is tried again after a backoff; after 5 failures the job keeps
+    /// owing it, for a later run.
+    fn download_failed(
+        &mut self,
+        job_id: i64,
+        attempt: i64,
+        reason: String,
+    ) -> Result<(), EngineError> {
+        let failures = self.failures.entry(job_id).or_insert(0);
+        *failures += 1;
+        let failures = *failures;
+        let delay = backoff(
+            failures,
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+        );
+        let item = JobUpdate::new(
+            job_id,
+            attempt,
+            Change {
+                next_poll_at: Field::Set(now_ms() + delay.as_millis() as i64),
+                error: Field::Set(format!("download failed: {reason}")),
+                ..Change::default()
+            },
+            Event::new(Some(job_id), Some(attempt), "download_failed").detail(reason),
+        );
+        self.ledger.record(vec![item])?;
+        if failures >= 5 {
+            // Keep the job owing its download for a later run, but stop trying now.
+            self.ledger.record(vec![JobUpdate::new(
+                job_id,
+                attempt,
+                Change {
+                    next_poll_at: Field::Clear,
+                    ..Change::default()
+                },
+                Event::new(Some(job_id), Some(attempt), "download_deferred")
+                    .detail("5 downloads failed; `run` tries again"),
+            )])?;
+        }
+        Ok(())
+    }
+}

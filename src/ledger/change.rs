@@ -1,0 +1,229 @@
+//! A change of one job's row and its current attempt, and how it is applied in SQL.
+
+use super::events::Event;
+use super::{JobState, Result};
+use crate::money;
+use rusqlite::{params, Transaction};
+use rust_decimal::Decimal;
+
+/// What a change does to one nullable column: leaves it as it is, sets it, or clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Field<T> {
+    #[default]
+    Leave,
+    Set(T),
+    Clear,
+}
+
+impl<T> Field<T> {
+    /// `Set` for `Some`, `Clear` for `None`.
+    pub fn set_or_clear(value: Option<T>) -> Self {
+        match value {
+            Some(v) => Field::Set(v),
+            None => Field::Clear,
+        }
+    }
+
+    fn touches(&self) -> bool {
+        !matches!(self, Field::Leave)
+    }
+
+    fn value(&self) -> Option<&T> {
+        match self {
+            Field::Set(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// The post-processing a job still owes (`jobs.post`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Post {
+    /// Its outputs are to be downloaded (and its charge recorded).
+    Download,
+    /// Hooks are to be run.
+    Hooks,
+}
+
+impl Post {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Post::Download => "download",
+            Post::Hooks => "hooks",
+        }
+    }
+
+    /// Reads `jobs.post`; `None` for no mark (or one this version does not know).
+    pub fn parse(text: Option<&str>) -> Option<Post> {
+        match text? {
+            "download" => Some(Post::Download),
+            "hooks" => Some(Post::Hooks),
+            _ => None,
+        }
+    }
+}
+
+/// The attempt is marked as sent now, at this price and estimate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Submitted {
+    pub price: Decimal,
+    pub estimate: Option<Decimal>,
+}
+
+/// An input size learned for the job, and where it came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputSize {
+    pub width: u32,
+    pub height: u32,
+    pub source: &'static str,
+}
+
+/// Apply only if the job is still in this state and attempt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Expect {
+    pub state: JobState,
+    pub attempt: i64,
+}
+
+/// A change to one job's row and its current attempt. `None` and `Field::Leave` leave a
+/// column as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub state: Option<JobState>,
+    pub request_id: Option<String>,
+    pub remote_status: Option<String>,
+    /// When the job is next polled (or downloaded), in Unix ms; `Clear` stops polling.
+    pub next_poll_at: Field<i64>,
+    pub count_poll: bool,
+    /// The post-processing owed; `Clear` clears it.
+    pub post: Field<Post>,
+    pub reason: Field<String>,
+    pub error: Field<String>,
+    pub output_urls: Option<Vec<String>>,
+    pub submitted: Option<Submitted>,
+    pub finished: bool,
+    pub input_size: Option<InputSize>,
+    /// Apply only if the job is still in this state and attempt (a poll answer must not undo
+    /// what a callback recorded while the poll was in flight). The event is kept either way.
+    pub expect: Option<Expect>,
+}
+
+/// One job's change with the event that explains it, as [`crate::ledger::Ledger::record`]
+/// writes them.
+#[derive(Debug, Clone)]
+pub struct JobUpdate {
+    pub job_id: i64,
+    pub attempt: i64,
+    pub change: Change,
+    pub event: Event,
+}
+
+impl JobUpdate {
+    pub fn new(job_id: i64, attempt: i64, change: Change, event: Event) -> Self {
+        JobUpdate {
+            job_id,
+            attempt,
+            change,
+            event,
+        }
+    }
+}
+
+/// Applies a change to a job's row and, when the row changed, to its current attempt.
+pub(super) fn apply_change(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    c: &Change,
+    now: &str,
+) -> Result<()> {
+    if update_job(tx, job_id, c, now)? {
+        update_attempt(tx, job_id, attempt, c, now)?;
+    }
+    Ok(())
+}
+
+/// The job's row; whether it changed (not when `expect` does not hold).
+fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Result<bool> {
+    let urls = c
+        .output_urls
+        .as_ref()
+        .map(|u| serde_json::to_string(u).unwrap_or_default());
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET
+            state = coalesce(?2, state),
+            request_id = coalesce(?3, request_id),
+            remote_status = coalesce(?4, remote_status),
+            next_poll_at = CASE WHEN ?5 THEN ?6 ELSE next_poll_at END,
+            polls = polls + ?7,
+            post = CASE WHEN ?8 THEN ?9 ELSE post END,
+            reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
+            error = CASE WHEN ?12 THEN ?13 ELSE error END,
+            output_urls = coalesce(?14, output_urls),
+            input_width = coalesce(?15, input_width),
+            input_height = coalesce(?16, input_height),
+            size_source = coalesce(?17, size_source),
+            updated_at = ?18
+         WHERE id = ?1 AND (?19 IS NULL OR (state = ?19 AND attempt = ?20))",
+        )?
+        .execute(params![
+            job_id,
+            c.state.map(JobState::as_str),
+            c.request_id,
+            c.remote_status,
+            c.next_poll_at.touches(),
+            c.next_poll_at.value(),
+            c.count_poll as i64,
+            c.post.touches(),
+            c.post.value().map(|p| p.as_str()),
+            c.reason.touches(),
+            c.reason.value(),
+            c.error.touches(),
+            c.error.value(),
+            urls,
+            c.input_size.map(|s| s.width),
+            c.input_size.map(|s| s.height),
+            c.input_size.map(|s| s.source),
+            now,
+            c.expect.map(|e| e.state.as_str()),
+            c.expect.map(|e| e.attempt),
+        ])?;
+    Ok(changed > 0)
+}
+
+/// The job's current attempt.
+fn update_attempt(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    c: &Change,
+    now: &str,
+) -> Result<()> {
+    let (price, estimate) = match c.submitted {
+        Some(s) => (Some(money::exact(s.price)), s.estimate.map(money::exact)),
+        None => (None, None),
+    };
+    tx.prepare_cached(
+        "UPDATE attempts SET
+            state = coalesce(?3, state),
+            request_id = coalesce(?4, request_id),
+            price_per_mp = coalesce(?5, price_per_mp),
+            estimated_cost = coalesce(?6, estimated_cost),
+            submitted_at = CASE WHEN ?7 THEN ?9 ELSE submitted_at END,
+            finished_at = CASE WHEN ?8 THEN ?9 ELSE finished_at END
+         WHERE job_id = ?1 AND attempt = ?2",
+    )?
+    .execute(params![
+        job_id,
+        attempt,
+        c.state.map(JobState::as_str),
+        c.request_id,
+        price,
+        estimate,
+        c.submitted.is_some(),
+        c.finished,
+        now,
+    ])?;
+    Ok(())
+}
