@@ -3,7 +3,7 @@
 use super::report::{source_error, sources};
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::clock;
-use codeformer_ledger::ledger::{Billed, Finding, Reconcile, Tally};
+use codeformer_ledger::ledger::{Billed, Finding, Reconcile};
 use codeformer_ledger::{exit, money};
 use rust_decimal::Decimal;
 use std::collections::HashMap;
@@ -316,7 +316,7 @@ fn write_csv(out: &mut impl Write, r: &Reconcile) -> std::io::Result<()> {
         let cells: Vec<String> = cells.iter().map(|c| field(c)).collect();
         writeln!(out, "{}", cells.join(","))?;
     }
-    for (label, tally) in totals(r) {
+    for (label, tally) in super::report::reconcile_totals(r) {
         writeln!(
             out,
             "total_{label},{},,,,,{},,,,",
@@ -336,20 +336,6 @@ fn lines(lines: &[u64], sep: &str) -> String {
 }
 
 /// The totals in the order they are shown: (label, tally).
-pub fn totals(r: &Reconcile) -> Vec<(&'static str, &Tally)> {
-    let t = &r.totals;
-    vec![
-        ("billed", &t.billed),
-        ("matched", &t.matched),
-        ("ghosts", &t.ghosts),
-        ("amount_differs_billed", &t.differing_billed),
-        ("resolved_billed", &t.resolved_billed),
-        ("recorded", &t.recorded),
-        ("amount_differs_recorded", &t.differing_recorded),
-        ("not_billed", &t.not_billed),
-    ]
-}
-
 fn write_table(out: &mut impl Write, r: &Reconcile) -> std::io::Result<()> {
     writeln!(
         out,
@@ -374,7 +360,7 @@ fn write_table(out: &mut impl Write, r: &Reconcile) -> std::io::Result<()> {
         "\n{:<26} {:>7} {:>14}",
         "totals (USD)", "ids", "amount"
     )?;
-    for (label, tally) in totals(r) {
+    for (label, tally) in super::report::reconcile_totals(r) {
         writeln!(
             out,
             "  {:<24} {:>7} {:>14}",
@@ -398,7 +384,7 @@ fn write_table(out: &mut impl Write, r: &Reconcile) -> std::io::Result<()> {
             )?;
         }
         if let Some(a) = &f.attempt {
-            writeln!(out, "  {}", show_command(a, r))?;
+            writeln!(out, "  {}", super::report::attempt_show_command(a, r))?;
         }
     }
     Ok(())
@@ -424,10 +410,4 @@ pub fn finding_line(f: &Finding) -> String {
         f.recorded.map(money::exact).unwrap_or_else(|| "-".into()),
         signed(f.difference)
     )
-}
-
-/// `codeformer-ledger show ID`, with `--ledger` when the job is in another ledger.
-pub fn show_command(a: &codeformer_ledger::ledger::AttemptRef, r: &Reconcile) -> String {
-    let other = r.ledgers.first() != Some(&a.ledger);
-    super::report::show_command(a.job_id, other.then_some(a.ledger.as_str()))
 }

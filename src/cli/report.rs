@@ -1,8 +1,11 @@
 //! `report`: the cost audit, read only and offline.
 
 mod html;
+mod words;
 
-pub use html::{reconcile_page, show_command};
+pub use html::reconcile_page;
+pub use words::{attempt_show_command, reconcile_totals};
+use words::{notes, reconciliation_lines};
 
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::ledger::{GroupBy, LedgerError, Report, ReportRow, Source, MAX_OTHERS};
@@ -294,67 +297,6 @@ fn shared_line(s: &codeformer_ledger::ledger::SharedRequest) -> String {
         s.ledgers.join(", "),
         s.counted_in
     )
-}
-
-/// Warnings a reader of the totals must see.
-fn notes(report: &Report) -> Vec<String> {
-    let mut notes = Vec::new();
-    if report.total.charge_unknown > rust_decimal::Decimal::ZERO {
-        notes.push("charge unknown: FAILED, stalled, uncertain and unfinished attempts may or may not be billed by the gateway (completed ones not yet downloaded are); their estimates are shown as the worst case.".to_string());
-    }
-    if report.total.reused > 0 {
-        let groups: Vec<String> = report
-            .rows
-            .iter()
-            .filter(|r| r.reused > 0)
-            .map(|r| format!("{} {}", r.group, r.reused))
-            .collect();
-        notes.push(format!(
-            "reused: {} job(s) recorded earlier joined a later batch at no new charge ({}); their attempts and cost are counted once, with the batch that sent them.",
-            report.total.reused,
-            groups.join(", ")
-        ));
-    }
-    if report.possible_double_charges > 0 {
-        notes.push(format!(
-            "possible double charges: {} uncertain attempt(s) were sent again.",
-            report.possible_double_charges
-        ));
-    }
-    notes
-}
-
-/// The reconciliation as label and exact amount: the estimates, where they went, and the
-/// differences, which add up exactly.
-fn reconciliation_lines(report: &Report) -> Vec<(&'static str, String)> {
-    let r = &report.reconciliation;
-    let signed = |d: rust_decimal::Decimal| {
-        if d.is_sign_negative() || d.is_zero() {
-            money::exact(d)
-        } else {
-            format!("+{}", money::exact(d))
-        }
-    };
-    vec![
-        ("estimated", money::exact(report.total.estimated)),
-        (
-            "- not sent (planned, held, skipped)",
-            money::exact(r.not_sent),
-        ),
-        (
-            "- not charged (ERROR, rejected)",
-            money::exact(r.not_charged),
-        ),
-        (
-            "- charge unknown (worst case)",
-            money::exact(report.total.charge_unknown),
-        ),
-        (
-            "+ charges above (-below) their estimates",
-            signed(r.difference),
-        ),
-        ("= charged", money::exact(report.total.charged)),
-    ]
 }
 
 /// A discrepancy's cells: job, attempt, estimated, charged, difference (signed), reason.

@@ -51,9 +51,13 @@ impl Event {
 pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Result<()> {
     let body = event.body.as_deref().map(cap_body);
     let reference = match (&body, event.kind, event.job_id, event.attempt) {
-        (Some(body), "poll", Some(job_id), Some(attempt)) => {
-            super::bodies::repeat_of(tx, job_id, attempt, &event, body)?
-        }
+        (Some(body), "poll", Some(job_id), Some(attempt)) => super::bodies::repeat_of(
+            tx,
+            job_id,
+            attempt,
+            (event.http_status, event.remote_status.as_deref()),
+            body,
+        )?,
         _ => None,
     };
     tx.prepare_cached(

@@ -9,7 +9,9 @@
 //! computed here, not by a browser, so labels are placed (or left out) so that they never
 //! overlap.
 
-use super::{notes, reconciliation_lines};
+use super::words::{
+    attempt_show_command, notes, reconcile_totals, reconciliation_lines, show_command,
+};
 use codeformer_ledger::clock;
 use codeformer_ledger::ledger::{DaySpend, Discrepancy, Finding, Reconcile, Report, ReportRow};
 use codeformer_ledger::money;
@@ -109,7 +111,7 @@ pub fn reconcile_page(r: &Reconcile) -> String {
         "<h2>Totals</h2>\n<div class=\"scroll\">\n<table class=\"narrow\">\n\
          <thead><tr><th></th><th>Request ids</th><th>Exact USD</th></tr></thead>\n<tbody>\n",
     );
-    for (label, tally) in crate::cli::reconcile::totals(r) {
+    for (label, tally) in reconcile_totals(r) {
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td><td class=\"exact\">{}</td></tr>",
@@ -142,12 +144,12 @@ fn finding_row(html: &mut String, r: &Reconcile, f: &Finding) {
     let mut jobs: Vec<String> = f
         .attempt
         .iter()
-        .map(|a| crate::cli::reconcile::show_command(a, r))
+        .map(|a| attempt_show_command(a, r))
         .collect();
     jobs.extend(
         f.candidates
             .iter()
-            .map(|c| format!("maybe: {}", crate::cli::reconcile::show_command(c, r))),
+            .map(|c| format!("maybe: {}", attempt_show_command(c, r))),
     );
     let lines: Vec<String> = f.lines.iter().map(u64::to_string).collect();
     let _ = writeln!(
@@ -324,26 +326,6 @@ fn shared(html: &mut String, report: &Report) {
         );
     }
     html.push_str("</tbody>\n</table>\n</div>\n");
-}
-
-/// The command that shows a job, in the ledger it is in.
-pub fn show_command(job_id: i64, ledger: Option<&str>) -> String {
-    match ledger {
-        Some(path) => format!(
-            "codeformer-ledger --ledger {} show {job_id}",
-            shell_word(path)
-        ),
-        None => format!("codeformer-ledger show {job_id}"),
-    }
-}
-
-/// A word as a POSIX shell reads it back: quoted when it holds anything but plain characters.
-fn shell_word(text: &str) -> String {
-    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c);
-    if !text.is_empty() && text.chars().all(plain) {
-        return text.to_string();
-    }
-    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 fn row_html(html: &mut String, row: &ReportRow, name: &str) {
