@@ -218,6 +218,25 @@ CREATE TABLE compactions (
     bytes       INTEGER NOT NULL            -- their total length
 );
 
+-- Local files sent through the user's S3-compatible bucket: one row per job and file.
+CREATE TABLE uploads (
+    id             INTEGER PRIMARY KEY,
+    job_id         INTEGER NOT NULL REFERENCES jobs(id),
+    local_path     TEXT NOT NULL,           -- the path as given (argument, manifest cell, folder entry)
+    resolved_path  TEXT NOT NULL,           -- the same file, absolute and with links resolved
+    folder         TEXT NOT NULL,           -- the input folder it came from (report --by folder)
+    relative_path  TEXT NOT NULL,           -- its path below `folder`, mirrored in the output folder
+    bytes          INTEGER NOT NULL,
+    sha256         TEXT NOT NULL,           -- of the file's bytes; the object is named after it
+    object_key     TEXT NOT NULL,           -- s3://BUCKET/PREFIX/<sha256>.<ext>, the job's image
+    created_at     TEXT NOT NULL,
+    uploaded_at    TEXT,                    -- NULL until the object is known to be in the bucket
+    put_status     INTEGER,                 -- HTTP status of our PUT; NULL if it was already there
+    deleted_at     TEXT                     -- when --delete-uploads or `uploads prune` removed it
+);
+CREATE INDEX uploads_by_job ON uploads(job_id);
+CREATE INDEX uploads_by_object ON uploads(object_key);
+
 -- The file's identity ("CFLG" in the header's application_id): it tells a ledger's first page
 -- from any other database's, so a write-ahead log of another database is never replayed into it.
 PRAGMA application_id = 1128680519;

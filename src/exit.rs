@@ -23,6 +23,7 @@ pub fn of_run(summary: &RunSummary) -> u8 {
         Some(StopReason::Budget { .. } | StopReason::InsufficientBalance { .. }) => BUDGET,
         Some(_) => ERROR,
         None if summary.hook_blocked > 0
+            || summary.not_uploaded > 0
             || summary.failed_hooks > 0
             || summary.owing_downloads > 0
             || !summary.owing_hooks.is_empty() =>

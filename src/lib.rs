@@ -44,6 +44,7 @@ pub mod manifest;
 pub mod money;
 pub mod params;
 pub mod sandbox;
+pub mod storage;
 pub mod webhooks;
 
 /// The environment variable that holds the API key.

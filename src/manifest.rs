@@ -126,6 +126,9 @@ pub struct ManifestRow {
     pub size: Option<(u32, u32)>,
     pub key: Option<String>,
     pub tags: Vec<(String, String)>,
+    /// `params.image` is a local file path as written (relative paths are relative to the
+    /// manifest's folder); the command reads and uploads it, or refuses it without `--upload`.
+    pub local: bool,
 }
 
 /// A problem in a manifest. Displays as `FILE:LINE: FIELD: MESSAGE` (without `FIELD: ` when
@@ -543,8 +546,11 @@ fn build_row(
         }
         return None;
     };
-    if let Err(e) = params::validate_image_url(&image) {
-        problems.push(e.into());
+    let local = params::is_local_path(&image);
+    if !local {
+        if let Err(e) = params::validate_image_url(&image) {
+            problems.push(e.into());
+        }
     }
     let together = "missing: width and height go together";
     let size = match (fields.width, fields.height) {
@@ -570,7 +576,11 @@ fn build_row(
         job.webhook_events_filter = fields.webhook_events_filter;
     }
     if problems.is_empty() {
-        if let Err(e) = job.validate() {
+        let mut check = job.clone();
+        if local {
+            check.image = "https://local.invalid/".into();
+        }
+        if let Err(e) = check.validate() {
             problems.push(e.into());
         }
     }
@@ -580,6 +590,7 @@ fn build_row(
         size,
         key: fields.key,
         tags: fields.tags,
+        local,
     })
 }
 
@@ -891,13 +902,16 @@ mod tests {
             "list.txt",
             "http://x.test/a.png\nftp://x.test/b.png\n/tmp/c.png\n",
         );
-        assert_eq!(m.rows.len(), 1);
+        // A local path is a row of its own kind: the command reads it (with --upload) or
+        // refuses it naming --upload.
+        assert_eq!(m.rows.len(), 2);
+        assert_eq!(messages(&m).len(), 1);
         assert_eq!(
             messages(&m)[0],
             "list.txt:2: image: `ftp://x.test/b.png` is not an http(s) URL"
         );
-        assert!(messages(&m)[1]
-            .starts_with("list.txt:3: image: `/tmp/c.png` is a local file path, not a URL"));
+        assert!(m.rows[1].local && !m.rows[0].local);
+        assert_eq!(m.rows[1].params.image, "/tmp/c.png");
     }
 
     #[test]

@@ -100,7 +100,9 @@ impl JobParams {
 
     /// Checks every field; the first problem found is returned.
     pub fn validate(&self) -> Result<(), ParamError> {
-        validate_image_url(&self.image)?;
+        if !crate::storage::is_locator(&self.image) {
+            validate_image_url(&self.image)?;
+        }
         if self.fidelity < Decimal::ZERO || self.fidelity > Decimal::ONE {
             return Err(ParamError::new(
                 "fidelity",
@@ -296,18 +298,30 @@ pub fn is_loopback_url(url: &str) -> bool {
 /// would leave the job `uncertain`.
 pub const MAX_URL_BYTES: usize = 8192;
 
-/// An input image must be an absolute http(s) URL the gateway can fetch.
+/// What to do with a local file given as an image, for messages: the gateway fetches each
+/// image itself, so a local file goes through the user's bucket.
+pub const LOCAL_FILE_FIX: &str = "the gateway fetches each image itself, so a local file needs \
+     --upload s3://BUCKET/PREFIX (or `upload = \"s3://BUCKET/PREFIX\"` in the config file): \
+     it is then uploaded to your bucket and sent as a presigned URL";
+
+/// An input image must be an absolute http(s) URL the gateway can fetch, or (recorded by the
+/// tool itself, never typed) the locator `s3://BUCKET/KEY` of an uploaded local file.
 pub fn validate_image_url(url: &str) -> Result<(), ParamError> {
-    if !url.contains("://") && looks_like_a_path(url) {
+    if is_local_path(url) {
         return Err(ParamError::new(
             "image",
             format!(
-                "`{}` is a local file path, not a URL: the gateway fetches each image itself,                  so it needs a public http(s) URL (put the file where the gateway can reach it,                  e.g. a web server or a bucket with a public or presigned link)",
+                "`{}` is a local file path, not a URL: {LOCAL_FILE_FIX}",
                 clip(url)
             ),
         ));
     }
     validate_http_url("image", url)
+}
+
+/// Whether an image as given names a local file rather than a URL.
+pub fn is_local_path(text: &str) -> bool {
+    !text.contains("://") && looks_like_a_path(text)
 }
 
 /// A relative or absolute file name, as a user would type one (`photos/a.jpg`, `./a.png`,
@@ -418,7 +432,10 @@ mod tests {
         ] {
             let err = validate_image_url(path).unwrap_err();
             assert!(err.message.contains("local file path"), "{path}: {err}");
-            assert!(err.message.contains("public http(s) URL"), "{path}: {err}");
+            assert!(
+                err.message.contains("--upload s3://BUCKET/PREFIX"),
+                "{path}: {err}"
+            );
         }
         assert!(!validate_image_url("ftp://a/b.png")
             .unwrap_err()

@@ -30,6 +30,8 @@ pub struct ConfigFile {
     /// USD, as a string (`"5"`) or a number (`5`, `0.3`); see [`Config::budget`].
     pub budget: Option<toml::Spanned<toml::Value>>,
     pub tags: Option<BTreeMap<String, String>>,
+    /// `s3://BUCKET/PREFIX`, as `--upload`.
+    pub upload: Option<String>,
     /// Extra CA certificates (PEM) to trust, as `--ca-cert`.
     pub ca_cert: Option<PathBuf>,
     /// `false` is `--no-fsync-outputs`.
@@ -140,7 +142,7 @@ impl Config {
             .transpose()
     }
 
-    fn origin(&self) -> String {
+    pub fn origin(&self) -> String {
         format!(
             "config file {}",
             self.path.as_deref().unwrap_or(Path::new("?")).display()
@@ -152,7 +154,7 @@ impl Config {
 ///
 /// A TOML file in the user's config directory (`codeformer-ledger/config.toml`), or the file
 /// named by --config or CODEFORMER_LEDGER_CONFIG, holds defaults: base_url, ledger, out_dir,
-/// name_pattern, concurrency, poll_interval, hooks, budget, tags. Flags and environment
+/// name_pattern, concurrency, poll_interval, hooks, budget, tags, upload. Flags and environment
 /// variables win over it. Example file:
 ///
 ///   base_url = "https://gateway.pixazo.ai"
@@ -265,6 +267,19 @@ pub fn run(global: &Global, args: ConfigArgs) -> CmdResult {
                 None => "(none)".into(),
             },
             from_config(c.file.budget.is_some()),
+        ),
+        (
+            "upload",
+            global
+                .upload
+                .as_ref()
+                .map(|u| u.destination.to_string())
+                .unwrap_or_else(|| "(none)".into()),
+            match (&global.upload, &c.file.upload) {
+                (None, _) => "built-in default".to_string(),
+                (Some(u), Some(f)) if f.parse().ok().as_ref() == Some(&u.destination) => c.origin(),
+                (Some(_), _) => "--upload".to_string(),
+            },
         ),
         (
             "tags",

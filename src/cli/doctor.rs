@@ -6,7 +6,8 @@ use codeformer_ledger::ledger::Ledger;
 use codeformer_ledger::KEY_ENV;
 use std::path::PathBuf;
 
-/// Check the set-up: the key, the gateway, the ledger, the output folder and hook files.
+/// Check the set-up: the key, the gateway, the ledger, the output folder and hook files, and
+/// with --upload the bucket (a probe object written, read back and deleted).
 ///
 /// The gateway check asks for the status of a request id that does not exist: it tells
 /// whether the base URL leads to the API (an answer of the API's shape, not an HTML page or
@@ -44,6 +45,10 @@ pub fn run(global: &Global, args: DoctorArgs) -> CmdResult {
         out_dir_check(&out_dir),
         hooks_check(&args.hooks, &out_dir),
     ];
+    let mut checks = checks;
+    if global.upload.is_some() {
+        checks.push(bucket_check(global));
+    }
     let mut failed = 0;
     for c in &checks {
         println!(
@@ -61,6 +66,50 @@ pub fn run(global: &Global, args: DoctorArgs) -> CmdResult {
         return Err(CliError::error(format!("{failed} check(s) failed")));
     }
     Ok(codeformer_ledger::exit::DONE)
+}
+
+/// With `--upload`: a small probe object PUT, read back and deleted, so the bucket, the
+/// endpoint, the credentials and the clock are all known to work before a batch needs them.
+fn bucket_check(global: &Global) -> Check {
+    let fail = |result: String, fix: Option<String>| Check {
+        name: "bucket",
+        ok: false,
+        result,
+        fix,
+    };
+    let storage = match global.storage() {
+        Ok(Some(s)) => s,
+        Ok(None) => return fail("no --upload".into(), None),
+        Err(e) => return fail(e.message, None),
+    };
+    let dest = storage.destination().clone();
+    let key = dest.object_key(&format!(".doctor-probe-{}", std::process::id()), "txt");
+    let body = b"codeformer-ledger doctor probe";
+    let outcome = storage
+        .put_bytes(&key, body, "text/plain")
+        .and_then(|_| storage.get(&key, 1024))
+        .and_then(|read| {
+            let same = read == body;
+            storage.delete(&key).map(|_| same)
+        });
+    match outcome {
+        Ok(true) => Check {
+            name: "bucket",
+            ok: true,
+            result: format!(
+                "{dest} at {}: a probe object was written, read back and deleted",
+                storage.config().endpoint_url()
+            ),
+            fix: None,
+        },
+        Ok(false) => fail(
+            format!("{dest}: the probe object read back differs from what was written"),
+            Some(
+                "check that --s3-endpoint leads to the bucket itself, not a proxy or cache".into(),
+            ),
+        ),
+        Err(e) => fail(format!("{dest}: {e}"), None),
+    }
 }
 
 fn key_check(global: &Global) -> Check {

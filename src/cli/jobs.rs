@@ -182,6 +182,21 @@ pub fn list(global: &Global, args: JobsArgs) -> CmdResult {
     Ok(codeformer_ledger::exit::DONE)
 }
 
+fn upload_json(u: &codeformer_ledger::ledger::UploadRow) -> serde_json::Value {
+    serde_json::json!({
+        "local_path": u.local_path,
+        "resolved_path": u.resolved_path,
+        "folder": u.folder,
+        "bytes": u.bytes,
+        "sha256": u.sha256,
+        "object_key": u.object_key,
+        "created_at": u.created_at,
+        "uploaded_at": u.uploaded_at,
+        "put_status": u.put_status,
+        "deleted_at": u.deleted_at,
+    })
+}
+
 fn shorten(text: &str, width: usize) -> String {
     if text.chars().count() <= width {
         return text.to_string();
@@ -203,6 +218,7 @@ pub fn show(global: &Global, args: ShowArgs) -> CmdResult {
     let events = ledger.events_of(job.id)?;
     let tags = ledger.tags_of(job.id)?;
     let outputs = ledger.outputs_of(job.id)?;
+    let uploads = ledger.uploads_of(job.id)?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     match args.format {
         ShowFormat::Json => {
@@ -210,6 +226,7 @@ pub fn show(global: &Global, args: ShowArgs) -> CmdResult {
                 "job": job_json(&job),
                 "tags": tags.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "outputs": outputs,
+                "uploads": uploads.iter().map(upload_json).collect::<Vec<_>>(),
                 "events": events,
             });
             writeln!(
@@ -255,6 +272,21 @@ pub fn show(global: &Global, args: ShowArgs) -> CmdResult {
             )?;
             for (k, v) in &tags {
                 writeln!(out, "  tag       {k}={v}")?;
+            }
+            for u in &uploads {
+                let how = match (&u.uploaded_at, u.put_status, &u.deleted_at) {
+                    (_, _, Some(at)) => format!("deleted {at}"),
+                    (Some(at), Some(status), None) => format!("uploaded {at}, PUT HTTP {status}"),
+                    (Some(at), None, None) => {
+                        format!("in the bucket since {at} (not uploaded again)")
+                    }
+                    (None, _, None) => "not uploaded yet".to_string(),
+                };
+                writeln!(
+                    out,
+                    "  upload    {} ({}; {} bytes, sha256 {}) -> {}, {how}",
+                    u.local_path, u.resolved_path, u.bytes, u.sha256, u.object_key
+                )?;
             }
             for o in &outputs {
                 writeln!(

@@ -20,6 +20,7 @@ pub mod report;
 pub mod run;
 pub mod sandbox;
 pub mod submit;
+pub mod upload;
 pub mod verify;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,23 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 
+    /// Send local files and folders through this S3-compatible bucket: each file is uploaded
+    /// once, as PREFIX/<sha256>.<ext>, and the gateway gets a presigned URL of it [config: upload].
+    #[arg(long, global = true, value_name = "s3://BUCKET/PREFIX")]
+    pub upload: Option<String>,
+
+    /// The S3 endpoint [default: AWS's, for AWS_REGION (default us-east-1)].
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Path-style bucket addressing (ENDPOINT/BUCKET/KEY), as MinIO and local servers need.
+    #[arg(long, global = true)]
+    pub s3_path_style: bool,
+
+    /// How long a presigned URL given to the gateway stays valid (at most 7d) [default: 24h].
+    #[arg(long, global = true, value_name = "DUR", value_parser = parse_duration)]
+    pub url_ttl: Option<std::time::Duration>,
+
     /// Also trust the CA certificates (PEM) in this file, for the gateway, downloads, image
     /// probes and any proxy (beside the machine's store and SSL_CERT_FILE / SSL_CERT_DIR).
     #[arg(long, global = true, value_name = "FILE")]
@@ -96,6 +114,7 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     Doctor(doctor::DoctorArgs),
     Config(config::ConfigArgs),
+    Uploads(upload::UploadsArgs),
     Completions(docs::CompletionsArgs),
     Man(docs::ManArgs),
 }
@@ -187,6 +206,8 @@ pub struct Global {
     pub config: config::Config,
     pub sources: config::Sources,
     api_key_file: Option<PathBuf>,
+    /// Where local inputs are uploaded (`--upload` or the config file's `upload`).
+    pub upload: Option<codeformer_ledger::storage::StorageConfig>,
     /// `--ca-cert`, else the config file's `ca_cert`.
     pub ca_cert: Option<PathBuf>,
     pub ca_cert_from_flag: bool,
@@ -230,12 +251,14 @@ impl Global {
                 "base URL `{given}` ({base_source}) is not an http(s) URL"
             )));
         }
+        let upload = upload::resolve(cli, &config)?;
         let ca_cert = cli.ca_cert.clone().or_else(|| config.file.ca_cert.clone());
         if let Some(path) = &ca_cert {
             NetConfig::check_ca_file(path).map_err(|e| CliError::usage(e.to_string()))?;
         }
         let fsync_outputs = !cli.no_fsync_outputs && config.file.fsync_outputs.unwrap_or(true);
         Ok(Global {
+            upload,
             ledger,
             base_url,
             ca_cert,
@@ -285,6 +308,20 @@ impl Global {
         Ok(Gateway::new(config))
     }
 
+    /// The bucket of local inputs, when `--upload` is configured. Its requests go through the
+    /// gateway client's file agent, so that agent's TLS and proxy settings apply.
+    pub fn storage(&self) -> Result<Option<codeformer_ledger::storage::Storage>, CliError> {
+        let Some(config) = &self.upload else {
+            return Ok(None);
+        };
+        let agent = Gateway::new(GatewayConfig::new(&self.base_url, None).with_net(self.net()?))
+            .file_agent()
+            .clone();
+        codeformer_ledger::storage::Storage::new(config.clone(), agent)
+            .map(Some)
+            .map_err(|e| CliError::usage(e.to_string()))
+    }
+
     pub fn open_ledger(&self) -> Result<Ledger, CliError> {
         Ok(Ledger::open(&self.ledger)?)
     }
@@ -321,6 +358,7 @@ pub fn dispatch(cli: Cli) -> CmdResult {
         Command::Verify(args) => verify::run(&global, args),
         Command::Doctor(args) => doctor::run(&global, args),
         Command::Config(args) => config::run(&global, args),
+        Command::Uploads(args) => upload::run(&global, args),
         Command::Sandbox(_) | Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled above")
         }

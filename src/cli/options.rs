@@ -72,6 +72,10 @@ pub struct EngineArgs {
     /// No progress display.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Delete each local input's object from the bucket once its job's output is downloaded
+    /// (objects another unfinished job needs are kept).
+    #[arg(long)]
+    pub delete_uploads: bool,
 }
 
 impl EngineArgs {
@@ -91,6 +95,7 @@ impl EngineArgs {
             trusted_hooks: false,
             hook_timeout: Duration::from_secs(10),
             quiet: false,
+            delete_uploads: false,
         }
     }
 }
@@ -129,6 +134,7 @@ pub struct Checked {
     deadline: Option<Duration>,
     callback_fallback: Option<Duration>,
     quiet: bool,
+    delete_uploads: bool,
 }
 
 /// What the command line says about the cap.
@@ -191,6 +197,7 @@ impl Checked {
             deadline: args.deadline,
             callback_fallback: args.callback_fallback,
             quiet: args.quiet,
+            delete_uploads: args.delete_uploads,
         })
     }
 }
@@ -264,6 +271,10 @@ pub struct RunConfig {
     deadline: Option<Duration>,
     callback_fallback: Option<Duration>,
     pub quiet: bool,
+    /// `--delete-uploads`: objects of downloaded jobs are deleted from the bucket after the run.
+    pub delete_uploads: bool,
+    /// The bucket of local inputs (`--upload`), set by the command before the run.
+    pub storage: Option<codeformer_ledger::storage::Storage>,
     /// `run --retry`: the states sent again as new attempts.
     pub retry: Vec<JobState>,
     /// `run --resubmit-uncertain`.
@@ -329,6 +340,8 @@ impl RunConfig {
             deadline: given.deadline,
             callback_fallback: given.callback_fallback,
             quiet: given.quiet,
+            delete_uploads: given.delete_uploads,
+            storage: None,
             retry: Vec::new(),
             resubmit_uncertain: false,
         })
@@ -376,6 +389,7 @@ impl RunConfig {
         }
         options.retry = self.retry.clone();
         options.resubmit_uncertain = self.resubmit_uncertain;
+        options.storage = self.storage.clone();
         Ok(options)
     }
 }

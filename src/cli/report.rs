@@ -38,7 +38,7 @@ pub struct ReportArgs {
     /// Until this date (YYYY-MM-DD, midnight UTC) or RFC 3339 time, exclusive.
     #[arg(long, value_name = "D")]
     pub until: Option<String>,
-    /// Grouping: day, month, batch, state, ledger or tag:KEY.
+    /// Grouping: day, month, batch, state, folder (of local inputs), ledger or tag:KEY.
     #[arg(long, value_name = "BY", default_value = "day", value_parser = by)]
     pub by: GroupBy,
     /// Output format; every amount is exact in all of them.

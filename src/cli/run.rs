@@ -106,57 +106,27 @@ pub fn run_checked(
     plan.retry = retry;
     plan.resubmit_uncertain = resubmit_uncertain;
     plan.remember(&mut ledger)?;
-    drive(&mut ledger, &gateway, plan)
+    drive(global, &mut ledger, &gateway, plan)
 }
 
 pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
     let defaults = args
         .params
         .params("https://placeholder.invalid/", &global.base_url)?;
-    let read = manifest::read_manifest(&args.manifest, &defaults)
-        .map_err(|e| CliError::usage(e.to_string()))?;
-    if !read.errors.is_empty() {
-        let list: Vec<String> = read.errors.iter().map(|e| format!("  {e}")).collect();
-        if !args.skip_invalid {
-            return Err(CliError::usage(format!(
-                "{} invalid row(s) in {}; nothing was recorded (fix them, or pass --skip-invalid):\n{}",
-                read.errors.len(),
-                args.manifest.display(),
-                list.join("\n")
-            )));
-        }
-        eprintln!(
-            "skipped {} invalid row(s):\n{}",
-            read.errors.len(),
-            list.join("\n")
-        );
-    }
     let name = match &args.name {
         Some(name) => name.clone(),
         None => batch_name(&args.manifest),
     };
+    let (jobs, lines) = if args.manifest.is_dir() {
+        folder_jobs(global, &args, &defaults, &name)?
+    } else {
+        manifest_jobs(global, &args, &defaults, &name)?
+    };
     let checked = Checked::check(&global.config, &args.engine)?;
     let gateway = global.gateway()?;
-    let lines: Vec<usize> = read.rows.iter().map(|r| r.line).collect();
-    let jobs: Vec<NewJob> = read
-        .rows
-        .into_iter()
-        .map(|row| {
-            let mut tags = args.params.tags_or(&global.config);
-            for (k, v) in row.tags {
-                tags.retain(|(key, _)| *key != k);
-                tags.push((k, v));
-            }
-            NewJob {
-                params: row.params,
-                key: row.key,
-                batch: Some(name.clone()),
-                size: row.size,
-                size_source: row.size.map(|_| "manifest"),
-                tags,
-            }
-        })
-        .collect();
+    if !args.enqueue_only {
+        super::upload::storage_for(global, super::upload::any_local(&jobs))?;
+    }
     let mut ledger = global.open_ledger()?;
     // Everything is checked before the first write: exit 2 leaves the ledger as it was.
     let plan = RunConfig::resolve(&ledger, Some(&name), checked)?;
@@ -181,7 +151,118 @@ pub fn batch(global: &Global, args: BatchArgs) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    drive(&mut ledger, &gateway, plan)
+    drive(global, &mut ledger, &gateway, plan)
+}
+
+/// The jobs of a manifest's rows, with their line numbers. Local paths are read here (relative
+/// ones from the manifest's folder), or refused naming `--upload` when no bucket is configured.
+fn manifest_jobs(
+    global: &Global,
+    args: &BatchArgs,
+    defaults: &codeformer_ledger::params::JobParams,
+    name: &str,
+) -> Result<(Vec<NewJob>, Vec<usize>), CliError> {
+    let read = manifest::read_manifest(&args.manifest, defaults)
+        .map_err(|e| CliError::usage(e.to_string()))?;
+    let mut errors: Vec<String> = read.errors.iter().map(|e| e.to_string()).collect();
+    let mut jobs = Vec::new();
+    let mut lines = Vec::new();
+    for row in read.rows {
+        let mut tags = args.params.tags_or(&global.config);
+        for (k, v) in row.tags {
+            tags.retain(|(key, _)| *key != k);
+            tags.push((k, v));
+        }
+        let mut job = if row.local {
+            let at = format!("{}:{}: image: ", args.manifest.display(), row.line);
+            if global.upload.is_none() {
+                errors.push(at + &super::upload::needs_upload(&row.params.image));
+                continue;
+            }
+            let path = super::upload::manifest_path(&args.manifest, &row.params.image);
+            let file = match codeformer_ledger::storage::local::read_file(
+                &row.params.image,
+                &path,
+                None,
+            ) {
+                Ok(file) => file,
+                Err(e) => {
+                    errors.push(at + &e);
+                    continue;
+                }
+            };
+            let mut job = super::upload::local_job(global, file, row.params)?;
+            if row.size.is_some() {
+                job.size = row.size;
+                job.size_source = Some("manifest");
+            }
+            job
+        } else {
+            let mut job = NewJob::new(row.params);
+            job.size = row.size;
+            job.size_source = row.size.map(|_| "manifest");
+            job
+        };
+        job.key = row.key;
+        job.batch = Some(name.to_string());
+        job.tags = tags;
+        jobs.push(job);
+        lines.push(row.line);
+    }
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        if !args.skip_invalid {
+            return Err(CliError::usage(format!(
+                "{} invalid row(s) in {}; nothing was recorded (fix them, or pass --skip-invalid):\n{}",
+                errors.len(),
+                args.manifest.display(),
+                list.join("\n")
+            )));
+        }
+        eprintln!(
+            "skipped {} invalid row(s):\n{}",
+            errors.len(),
+            list.join("\n")
+        );
+    }
+    Ok((jobs, lines))
+}
+
+/// The jobs of a folder's image files (recursively, by content), numbered in name order.
+fn folder_jobs(
+    global: &Global,
+    args: &BatchArgs,
+    defaults: &codeformer_ledger::params::JobParams,
+    name: &str,
+) -> Result<(Vec<NewJob>, Vec<usize>), CliError> {
+    if global.upload.is_none() {
+        return Err(CliError::usage(format!(
+            "{} is a folder of local files: {}",
+            args.manifest.display(),
+            codeformer_ledger::params::LOCAL_FILE_FIX
+        )));
+    }
+    let (files, scan) = super::upload::read_folder(&args.manifest)?;
+    let skipped = scan.skipped();
+    println!(
+        "folder {}: {} image file(s){}",
+        args.manifest.display(),
+        files.len(),
+        if skipped.is_empty() {
+            String::new()
+        } else {
+            format!(", {skipped}")
+        }
+    );
+    let mut jobs = Vec::with_capacity(files.len());
+    for file in files {
+        let mut job = super::upload::local_job(global, file, defaults.clone())?;
+        job.batch = Some(name.to_string());
+        job.tags = args.params.tags_or(&global.config);
+        jobs.push(job);
+    }
+    let lines = (1..=jobs.len()).collect();
+    Ok((jobs, lines))
 }
 
 /// Refuses rows whose key already names a job with other parameters, naming each row.
@@ -271,6 +352,7 @@ fn batch_name(manifest: &Path) -> String {
 
 /// Runs the engine with the resolved options and prints the outcome.
 pub fn drive(
+    global: &Global,
     ledger: &mut Ledger,
     gateway: &codeformer_ledger::gateway::Gateway,
     mut plan: RunConfig,
@@ -281,6 +363,9 @@ pub fn drive(
         plan.budget_is_the_batch,
         &plan.batch_budgets,
     );
+    // Local inputs: every object the run needs goes into the bucket before anything is sent.
+    super::upload::upload_needed(global, ledger, plan.batch.as_deref(), None, plan.quiet)?;
+    plan.storage = global.storage().unwrap_or(None);
     let options = plan.engine_options(ledger)?;
     let out_dir = plan.out_dir.clone();
     let mut hooks = plan.hooks.take();
@@ -304,6 +389,17 @@ pub fn drive(
         }
     }
     print_summary(ledger, &summary, &out_dir)?;
+    if plan.delete_uploads {
+        let n = super::upload::delete_downloaded(global, ledger, options.batch.as_deref())?;
+        if n > 0 {
+            println!("{n} uploaded object(s) deleted from the bucket (--delete-uploads)");
+        }
+    }
+    if summary.not_uploaded > 0 {
+        println!(
+            "some jobs with local inputs were not sent: their files are not in the bucket; run again with --upload s3://BUCKET/PREFIX and the bucket's credentials"
+        );
+    }
     print_retry_hint(&summary, options.batch.as_deref());
     match &summary.stop {
         Some(reason) => Err(explain_stop(ledger, &options, reason)?),

@@ -5,6 +5,7 @@ use super::options::Checked;
 use super::{CliError, CmdResult, Global};
 use codeformer_ledger::engine;
 use codeformer_ledger::ledger::{JobState, LedgerError, NewJob};
+use codeformer_ledger::params;
 
 /// Record, estimate and send one job.
 ///
@@ -48,8 +49,38 @@ pub struct SubmitArgs {
     pub poll_interval: Option<std::time::Duration>,
 }
 
+/// The local file `submit PATH` names, read; `None` for a URL. Without `--upload` a path is
+/// refused naming it.
+fn local_input(
+    global: &Global,
+    args: &SubmitArgs,
+) -> Result<Option<codeformer_ledger::storage::local::LocalFile>, CliError> {
+    if !params::is_local_path(&args.image_url) {
+        return Ok(None);
+    }
+    if global.upload.is_none() {
+        return Err(CliError::usage(format!(
+            "image: {}",
+            super::upload::needs_upload(&args.image_url)
+        )));
+    }
+    codeformer_ledger::storage::local::read_file(
+        &args.image_url,
+        std::path::Path::new(&args.image_url),
+        None,
+    )
+    .map(Some)
+    .map_err(CliError::usage)
+}
+
 pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
-    let params = args.params.params(&args.image_url, &global.base_url)?;
+    let placeholder = "https://local.invalid/";
+    let image = if params::is_local_path(&args.image_url) {
+        placeholder
+    } else {
+        args.image_url.as_str()
+    };
+    let params = args.params.params(image, &global.base_url)?;
     // The run of --wait, checked before the job is recorded: exit 2 leaves the ledger as it was.
     let wait = match args.wait {
         true => Some(Checked::for_wait(
@@ -60,15 +91,21 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         false => None,
     };
     let gateway = global.gateway()?;
-    let mut ledger = global.open_ledger()?;
-    let job = NewJob {
-        params,
-        key: args.key.clone(),
-        batch: args.batch.clone(),
-        size: args.size,
-        size_source: args.size.map(|_| "given"),
-        tags: args.params.tags_or(&global.config),
+    let mut job = match local_input(global, &args)? {
+        Some(file) => super::upload::local_job(global, file, params)?,
+        None => NewJob::new(params),
     };
+    if args.size.is_some() || job.size.is_none() {
+        job.size = args.size;
+        job.size_source = args.size.map(|_| "given");
+    }
+    job.key = args.key.clone();
+    job.batch = args.batch.clone();
+    job.tags = args.params.tags_or(&global.config);
+    if !args.no_send {
+        super::upload::storage_for(global, job.local.is_some())?;
+    }
+    let mut ledger = global.open_ledger()?;
     let enqueued = ledger.enqueue(std::slice::from_ref(&job))?[0];
     let row = ledger.job(enqueued.id)?.expect("job just recorded");
     if enqueued.added {
@@ -98,7 +135,9 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    let stop = engine::send_now(&mut ledger, &gateway, row.id)?;
+    super::upload::upload_needed(global, &mut ledger, None, Some(row.id), false)?;
+    let storage = global.storage()?;
+    let stop = engine::send_now(&mut ledger, &gateway, storage.as_ref(), row.id)?;
     let row = ledger.job(row.id)?.expect("job just recorded");
     if let Some(reason) = stop {
         println!("job {} not sent; it stays {}", row.id, row.state);

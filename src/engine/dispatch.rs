@@ -5,14 +5,18 @@
 use super::answers::at;
 use super::control::{InFlight, Pass};
 use super::worker::{Task, Workers};
-use super::{now_ms, render_name, Engine, EngineError, StopReason, SubmitVerdict};
+use super::{
+    now_ms, render_name, Engine, EngineError, StopReason, SubmitVerdict, DEFAULT_NAME_PATTERN,
+};
 use crate::clock;
 use crate::gateway::Gateway;
 use crate::ledger::{Change, Event, Field, JobRow, JobState, JobUpdate, ProbedJob, SubmitRecord};
 use crate::lifecycle::{self, Learned};
 use crate::money;
+use crate::params::JobParams;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
 
 /// A job a cap cannot cover, with its estimate and the reason it is held.
 pub(super) struct Hold {
@@ -24,7 +28,7 @@ pub(super) struct Hold {
 /// What one pass over the sendable jobs gathers before anything is written.
 #[derive(Default)]
 struct Sends {
-    intents: Vec<(SubmitRecord, JobRow)>,
+    intents: Vec<(SubmitRecord, JobRow, JobParams)>,
     to_hold: Vec<Hold>,
     /// A probe was handed to a worker.
     probed: bool,
@@ -73,7 +77,8 @@ impl<'a> Engine<'a> {
     fn dispatch_one_due(&mut self, job: &JobRow, workers: &Workers) -> Result<bool, EngineError> {
         if at(job).owes_download {
             self.in_flight.insert(job.id, InFlight::Download);
-            workers.send(job.id, job.attempt, self.download_task(job));
+            let task = self.download_task(job)?;
+            workers.send(job.id, job.attempt, task);
             return Ok(true);
         }
         if job.state.is_remote_pending() {
@@ -98,21 +103,79 @@ impl<'a> Engine<'a> {
         Ok(false)
     }
 
-    fn download_task(&self, job: &JobRow) -> Task {
-        Task::Download {
+    fn download_task(&self, job: &JobRow) -> Result<Task, EngineError> {
+        let (dir, name) = self.output_place(job)?;
+        Ok(Task::Download {
             urls: job.output_urls.clone(),
-            dir: job
-                .batch
-                .as_ref()
-                .and_then(|b| self.options.batch_dirs.get(b))
-                .unwrap_or(&self.options.out_dir)
-                .clone(),
-            name: render_name(
-                &self.options.name_pattern,
-                job,
-                &clock::now().format("%Y-%m-%d").to_string(),
-            ),
+            dir,
+            name,
+        })
+    }
+
+    /// Where a job's outputs go: the batch's (or the run's) output folder and a name from the
+    /// pattern. A local input is named after its file's stem and placed at its path below the
+    /// input folder, so a folder's outputs mirror its tree; with the default pattern its name
+    /// is the stem alone.
+    pub(super) fn output_place(&self, job: &JobRow) -> Result<(PathBuf, String), EngineError> {
+        let mut dir = job
+            .batch
+            .as_ref()
+            .and_then(|b| self.options.batch_dirs.get(b))
+            .unwrap_or(&self.options.out_dir)
+            .clone();
+        let date = clock::now().format("%Y-%m-%d").to_string();
+        let upload = if crate::storage::is_locator(&job.image_url) {
+            self.ledger.upload_of(job.id)?
+        } else {
+            None
+        };
+        let Some(upload) = upload else {
+            return Ok((dir, render_name(&self.options.name_pattern, job, &date)));
+        };
+        let relative = Path::new(&upload.relative_path);
+        if let Some(parent) = relative.parent() {
+            for part in parent.components() {
+                if let Component::Normal(part) = part {
+                    dir.push(part);
+                }
+            }
         }
+        let mut named = job.clone();
+        named.image_url = relative
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pattern = if self.options.name_pattern == DEFAULT_NAME_PATTERN {
+            "{stem}"
+        } else {
+            self.options.name_pattern.as_str()
+        };
+        Ok((dir, render_name(pattern, &named, &date)))
+    }
+
+    /// The one place a job's stored input becomes what is sent: an object locator
+    /// (`s3://BUCKET/KEY`, a local file) turns into a presigned GET URL signed now, so every
+    /// send, a resend too, gets a fresh one; any other image is sent as recorded. `None` when
+    /// the job cannot be sent in this run: its object is not known to be in the bucket (the
+    /// upload before the run failed or never happened) or no bucket is configured. The
+    /// recorded submission body keeps the locator, never a signed URL.
+    pub(super) fn params_to_send(
+        &mut self,
+        job: &JobRow,
+    ) -> Result<Option<JobParams>, EngineError> {
+        let mut params = job.params();
+        if !crate::storage::is_locator(&params.image) {
+            return Ok(Some(params));
+        }
+        let ready = match &self.options.storage {
+            Some(storage) if self.ledger.object_present(&params.image)? => storage,
+            _ => {
+                self.summary.not_uploaded += 1;
+                return Ok(None);
+            }
+        };
+        params.image = ready.url_to_send(&params.image);
+        Ok(Some(params))
     }
 
     /// One pass over the sendable jobs after the cursor: each is probed for its size, judged
@@ -140,7 +203,11 @@ impl<'a> Engine<'a> {
             let Some(job) = self.judge(job)? else {
                 continue;
             };
-            self.send_or_hold(job, &mut sends)?;
+            let Some(params) = self.params_to_send(&job)? else {
+                self.passed.insert(job.id);
+                continue;
+            };
+            self.send_or_hold(job, params, &mut sends)?;
         }
         if let Some(rewind) = sends.rewind {
             self.send_cursor = self.send_cursor.min(rewind);
@@ -195,7 +262,12 @@ impl<'a> Engine<'a> {
 
     /// The run's cap, then the job's batch's cap: a job either fits both and is to be sent,
     /// or is held with the reason.
-    fn send_or_hold(&mut self, job: JobRow, sends: &mut Sends) -> Result<(), EngineError> {
+    fn send_or_hold(
+        &mut self,
+        job: JobRow,
+        params: JobParams,
+        sends: &mut Sends,
+    ) -> Result<(), EngineError> {
         let record = self.intent(&job);
         if let Some(budget) = self.options.budget {
             match record.estimate {
@@ -220,7 +292,7 @@ impl<'a> Engine<'a> {
             return Ok(());
         }
         self.spent += record.estimate.unwrap_or_default();
-        sends.intents.push((record, job));
+        sends.intents.push((record, job, params));
         Ok(())
     }
 
@@ -289,24 +361,18 @@ impl<'a> Engine<'a> {
     /// Commits the intents, then hands the submissions to the workers.
     fn send(
         &mut self,
-        intents: Vec<(SubmitRecord, JobRow)>,
+        intents: Vec<(SubmitRecord, JobRow, JobParams)>,
         workers: &Workers,
     ) -> Result<bool, EngineError> {
         if intents.is_empty() {
             return Ok(false);
         }
-        let records: Vec<SubmitRecord> = intents.iter().map(|(r, _)| r.clone()).collect();
+        let records: Vec<SubmitRecord> = intents.iter().map(|(r, _, _)| r.clone()).collect();
         self.ledger.mark_submitting(&records)?;
-        for (record, job) in intents {
+        for (record, job, params) in intents {
             self.in_flight.insert(job.id, InFlight::Submit);
             self.summary.sent += 1;
-            workers.send(
-                record.job_id,
-                record.attempt,
-                Task::Submit {
-                    params: job.params(),
-                },
-            );
+            workers.send(record.job_id, record.attempt, Task::Submit { params });
         }
         Ok(true)
     }

@@ -82,6 +82,9 @@ pub struct EngineOptions {
     /// The wait between two polls of a job that expects webhook callbacks: its callbacks
     /// carry the news, and these rare polls only catch the ones that never arrive.
     pub callback_fallback: Duration,
+    /// The bucket of local inputs: a job whose image is an object locator is sent with a
+    /// fresh presigned URL of it (see `Engine::params_to_send`).
+    pub storage: Option<crate::storage::Storage>,
 }
 
 impl EngineOptions {
@@ -101,6 +104,7 @@ impl EngineOptions {
             max_unreachable: 4,
             name_pattern: DEFAULT_NAME_PATTERN.to_string(),
             callback_fallback: Duration::from_secs(60),
+            storage: None,
         }
     }
 }
@@ -142,6 +146,8 @@ pub struct RunSummary {
     pub owing_hooks: Vec<(Option<String>, i64)>,
     /// Hook runs in scope whose latest outcome is a failure (`hooks failed` lists them).
     pub failed_hooks: i64,
+    /// Passes over jobs not sent because their local input is not in the bucket.
+    pub not_uploaded: u64,
 }
 
 impl RunSummary {
@@ -245,12 +251,15 @@ pub fn run<'a>(
 }
 
 /// Sends one job now on the calling thread (the `submit` command), recording intent and answer.
+/// `storage` is the bucket of local inputs, if any.
 pub fn send_now(
     ledger: &mut Ledger,
     gateway: &Gateway,
+    storage: Option<&crate::storage::Storage>,
     job_id: i64,
 ) -> Result<Option<StopReason>, EngineError> {
-    let options = EngineOptions::new(PathBuf::from("."));
+    let mut options = EngineOptions::new(PathBuf::from("."));
+    options.storage = storage.cloned();
     let mut engine = Engine::new(ledger, gateway, &options, None)?;
     let Some(job) = engine.ledger.job(job_id)? else {
         return Ok(None);
@@ -268,6 +277,9 @@ pub fn send_now(
         })?;
     }
     let job = engine.ledger.job(job_id)?.expect("job just read");
+    let Some(params) = engine.params_to_send(&job)? else {
+        return Ok(None);
+    };
     let record = engine.intent(&job);
     if let Some(stop) = engine.held_by_batch_cap(&job, &record)? {
         return Ok(Some(stop));
@@ -275,13 +287,7 @@ pub fn send_now(
     engine
         .ledger
         .mark_submitting(std::slice::from_ref(&record))?;
-    let result = worker::perform(
-        gateway,
-        Task::Submit {
-            params: job.params(),
-        },
-        job.attempt,
-    );
+    let result = worker::perform(gateway, Task::Submit { params }, job.attempt);
     engine.handle(Done {
         job_id: job.id,
         attempt: job.attempt,

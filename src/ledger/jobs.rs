@@ -297,6 +297,9 @@ fn enqueue_one(
             .execute(params![batch, now])?;
     }
     let id = insert_job(tx, job, &key, now)?;
+    if let Some(file) = &job.local {
+        super::uploads::insert_upload(tx, id, file, &job.params.image, now)?;
+    }
     let estimate = insert_first_attempt(tx, id, job, price)?;
     record_planned(tx, id, job, &key, estimate, price, now)?;
     Ok(Enqueued {

@@ -27,7 +27,7 @@ mod reconcile;
 mod record;
 mod report;
 mod rows;
-
+mod uploads;
 mod verify;
 
 pub use crate::lifecycle::JobState;
@@ -47,6 +47,7 @@ pub use report::{
     DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow, SharedRequest, Source,
 };
 pub use rows::{EventRow, JobFilter, JobRow, NewJob, OutputRow};
+pub use uploads::UploadRow;
 pub use verify::Problem;
 
 use rusqlite::{Connection, OpenFlags};

@@ -32,6 +32,8 @@ pub enum GroupBy {
     Batch,
     State,
     Tag(String),
+    /// The folder of each job's local input (`uploads.folder`).
+    Folder,
     /// The ledger each attempt was read from (`report --with-ledger`).
     Ledger,
 }
@@ -44,11 +46,12 @@ impl FromStr for GroupBy {
             "month" => Ok(GroupBy::Month),
             "batch" => Ok(GroupBy::Batch),
             "state" => Ok(GroupBy::State),
+            "folder" => Ok(GroupBy::Folder),
             "ledger" => Ok(GroupBy::Ledger),
             other => match other.strip_prefix("tag:") {
                 Some(key) if !key.is_empty() => Ok(GroupBy::Tag(key.to_string())),
                 _ => Err(format!(
-                    "`{other}` is not a grouping (day, month, batch, state, ledger or tag:KEY)"
+                    "`{other}` is not a grouping (day, month, batch, state, folder, ledger or tag:KEY)"
                 )),
             },
         }
@@ -62,6 +65,7 @@ impl fmt::Display for GroupBy {
             GroupBy::Month => f.write_str("month"),
             GroupBy::Batch => f.write_str("batch"),
             GroupBy::State => f.write_str("state"),
+            GroupBy::Folder => f.write_str("folder"),
             GroupBy::Tag(key) => write!(f, "tag:{key}"),
             GroupBy::Ledger => f.write_str("ledger"),
         }
@@ -303,16 +307,26 @@ impl Placed {
 }
 
 /// The report's query over one ledger's tables (`main`, or an attached ledger's schema); the
-/// request id is read only when several ledgers may share one.
-fn report_sql(schema: &str, request_ids: bool) -> String {
+/// request id is read only when several ledgers may share one. With `folder`, the grouping
+/// column holds the folder of each job's local input (`uploads.folder`) when no tag is asked.
+fn report_sql(schema: &str, request_ids: bool, folder: bool) -> String {
     let request_id = if request_ids { "a.request_id" } else { "NULL" };
+    let folder = if folder {
+        format!(
+            "WHEN ?4 THEN (SELECT folder FROM {schema}.uploads u WHERE u.job_id = j.id
+                              ORDER BY u.id DESC LIMIT 1)"
+        )
+    } else {
+        "WHEN ?4 THEN NULL".to_string()
+    };
     format!(
         "
     SELECT a.job_id, a.attempt, a.state, coalesce(a.submitted_at, j.created_at), j.batch,
            a.estimated_cost, a.actual_cost, a.output_width, a.output_height,
            j.input_width, j.input_height, j.upscale,
            CASE WHEN ?3 IS NOT NULL
-                THEN (SELECT value FROM {schema}.tags t WHERE t.job_id = j.id AND t.key = ?3) END,
+                THEN (SELECT value FROM {schema}.tags t WHERE t.job_id = j.id AND t.key = ?3)
+                {folder} END,
            CASE WHEN a.state = 'uncertain' THEN EXISTS (SELECT 1 FROM {schema}.attempts b
                 WHERE b.job_id = a.job_id AND b.attempt > a.attempt) ELSE 0 END,
            0,
@@ -462,6 +476,8 @@ impl Builder {
             GroupBy::Batch => a.batch.unwrap_or_else(|| "(none)".into()),
             GroupBy::State => a.state,
             GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
+            // The grouping column holds the local input's folder for this grouping.
+            GroupBy::Folder => a.tag.unwrap_or_else(|| "(not a local file)".into()),
             GroupBy::Ledger => src.label.to_string(),
         };
         self.report.total.add(&row)?;
@@ -611,8 +627,10 @@ impl Ledger {
                 several,
             };
             let multi = self.multi_output_attempts(schema)?;
-            let mut stmt = self.conn.prepare(&report_sql(schema, several))?;
-            let mut rows = stmt.query(rusqlite::params![since, until, tag])?;
+            // A ledger older than local inputs has no `uploads`: none of its jobs has a folder.
+            let folder = *by == GroupBy::Folder && self.has_uploads(schema)?;
+            let mut stmt = self.conn.prepare(&report_sql(schema, several, folder))?;
+            let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
             while let Some(r) = rows.next()? {
                 if several {
                     if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {
@@ -660,6 +678,17 @@ impl Ledger {
         }
         drop(attached);
         Ok(report)
+    }
+
+    /// Whether `schema` has the `uploads` table (a ledger attached before its migration has not).
+    fn has_uploads(&self, schema: &str) -> Result<bool> {
+        Ok(self.conn.query_row(
+            &format!(
+                "SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = 'uploads'"
+            ),
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0)
     }
 
     /// Attempts of `schema` with more than one output file, and how many each has. Read once
@@ -825,12 +854,20 @@ mod tests {
 
     #[test]
     fn groupings_read_back_from_their_names() {
-        for by in ["day", "month", "batch", "state", "ledger", "tag:client"] {
+        for by in [
+            "day",
+            "month",
+            "batch",
+            "state",
+            "folder",
+            "ledger",
+            "tag:client",
+        ] {
             assert_eq!(GroupBy::from_str(by).unwrap().to_string(), by);
         }
         assert_eq!(
             GroupBy::from_str("foo").unwrap_err(),
-            "`foo` is not a grouping (day, month, batch, state, ledger or tag:KEY)"
+            "`foo` is not a grouping (day, month, batch, state, folder, ledger or tag:KEY)"
         );
         assert!(GroupBy::from_str("tag:").is_err());
     }

@@ -19,6 +19,9 @@ pub struct NewJob {
     pub size: Option<(u32, u32)>,
     pub size_source: Option<&'static str>,
     pub tags: Vec<(String, String)>,
+    /// The local file whose object `params.image` names (a locator `s3://BUCKET/KEY`), recorded
+    /// in `uploads` with the job.
+    pub local: Option<crate::storage::local::LocalFile>,
 }
 
 impl NewJob {
@@ -30,6 +33,7 @@ impl NewJob {
             size: None,
             size_source: None,
             tags: Vec::new(),
+            local: None,
         }
     }
 

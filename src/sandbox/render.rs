@@ -68,7 +68,9 @@ impl Fetcher {
     }
 
     /// GETs `url`, reading at most `prefix` bytes when given (asking for them with a Range).
+    /// Messages name the URL without its query: a presigned URL's query is a credential.
     pub fn get(&self, url: &str, prefix: Option<u64>) -> Result<Fetched, String> {
+        let shown = url.split('?').next().unwrap_or(url);
         let mut request = self
             .agent
             .get(url)
@@ -78,11 +80,11 @@ impl Fetcher {
         }
         let mut response = request
             .call()
-            .map_err(|e| format!("could not fetch the input image {url}: {e}"))?;
+            .map_err(|e| format!("could not fetch the input image {shown}: {e}"))?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
             return Err(format!(
-                "could not fetch the input image {url}: HTTP {status}"
+                "could not fetch the input image {shown}: HTTP {status}"
             ));
         }
         let want = prefix.unwrap_or(MAX_INPUT_BYTES + 1);
@@ -94,10 +96,10 @@ impl Fetcher {
             .reader()
             .take(want)
             .read_to_end(&mut bytes)
-            .map_err(|e| format!("could not read the input image {url}: {e}"))?;
+            .map_err(|e| format!("could not read the input image {shown}: {e}"))?;
         if prefix.is_none() && bytes.len() as u64 > MAX_INPUT_BYTES {
             return Err(format!(
-                "the input image {url} is larger than {} MiB",
+                "the input image {shown} is larger than {} MiB",
                 MAX_INPUT_BYTES >> 20
             ));
         }

@@ -210,7 +210,7 @@ fn repeated_fields_tag_names_with_equals_long_urls_and_local_paths_are_refused()
     refused(
         &w,
         &["submit", "photos/face1.jpg", "--no-send"],
-        "needs a public http(s) URL",
+        "needs --upload s3://BUCKET/PREFIX",
     );
     assert_eq!(w.count("SELECT count(*) FROM jobs"), 1);
 }
