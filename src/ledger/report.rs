@@ -610,10 +610,6 @@ impl Ledger {
         let mut labels = vec![label.to_string()];
         labels.extend(others.iter().map(|o| o.label.clone()));
         let schemas = attached.schemas();
-        let tag = match by {
-            GroupBy::Tag(key) => Some(key.as_str()),
-            _ => None,
-        };
         let mut builder = Builder::default();
         builder.report.since = since.map(str::to_string);
         builder.report.until = until.map(str::to_string);
@@ -626,37 +622,11 @@ impl Ledger {
                 label: &labels[i],
                 several,
             };
-            let multi = self.multi_output_attempts(schema)?;
-            // A ledger older than local inputs has no `uploads`: none of its jobs has a folder.
-            let folder = *by == GroupBy::Folder && self.has_uploads(schema)?;
-            let mut stmt = self.conn.prepare(&report_sql(schema, several, folder))?;
-            let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
-            while let Some(r) = rows.next()? {
-                if several {
-                    if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {
-                        let at = (i, r.get(0)?, r.get(1)?);
-                        if seen.counted_before(self, &schemas, id, at)? {
-                            continue;
-                        }
-                    }
-                }
-                let mut attempt = read_attempt(r)?;
-                if !multi.is_empty() {
-                    if let Some(&n) = multi.get(&(attempt.job_id, attempt.attempt)) {
-                        attempt.outputs = n;
-                    }
-                }
-                builder.add(self, attempt, by, &src)?;
-            }
+            let window = (since, until);
+            self.add_attempts_of(&mut builder, &mut seen, &schemas, i, &src, window, by)?;
         }
         if *by == GroupBy::Batch {
-            let in_period =
-                |at: &str| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at < u);
-            for (batch, joined_at) in self.memberships()? {
-                if in_period(&joined_at) {
-                    builder.add_reused(batch);
-                }
-            }
+            self.add_memberships(&mut builder, since, until)?;
         }
         let shared = seen.shared;
         let mut report = builder.finish();
@@ -666,18 +636,70 @@ impl Ledger {
             }
         }
         if several {
-            report.shared = shared
-                .into_iter()
-                .map(|(request_id, ledgers)| SharedRequest {
-                    request_id,
-                    counted_in: labels[ledgers[0]].clone(),
-                    ledgers: ledgers.iter().map(|&i| labels[i].clone()).collect(),
-                })
-                .collect();
+            report.shared = shared_requests(shared, &labels);
             report.ledgers = labels;
         }
         drop(attached);
         Ok(report)
+    }
+
+    /// Adds the attempts of the `i`th ledger (`src`) in the window to the report, skipping
+    /// those whose request id an earlier ledger already counted.
+    #[allow(clippy::too_many_arguments)]
+    fn add_attempts_of(
+        &self,
+        builder: &mut Builder,
+        seen: &mut SeenRequests,
+        schemas: &[String],
+        i: usize,
+        src: &Read<'_>,
+        (since, until): (Option<&str>, Option<&str>),
+        by: &GroupBy,
+    ) -> Result<()> {
+        let schema = src.schema;
+        let tag = match by {
+            GroupBy::Tag(key) => Some(key.as_str()),
+            _ => None,
+        };
+        let multi = self.multi_output_attempts(schema)?;
+        // A ledger older than local inputs has no `uploads`: none of its jobs has a folder.
+        let folder = *by == GroupBy::Folder && self.has_uploads(schema)?;
+        let mut stmt = self
+            .conn
+            .prepare(&report_sql(schema, src.several, folder))?;
+        let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
+        while let Some(r) = rows.next()? {
+            if src.several {
+                if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {
+                    let at = (i, r.get(0)?, r.get(1)?);
+                    if seen.counted_before(self, schemas, id, at)? {
+                        continue;
+                    }
+                }
+            }
+            let mut attempt = read_attempt(r)?;
+            if let Some(&n) = multi.get(&(attempt.job_id, attempt.attempt)) {
+                attempt.outputs = n;
+            }
+            builder.add(self, attempt, by, src)?;
+        }
+        Ok(())
+    }
+
+    /// Counts each job that joined a later batch in the window as reused there.
+    fn add_memberships(
+        &self,
+        builder: &mut Builder,
+        since: Option<&str>,
+        until: Option<&str>,
+    ) -> Result<()> {
+        let in_period = |at: &str| since.is_none_or(|s| at >= s) && until.is_none_or(|u| at < u);
+        for (batch, joined_at) in self.memberships()? {
+            if in_period(&joined_at) {
+                builder.add_reused(batch);
+            }
+        }
+        Ok(())
     }
 
     /// Whether `schema` has the `uploads` table (a ledger attached before its migration has not).
@@ -756,6 +778,18 @@ impl Ledger {
         }
         Ok(sum.total())
     }
+}
+
+/// The request ids recorded in more than one ledger, each with where it was counted.
+fn shared_requests(shared: BTreeMap<String, Vec<usize>>, labels: &[String]) -> Vec<SharedRequest> {
+    shared
+        .into_iter()
+        .map(|(request_id, ledgers)| SharedRequest {
+            request_id,
+            counted_in: labels[ledgers[0]].clone(),
+            ledgers: ledgers.iter().map(|&i| labels[i].clone()).collect(),
+        })
+        .collect()
 }
 
 #[cfg(test)]
