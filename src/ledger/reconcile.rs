@@ -11,6 +11,7 @@
 //! - a request id recorded in several ledgers is matched once, in the first that has it.
 
 use super::attach::Attached;
+use super::report::{exact, exact_opt};
 use super::{Ledger, LedgerError, Result, Source};
 use crate::money::{self, DecimalSum, MoneyError};
 use rust_decimal::Decimal;
@@ -145,20 +146,6 @@ pub struct Reconcile {
     pub findings: Vec<Finding>,
     /// Whether statement and ledger(s) agree (no ghost, nothing unbilled, no differing amount).
     pub matches: bool,
-}
-
-fn exact<S: serde::Serializer>(d: &Decimal, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(&money::exact(*d))
-}
-
-fn exact_opt<S: serde::Serializer>(
-    d: &Option<Decimal>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match d {
-        Some(d) => s.serialize_str(&money::exact(*d)),
-        None => s.serialize_none(),
-    }
 }
 
 fn sub(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {

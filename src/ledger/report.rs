@@ -193,11 +193,15 @@ pub struct Source {
     pub label: String,
 }
 
-fn exact<S: serde::Serializer>(d: &Decimal, s: S) -> std::result::Result<S::Ok, S::Error> {
+/// Money as exact decimal text in JSON (shared by reports and reconciliations).
+pub(super) fn exact<S: serde::Serializer>(
+    d: &Decimal,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&money::exact(*d))
 }
 
-fn exact_opt<S: serde::Serializer>(
+pub(super) fn exact_opt<S: serde::Serializer>(
     d: &Option<Decimal>,
     s: S,
 ) -> std::result::Result<S::Ok, S::Error> {
