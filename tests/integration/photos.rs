@@ -241,6 +241,30 @@ fn a_folder_of_thirty_photos_goes_through_the_bucket_once() {
 }
 
 #[test]
+fn uploads_run_with_the_runs_concurrency_and_never_beyond_it() {
+    // The server holds each PUT until three are under way (at most 3 s): parallel uploads
+    // reach three at once, serial ones would stay at one.
+    let w = World::new();
+    let s3 = S3Server::start_holding(3);
+    let dir = w.dir.path().join("album");
+    photo_tree(&dir, 12);
+    let out = cli_s3(&w, &s3, &batch_args(&w, &s3, &dir, &["--concurrency", "3"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 12);
+    assert_eq!(s3.most_puts_at_once(), 3, "three uploads under way at once");
+
+    // `--concurrency 1`: one at a time (each PUT waits out the server's hold alone).
+    let w = World::new();
+    let s3 = S3Server::start_holding(2);
+    let dir = w.dir.path().join("album");
+    photo_tree(&dir, 2);
+    let out = cli_s3(&w, &s3, &batch_args(&w, &s3, &dir, &["--concurrency", "1"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 2);
+    assert_eq!(s3.most_puts_at_once(), 1);
+}
+
+#[test]
 fn a_manifest_of_local_paths_reads_them_from_its_own_folder_and_submit_takes_a_path() {
     let w = World::new();
     let s3 = S3Server::start();
@@ -301,12 +325,12 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_run_killed_during_uploads_uploads_nothing_twice_but_the_one_it_was_in() {
+fn a_run_killed_during_uploads_uploads_nothing_twice_but_the_ones_under_way() {
     let w = World::new();
     let s3 = S3Server::start();
     let dir = w.dir.path().join("album");
     photo_tree(&dir, 30);
-    let mut a = batch_args(&w, &s3, &dir, &[]);
+    let mut a = batch_args(&w, &s3, &dir, &["--concurrency", "2"]);
     a.retain(|x| x != "--quiet");
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let mut cmd = w.command(&a);
@@ -337,8 +361,8 @@ fn a_run_killed_during_uploads_uploads_nothing_twice_but_the_one_it_was_in() {
     unique.dedup();
     assert_eq!(unique.len(), 30, "every photo uploaded");
     assert!(
-        puts.len() <= 31,
-        "at most the killed upload redone: {} PUTs",
+        puts.len() <= 32,
+        "at most the two uploads under way at the kill redone: {} PUTs",
         puts.len()
     );
     assert_eq!(
