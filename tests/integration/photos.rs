@@ -482,6 +482,16 @@ fn a_missing_bucket_or_wrong_credentials_stop_before_anything_is_sent() {
     );
     assert!(!t.contains("wrong-secret-value-xyz"), "{t}");
     assert_eq!(w2.sandbox.stats().submissions, 0);
+    // With the right secret, `run` carries on.
+    let mut r = args(&["run", "--quiet", "--poll-interval", "50ms", "--out-dir"]);
+    r.push(w2.out_dir().to_string_lossy().into_owned());
+    r.extend(upload_flags(&s3, "in"));
+    let out = cli_s3(&w2, &s3, &r);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        w2.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        2
+    );
 }
 
 #[test]
@@ -580,4 +590,156 @@ fn doctor_checks_the_bucket_and_report_groups_by_folder() {
         .collect();
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
     assert_eq!(groups, [(canon(&one), 1), (canon(&two), 2)]);
+}
+
+/// A loopback "bucket" that answers every request with one S3 error document, as a bucket
+/// does when the request's date is far from its clock. Stops when dropped.
+struct SkewedBucket {
+    endpoint: String,
+    server: std::sync::Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SkewedBucket {
+    fn start() -> SkewedBucket {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let srv = server.clone();
+        let thread = std::thread::spawn(move || {
+            for mut request in srv.incoming_requests() {
+                let mut body = Vec::new();
+                let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
+                let doc = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the request time and the current time is too large.</Message><MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds></Error>";
+                let response = tiny_http::Response::from_string(doc)
+                    .with_status_code(403)
+                    .with_header(
+                        "Content-Type: application/xml"
+                            .parse::<tiny_http::Header>()
+                            .unwrap(),
+                    );
+                let _ = request.respond(response);
+            }
+        });
+        SkewedBucket {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            server,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SkewedBucket {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The arguments of `run` against this endpoint.
+fn run_args(w: &World, endpoint: &str) -> Vec<String> {
+    let mut a = args(&["run", "--quiet", "--poll-interval", "50ms", "--out-dir"]);
+    a.push(w.out_dir().to_string_lossy().into_owned());
+    a.extend(args(&[
+        "--upload",
+        &format!("s3://{BUCKET}/in"),
+        "--s3-endpoint",
+        endpoint,
+        "--s3-path-style",
+    ]));
+    a
+}
+
+#[test]
+fn a_clock_skew_answer_names_the_clock_and_a_later_run_carries_on() {
+    let w = World::new();
+    let s3 = S3Server::start();
+    let skewed = SkewedBucket::start();
+    let dir = w.dir.path().join("album");
+    photo_tree(&dir, 3);
+    let mut a = batch_args(&w, &s3, &dir, &[]);
+    for x in a.iter_mut() {
+        if *x == s3.endpoint {
+            *x = skewed.endpoint.clone();
+        }
+    }
+    let out = cli_s3(&w, &s3, &a);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "bucket `{BUCKET}` says this machine's clock is wrong (RequestTimeTooSkewed)"
+        )) && t.contains("NTP")
+            && t.contains("`codeformer-ledger run` carries on"),
+        "{t}"
+    );
+    assert!(!t.contains(SECRET_KEY), "{t}");
+    assert_eq!(w.sandbox.stats().submissions, 0, "nothing sent");
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        3
+    );
+    assert!(w.count("SELECT count(*) FROM events WHERE kind = 'upload_failed'") >= 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM uploads WHERE uploaded_at IS NOT NULL"),
+        0
+    );
+    // Once the clock (here: the bucket) is right, `run` carries on.
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 3);
+}
+
+#[test]
+fn an_unreadable_photo_is_named_nothing_is_sent_and_a_later_run_carries_on() {
+    let w = World::new();
+    let s3 = S3Server::start();
+    let skewed = SkewedBucket::start();
+    let dir = w.dir.path().join("album");
+    let photos = photo_tree(&dir, 3);
+    // Recorded first (the bucket refuses the uploads), then made unreadable.
+    let mut a = batch_args(&w, &s3, &dir, &[]);
+    for x in a.iter_mut() {
+        if *x == s3.endpoint {
+            *x = skewed.endpoint.clone();
+        }
+    }
+    assert_eq!(cli_s3(&w, &s3, &a).status.code(), Some(1));
+    let victim = &photos[1];
+    let original = std::fs::read(victim).unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // chmod 000 does not stop root from reading: a folder in the file's place does.
+        eprintln!(
+            "running as root: chmod 000 cannot make a file unreadable; a folder stands in for it"
+        );
+        std::fs::remove_file(victim).unwrap();
+        std::fs::create_dir(victim).unwrap();
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(victim, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    let shown = victim.display().to_string();
+    assert!(
+        t.contains(&shown)
+            && t.contains("cannot be read for upload")
+            && t.contains("restore the file"),
+        "{t}"
+    );
+    assert_eq!(w.sandbox.stats().submissions, 0, "nothing sent");
+    // Restored, the next run carries on and uploads each photo once.
+    if root {
+        std::fs::remove_dir(victim).unwrap();
+        std::fs::write(victim, &original).unwrap();
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 3);
 }
