@@ -743,3 +743,76 @@ fn an_unreadable_photo_is_named_nothing_is_sent_and_a_later_run_carries_on() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_all_done(&w, &s3, 3);
 }
+
+/// A photo of noise, which compresses badly, so its restored output is large.
+fn noisy_photo(path: &Path, side: u32, seed: u64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)])
+    });
+    img.save_with_format(path, image::ImageFormat::Png).unwrap();
+}
+
+#[test]
+fn a_full_disk_for_outputs_names_the_folder_and_a_later_run_downloads() {
+    // Filling a disk needs root or a disk of its own; a file size limit on the process
+    // (RLIMIT_FSIZE, with SIGXFSZ ignored) makes the output's write fail the same way, with
+    // EFBIG where a full disk gives ENOSPC (both are "no room"; the unit test of
+    // DownloadError::in_folder covers ENOSPC and EDQUOT).
+    const LIMIT: u64 = 1 << 20;
+    let w = World::new();
+    let s3 = S3Server::start();
+    let dir = w.dir.path().join("album");
+    noisy_photo(&dir.join("noise.png"), 600, 7);
+    let a = batch_args(&w, &s3, &dir, &["--upscale", "4"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut cmd = w.command(&a);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT as libc::rlim_t,
+                rlim_max: LIMIT as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not be downloaded"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        std::fs::metadata(w.ledger()).unwrap().len() < LIMIT,
+        "the limit stops the output, not the ledger"
+    );
+    let show = text(&w.cli(&["show", "1"]));
+    let out_dir = w.out_dir().canonicalize().unwrap();
+    assert!(
+        show.contains(&format!("no room for the output in {}", out_dir.display()))
+            && show.contains("free space on that disk, or give --out-dir on another one"),
+        "{show}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+    assert!(left.is_empty(), "no partial output left: {left:?}");
+    assert_eq!(w.sandbox.stats().submissions, 1);
+    // With room again, `run` downloads it; nothing is uploaded or sent again.
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        crate::common::png_size(&out_dir.join("noise.png")),
+        (2400, 2400)
+    );
+    assert_eq!(w.sandbox.stats().submissions, 1);
+    assert_eq!(s3.requests("PUT").len(), 1);
+}
