@@ -1,10 +1,11 @@
 //! Uploads of local photos: N files of MIN-MAX MB in a folder, `batch DIR --upload` by the
 //! binary against an in-process S3 server (`s3s-fs`, signatures checked) and a fast sandbox on
-//! loopback. Prints uploads per second (between the first and the last `upload` event) and the
+//! loopback, once per concurrency given (`--concurrency 1` is one upload at a time). Prints,
+//! for each, uploads per second (between the first and the last `upload` event) and the
 //! command's CPU time per MB of photos (hashing at enqueue, signing, sending, the whole run).
-//! Bounded: at most 1,000 files of at most 5 MB.
+//! Bounded: at most 1,000 files of at most 5 MB, at most 64 uploads at once.
 //!
-//! Usage: bench_uploads BINARY [FILES] [MIN_MB] [MAX_MB]
+//! Usage: bench_uploads BINARY [FILES] [MIN_MB] [MAX_MB] [CONCURRENCY,...]
 
 #[path = "../tests/integration/s3.rs"]
 #[allow(dead_code)]
@@ -34,6 +35,14 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(5)
         .clamp(min_mb, 5);
+    let levels: Vec<u16> = args
+        .get(5)
+        .map(String::as_str)
+        .unwrap_or("1,4")
+        .split(',')
+        .filter_map(|c| c.trim().parse().ok())
+        .map(|c: u16| c.clamp(1, 64))
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let photos = dir.path().join("photos");
     let mut rng = fastrand::Rng::with_seed(7);
@@ -50,6 +59,25 @@ fn main() {
         f.write_all(&bytes).unwrap();
         total += bytes.len() as u64;
     }
+    println!(
+        "uploads benchmark on {} core(s): {n} files ({min_mb}-{max_mb} MB, {:.1} MB in all)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        total as f64 / 1e6
+    );
+    for concurrency in levels {
+        measure(bin, dir.path(), &photos, total, concurrency);
+    }
+}
+
+/// One `batch DIR --upload` run with this concurrency, against a fresh bucket and ledger.
+fn measure(
+    bin: &str,
+    dir: &std::path::Path,
+    photos: &std::path::Path,
+    total: u64,
+    concurrency: u16,
+) {
+    let run = tempfile::tempdir_in(dir).unwrap();
     let s3 = s3::S3Server::start();
     let sandbox = Sandbox::start(SandboxConfig {
         queue_ms: 0,
@@ -58,7 +86,7 @@ fn main() {
         ..SandboxConfig::default()
     })
     .unwrap();
-    let ledger = dir.path().join("ledger.db");
+    let ledger = run.path().join("ledger.db");
     let started = Instant::now();
     let cpu_before = children_cpu();
     let mut cmd = std::process::Command::new(bin);
@@ -68,13 +96,15 @@ fn main() {
         "--quiet",
         "--poll-interval",
         "50ms",
+        "--concurrency",
+        &concurrency.to_string(),
     ])
     .args([
         "--upload",
         &format!("s3://{}/bench", s3::BUCKET),
         "--s3-path-style",
     ])
-    .args(["--out-dir", dir.path().join("out").to_str().unwrap()])
+    .args(["--out-dir", run.path().join("out").to_str().unwrap()])
     .env("CODEFORMER_LEDGER", &ledger)
     .env("PIXAZO_BASE_URL", sandbox.base_url())
     .env_remove("PIXAZO_API_KEY");
@@ -100,22 +130,18 @@ fn main() {
     let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
     let span = (t(&last) - t(&first)).as_seconds_f64().max(0.001);
     let mb = total as f64 / 1e6;
+    println!("  --concurrency {concurrency}");
+    println!("    PUTs at the server    {}", s3.requests("PUT").len());
     println!(
-        "uploads benchmark on {} core(s)",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!("  files                 {n} ({min_mb}-{max_mb} MB, {mb:.1} MB in all)");
-    println!("  PUTs at the server    {}", s3.requests("PUT").len());
-    println!(
-        "  uploads/s             {:.1} ({count} uploads in {span:.2} s)",
+        "    uploads/s             {:.1} ({count} uploads in {span:.2} s)",
         (count - 1).max(1) as f64 / span
     );
     println!(
-        "  MB/s uploaded         {:.1}",
+        "    MB/s uploaded         {:.1}",
         mb * (count - 1).max(1) as f64 / count as f64 / span
     );
     println!(
-        "  client CPU per MB     {:.1} ms (whole command: {:.2} s CPU, {:.2} s wall)",
+        "    client CPU per MB     {:.1} ms (whole command: {:.2} s CPU, {:.2} s wall)",
         cpu * 1000.0 / mb,
         cpu,
         wall.as_secs_f64()

@@ -368,6 +368,11 @@ impl RunConfig {
         Ok(())
     }
 
+    /// How many requests may be under way at once (sends, polls, downloads, uploads).
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
     /// The engine's options. A run over every batch without `--out-dir` downloads each
     /// batch's outputs into that batch's own folder.
     pub fn engine_options(&self, ledger: &Ledger) -> Result<EngineOptions, CliError> {

@@ -364,7 +364,14 @@ pub fn drive(
         &plan.batch_budgets,
     );
     // Local inputs: every object the run needs goes into the bucket before anything is sent.
-    super::upload::upload_needed(global, ledger, plan.batch.as_deref(), None, plan.quiet)?;
+    super::upload::upload_needed(
+        global,
+        ledger,
+        plan.batch.as_deref(),
+        None,
+        plan.concurrency(),
+        plan.quiet,
+    )?;
     plan.storage = global.storage().unwrap_or(None);
     let options = plan.engine_options(ledger)?;
     let out_dir = plan.out_dir.clone();

@@ -19,9 +19,9 @@ pub const KEY_ENV: &str = "PIXAZO_SANDBOX_KEY";
 
 /// Run the local sandbox gateway: the CodeFormer API on loopback, with faults on request.
 ///
-/// Prints `PIXAZO_BASE_URL=<url>` and `SANDBOX_STATIC_URL=<url>` on stdout, then serves until
-/// Ctrl-C or SIGTERM. Point `--base-url` at the first; files of `--static-dir` are served
-/// under the second.
+/// Prints `PIXAZO_BASE_URL=<url>` and `SANDBOX_STATIC_URL=<url>` on stdout (and
+/// `AWS_ENDPOINT_URL=<url>` with --s3-bucket), then serves until Ctrl-C or SIGTERM. Point
+/// `--base-url` at the first; files of `--static-dir` are served under the second.
 #[derive(clap::Args, Debug)]
 pub struct SandboxArgs {
     /// Address to listen on; loopback only (port 0 picks a free port)
@@ -104,6 +104,13 @@ pub struct SandboxArgs {
     #[arg(long, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: u16,
+
+    /// A bucket of the S3-compatible store at /s3/ (repeatable), for --upload s3://NAME/…
+    /// with --s3-endpoint <AWS_ENDPOINT_URL printed> --s3-path-style. It takes requests
+    /// presigned with AWS_ACCESS_KEY_ID=SANDBOXACCESSKEY0001 and
+    /// AWS_SECRET_ACCESS_KEY=sandbox-secret-key-for-local-uploads (sandbox values) only
+    #[arg(long, value_name = "NAME")]
+    pub s3_bucket: Vec<String>,
 }
 
 impl SandboxArgs {
@@ -130,6 +137,7 @@ impl SandboxArgs {
             drop_callbacks: self.drop_callbacks,
             output_dir: self.output_dir.clone(),
             workers: self.workers as usize,
+            s3_buckets: self.s3_bucket.clone(),
         };
         config.validate().map_err(start_error)?;
         Ok(config)
@@ -168,11 +176,16 @@ pub fn run(args: SandboxArgs) -> CmdResult {
     })
     .map_err(|e| CliError::error(format!("cannot install the Ctrl-C handler: {e}")))?;
     let key_checked = config.api_key.is_some();
+    let s3 = !config.s3_buckets.is_empty();
     let sandbox = Sandbox::start(config).map_err(start_error)?;
     let printed = {
         let mut out = std::io::stdout().lock();
         writeln!(out, "PIXAZO_BASE_URL={}", sandbox.base_url())
             .and_then(|_| writeln!(out, "SANDBOX_STATIC_URL={}", sandbox.static_url("")))
+            .and_then(|_| match s3 {
+                true => writeln!(out, "AWS_ENDPOINT_URL={}", sandbox.s3_endpoint()),
+                false => Ok(()),
+            })
             .and_then(|_| out.flush())
     };
     if let Err(e) = printed {

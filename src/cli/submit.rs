@@ -135,7 +135,7 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
         }
         Err(e) => return Err(e.into()),
     };
-    super::upload::upload_needed(global, &mut ledger, None, Some(row.id), false)?;
+    super::upload::upload_needed(global, &mut ledger, None, Some(row.id), 1, false)?;
     let storage = global.storage()?;
     let stop = engine::send_now(&mut ledger, &gateway, storage.as_ref(), row.id)?;
     let row = ledger.job(row.id)?.expect("job just recorded");

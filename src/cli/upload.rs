@@ -2,12 +2,14 @@
 //! upload pass that puts every object a run needs into the bucket before anything is sent.
 
 use super::{Cli, CliError, Global};
-use codeformer_ledger::ledger::{Event, Ledger, NewJob};
+use codeformer_ledger::ledger::{Event, Ledger, NewJob, UploadRow};
 use codeformer_ledger::params::JobParams;
 use codeformer_ledger::storage::local::{self, LocalFile};
-use codeformer_ledger::storage::{self, Destination, Storage, StorageConfig, StorageError};
+use codeformer_ledger::storage::{
+    self, Destination, PutWork, Storage, StorageConfig, StorageError,
+};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The upload destination from `--upload` or the config file's `upload`, with the endpoint,
 /// region, addressing and URL lifetime.
@@ -120,24 +122,25 @@ pub struct Uploaded {
 }
 
 /// Puts the object of every job in scope that may be sent and whose object the ledger does
-/// not know to be in the bucket: a ledger lookup first, then a HEAD, then the PUT. Each is an
-/// `upload` event of its job, recorded right after its request, so a killed pass redoes at
-/// most the upload it was in. A failure stops the pass (and the command) before anything is
-/// sent for that job.
+/// not know to be in the bucket: a ledger lookup first, then a HEAD, then the PUT, up to
+/// `concurrency` objects at a time (an object two jobs share is put once). Each is an `upload`
+/// event of its job, recorded right after its request, so a killed pass redoes at most the
+/// uploads it had under way. A failure starts no further upload and stops the command before
+/// anything is sent.
 pub fn upload_needed(
     global: &Global,
     ledger: &mut Ledger,
     batch: Option<&str>,
     only_job: Option<i64>,
+    concurrency: usize,
     quiet: bool,
 ) -> Result<Uploaded, CliError> {
     let mut needed = ledger.uploads_needed(batch)?;
     if let Some(id) = only_job {
         needed.retain(|r| r.job_id == id);
     }
-    let mut done = Uploaded::default();
     if needed.is_empty() {
-        return Ok(done);
+        return Ok(Uploaded::default());
     }
     let Some(storage) = global.storage()? else {
         return Err(CliError::usage(format!(
@@ -148,6 +151,77 @@ pub fn upload_needed(
             needed[0].object_key
         )));
     };
+    let done = upload_rows(&storage, ledger, needed, concurrency)?;
+    if !quiet && done.put + done.already > 0 {
+        eprintln!(
+            "uploads: {} uploaded ({} bytes), {} already in the bucket",
+            done.put, done.bytes, done.already
+        );
+    }
+    Ok(done)
+}
+
+/// The upload pass over these rows (see [`upload_needed`]), with this bucket.
+pub fn upload_rows(
+    storage: &Storage,
+    ledger: &mut Ledger,
+    needed: Vec<UploadRow>,
+    concurrency: usize,
+) -> Result<Uploaded, CliError> {
+    let mut done = Uploaded::default();
+    let (work, owners) = plan_puts(storage, ledger, needed, &mut done)?;
+    let mut failure: Option<String> = None;
+    storage.put_all(&work, concurrency, |report| -> Result<bool, CliError> {
+        let rows = &owners[report.index];
+        let ms = report.elapsed.as_millis() as u64;
+        match report.result {
+            Ok(None) => {
+                for row in rows {
+                    ledger.record_upload(row, None, ms, "was already in the bucket as")?;
+                }
+                done.already += rows.len();
+            }
+            Ok(Some(status)) => {
+                ledger.record_upload(&rows[0], Some(status), ms, "uploaded to")?;
+                done.put += 1;
+                done.bytes += rows[0].bytes as u64;
+                for row in &rows[1..] {
+                    ledger.record_upload(row, None, 0, "was uploaded earlier as")?;
+                }
+                done.already += rows.len() - 1;
+            }
+            Err(e) => {
+                let message = upload_failed(&rows[0].local_path, &e);
+                let events = rows
+                    .iter()
+                    .map(|r| {
+                        Event::new(Some(r.job_id), None, "upload_failed").detail(message.clone())
+                    })
+                    .collect();
+                ledger.append(events)?;
+                failure.get_or_insert(message);
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    match failure {
+        Some(message) => Err(CliError::error(message)),
+        None => Ok(done),
+    }
+}
+
+/// The objects to put, each with the rows that need it (the first one uploads it); rows whose
+/// object the ledger already knows are recorded at once.
+fn plan_puts(
+    storage: &Storage,
+    ledger: &mut Ledger,
+    needed: Vec<UploadRow>,
+    done: &mut Uploaded,
+) -> Result<(Vec<PutWork>, Vec<Vec<UploadRow>>), CliError> {
+    let mut work: Vec<PutWork> = Vec::new();
+    let mut owners: Vec<Vec<UploadRow>> = Vec::new();
+    let mut by_object: HashMap<String, usize> = HashMap::new();
     for row in needed {
         if ledger.object_present(&row.object_key)? {
             ledger.record_upload(&row, None, 0, "was uploaded earlier as")?;
@@ -165,41 +239,19 @@ pub fn upload_needed(
                 storage.destination().bucket
             )));
         }
-        let started = Instant::now();
-        let result = match storage.exists(key) {
-            Ok(true) => Ok(None),
-            Ok(false) => storage
-                .put_file(key, Path::new(&row.resolved_path), &row.sha256)
-                .map(Some),
-            Err(e) => Err(e),
-        };
-        let ms = started.elapsed().as_millis() as u64;
-        match result {
-            Ok(None) => {
-                ledger.record_upload(&row, None, ms, "was already in the bucket as")?;
-                done.already += 1;
-            }
-            Ok(Some(status)) => {
-                ledger.record_upload(&row, Some(status), ms, "uploaded to")?;
-                done.put += 1;
-                done.bytes += row.bytes as u64;
-            }
-            Err(e) => {
-                let message = upload_failed(&row.local_path, &e);
-                ledger.append(vec![
-                    Event::new(Some(row.job_id), None, "upload_failed").detail(message.clone())
-                ])?;
-                return Err(CliError::error(message));
-            }
+        if let Some(&i) = by_object.get(&row.object_key) {
+            owners[i].push(row);
+            continue;
         }
+        by_object.insert(row.object_key.clone(), work.len());
+        work.push(PutWork {
+            key: key.to_string(),
+            path: PathBuf::from(&row.resolved_path),
+            sha256: row.sha256.clone(),
+        });
+        owners.push(vec![row]);
     }
-    if !quiet && done.put + done.already > 0 {
-        eprintln!(
-            "uploads: {} uploaded ({} bytes), {} already in the bucket",
-            done.put, done.bytes, done.already
-        );
-    }
-    Ok(done)
+    Ok((work, owners))
 }
 
 fn upload_failed(path: &str, e: &StorageError) -> String {

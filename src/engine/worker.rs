@@ -131,7 +131,7 @@ fn download_all(
     base: &str,
     attempt: i64,
 ) -> Result<Vec<OutputRow>, DownloadError> {
-    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(dir).map_err(|e| DownloadError::from(e).in_folder(dir))?;
     let mut rows = Vec::with_capacity(urls.len());
     for (idx, url) in urls.iter().enumerate() {
         let name = if idx > 0 {
@@ -139,7 +139,10 @@ fn download_all(
         } else {
             base.to_string()
         };
-        rows.push(download_one(gateway, url, dir, &name, idx as i64, attempt)?);
+        rows.push(
+            download_one(gateway, url, dir, &name, idx as i64, attempt)
+                .map_err(|e| e.in_folder(dir))?,
+        );
     }
     Ok(rows)
 }

@@ -71,6 +71,31 @@ pub enum DownloadError {
     /// Writing the file failed.
     #[error("writing the output failed: {0}")]
     Io(#[from] std::io::Error),
+    /// The output folder's disk is full, or a quota or file size limit was reached.
+    #[error("no room for the output in {dir}: {reason} (free space on that disk, or give --out-dir on another one; `codeformer-ledger run` downloads it again)")]
+    NoRoom { dir: String, reason: String },
+}
+
+impl DownloadError {
+    /// [`DownloadError::NoRoom`] for a write that failed for want of space under `dir`; any
+    /// other error as it is.
+    pub fn in_folder(self, dir: &std::path::Path) -> DownloadError {
+        use std::io::ErrorKind;
+        match self {
+            DownloadError::Io(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::FileTooLarge
+                ) =>
+            {
+                DownloadError::NoRoom {
+                    dir: dir.display().to_string(),
+                    reason: e.to_string(),
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// A client of one gateway.
@@ -778,6 +803,34 @@ fn same_origin(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_names_the_output_folder_and_the_fix() {
+        let dir = std::path::Path::new("/photos/restored");
+        // ENOSPC, EDQUOT and EFBIG (Linux numbers): no room, whichever limit was hit.
+        for errno in [28, 122, 27] {
+            let e = DownloadError::Io(std::io::Error::from_raw_os_error(errno)).in_folder(dir);
+            let text = e.to_string();
+            assert!(
+                matches!(e, DownloadError::NoRoom { .. })
+                    && text.starts_with("no room for the output in /photos/restored: ")
+                    && text.contains("free space on that disk, or give --out-dir on another one"),
+                "{errno}: {text}"
+            );
+        }
+        let full = DownloadError::Io(std::io::Error::from_raw_os_error(28)).in_folder(dir);
+        assert!(
+            full.to_string().contains("No space left on device"),
+            "{full}"
+        );
+        // Other failures keep their own message.
+        let denied = DownloadError::Io(std::io::Error::from_raw_os_error(13)).in_folder(dir);
+        assert!(matches!(denied, DownloadError::Io(_)), "{denied}");
+        assert!(matches!(
+            DownloadError::Status(500).in_folder(dir),
+            DownloadError::Status(500)
+        ));
+    }
 
     #[test]
     fn request_ids_cannot_escape_their_segment() {

@@ -60,6 +60,8 @@ pub struct Request {
     pub method: String,
     /// The path of the target, still percent-encoded, without the query.
     pub path: String,
+    /// The query of the target, still percent-encoded, without the `?` (empty if none).
+    pub query: String,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     keep_alive: bool,
@@ -456,10 +458,11 @@ fn read_request(reader: &mut BufReader<Timed>, stream: &TcpStream) -> Result<Req
         }
         headers.push(parse_header(&line)?);
     }
-    let path = split_target(&target)?;
+    let (path, query) = split_target(&target)?;
     let mut request = Request {
         method,
         path,
+        query,
         headers,
         body: Vec::new(),
         keep_alive: false,
@@ -563,8 +566,8 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-/// The path of a request target (the query is of no use to the sandbox).
-fn split_target(target: &str) -> Result<String, ReadError> {
+/// The path and the query of a request target (a fragment is dropped).
+fn split_target(target: &str) -> Result<(String, String), ReadError> {
     let origin = if target.starts_with('/') || target == "*" {
         target
     } else if let Some(rest) = target
@@ -575,8 +578,9 @@ fn split_target(target: &str) -> Result<String, ReadError> {
     } else {
         return Err(ReadError::Reject(400, "malformed request target"));
     };
-    let end = origin.find(['?', '#']).unwrap_or(origin.len());
-    Ok(origin[..end].to_string())
+    let origin = origin.split('#').next().unwrap_or_default();
+    let (path, query) = origin.split_once('?').unwrap_or((origin, ""));
+    Ok((path.to_string(), query.to_string()))
 }
 
 fn header_has_token(request: &Request, name: &str, token: &str) -> bool {

@@ -36,9 +36,11 @@ mod paths;
 mod protocol;
 mod render;
 mod routes;
+mod s3;
 mod stats;
 mod webhooks;
 
+pub use s3::{S3_ACCESS_KEY, S3_SECRET_KEY};
 pub use stats::SandboxStats;
 
 use rust_decimal::Decimal;
@@ -109,6 +111,10 @@ pub struct SandboxConfig {
     pub output_dir: Option<PathBuf>,
     /// HTTP worker threads, each serving one connection at a time (keep-alive included).
     pub workers: usize,
+    /// Buckets of the S3-compatible object store at `/s3/BUCKET/KEY` ([`Sandbox::s3_endpoint`]),
+    /// empty at start; requests must be presigned with [`S3_ACCESS_KEY`] / [`S3_SECRET_KEY`].
+    /// Any other bucket is answered `NoSuchBucket`.
+    pub s3_buckets: Vec<String>,
 }
 
 impl Default for SandboxConfig {
@@ -133,6 +139,7 @@ impl Default for SandboxConfig {
             drop_callbacks: 0.0,
             output_dir: None,
             workers: 16,
+            s3_buckets: Vec::new(),
         }
     }
 }
@@ -159,6 +166,7 @@ impl std::fmt::Debug for SandboxConfig {
             .field("drop_callbacks", &self.drop_callbacks)
             .field("output_dir", &self.output_dir)
             .field("workers", &self.workers)
+            .field("s3_buckets", &self.s3_buckets)
             .finish()
     }
 }
@@ -195,6 +203,17 @@ impl SandboxConfig {
         }
         if self.workers == 0 {
             return Err(SandboxError::Config("workers must be at least 1".into()));
+        }
+        for bucket in &self.s3_buckets {
+            let valid = (3..=63).contains(&bucket.len())
+                && bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                });
+            if !valid {
+                return Err(SandboxError::Config(format!(
+                    "s3 bucket `{bucket}` is not a bucket name (3-63 characters: a-z, 0-9, `-`, `.`)"
+                )));
+            }
         }
         if !self.addr.ip().is_loopback() {
             return Err(SandboxError::NotLoopback(self.addr));
@@ -251,6 +270,7 @@ pub(crate) struct Shared {
     pub request_seq: AtomicU64,
     pub webhooks: webhooks::Outbox,
     pub fetcher: render::Fetcher,
+    pub s3: s3::Store,
 }
 
 impl Shared {
@@ -321,6 +341,7 @@ impl Sandbox {
             request_seq: AtomicU64::new(0),
             webhooks: webhooks::Outbox::default(),
             fetcher: render::Fetcher::new(),
+            s3: s3::Store::new(&config.s3_buckets),
             config,
         });
         let mut sandbox = Sandbox {
@@ -384,6 +405,17 @@ impl Sandbox {
             self.shared.base_url,
             paths::encode_path(relative.trim_start_matches('/'))
         )
+    }
+
+    /// The endpoint of the sandbox's S3-compatible store, for `--s3-endpoint` with
+    /// `--s3-path-style`: `base_url + "/s3"`.
+    pub fn s3_endpoint(&self) -> String {
+        format!("{}{}", self.shared.base_url, s3::S3_PATH)
+    }
+
+    /// The objects in one of the store's buckets, as (key, bytes), in key order.
+    pub fn s3_objects(&self, bucket: &str) -> Vec<(String, u64)> {
+        self.shared.s3.objects(bucket)
     }
 
     /// A snapshot of the counters.

@@ -5,6 +5,7 @@
 //!   `GET /v2/requests/status/{request_id}`: the API (key, rate limit and faults apply);
 //! - `GET /v1/{request_id}/output.png`: outputs, as the gateway's CDN serves them;
 //! - `GET /static/{path}`: input files from the static directory;
+//! - `PUT|GET|HEAD|DELETE /s3/{bucket}/{key}`: the S3-compatible object store (presigned);
 //! - `GET /sandbox/stats`, `GET|POST /sandbox/wallet`: the sandbox's own controls.
 //!
 //! Order of the gate: 401 without the key, then 429 over the rate limit, then an injected 500
@@ -14,7 +15,7 @@
 use super::faults::{self, Stream};
 use super::http::{Outcome, Request, Response};
 use super::protocol::{self, ApiError, WebhookHeaders};
-use super::{files, jobs, SandboxStats, Shared, KEY_HEADER, STATUS_PATH_PREFIX, SUBMIT_PATH};
+use super::{files, jobs, s3, SandboxStats, Shared, KEY_HEADER, STATUS_PATH_PREFIX, SUBMIT_PATH};
 use rust_decimal::Decimal;
 use serde_json::json;
 use std::str::FromStr;
@@ -25,6 +26,9 @@ pub fn handle(shared: &Shared, req: &Request) -> Outcome {
     let path = req.path.as_str();
     if let Some(rest) = path.strip_prefix("/static/") {
         return Outcome::Respond(files::serve_static(shared, req, rest));
+    }
+    if let Some(rest) = path.strip_prefix("/s3/") {
+        return Outcome::Respond(s3::handle(shared, req, rest));
     }
     if let Some(id) = path
         .strip_prefix("/v1/")

@@ -52,6 +52,10 @@ pub struct SandboxStats {
     pub callbacks_dropped: u64,
     /// Callback POSTs that failed (no connection, timeout, or a non-2xx answer).
     pub callbacks_failed: u64,
+    /// Objects stored in the S3-compatible store (`PUT /s3/…` answered 200).
+    pub s3_puts: u64,
+    /// Requests to the store refused for their signature, key id, date or expiry.
+    pub s3_refused: u64,
     /// The wallet's balance, `None` when unlimited.
     pub wallet_usd: Option<String>,
 }

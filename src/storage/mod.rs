@@ -18,9 +18,10 @@ pub mod local;
 use rusty_s3::actions::{DeleteObject, GetObject, HeadObject, PutObject};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The default lifetime of a presigned URL.
 pub const DEFAULT_URL_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -187,6 +188,26 @@ pub enum StorageError {
     File(String),
 }
 
+/// One object to put: its key, the local file and the sha256 its bytes must still have.
+#[derive(Debug, Clone)]
+pub struct PutWork {
+    pub key: String,
+    pub path: PathBuf,
+    pub sha256: String,
+}
+
+/// What became of one [`PutWork`] ([`Storage::put_all`]).
+#[derive(Debug)]
+pub struct PutDone {
+    /// Its place in the work list.
+    pub index: usize,
+    /// `Ok(None)`: the object was already in the bucket (HEAD), nothing was sent;
+    /// `Ok(Some(status))`: the PUT's HTTP status.
+    pub result: Result<Option<u16>, StorageError>,
+    /// The HEAD and the PUT together.
+    pub elapsed: Duration,
+}
+
 /// The bucket, its credentials and the HTTP agent.
 #[derive(Clone)]
 pub struct Storage {
@@ -308,6 +329,69 @@ impl Storage {
             )));
         }
         self.put_bytes(key, &bytes, content_type(key))
+    }
+
+    /// Puts the object unless the bucket has it (HEAD first).
+    pub fn put_if_missing(&self, work: &PutWork) -> Result<Option<u16>, StorageError> {
+        if self.exists(&work.key)? {
+            return Ok(None);
+        }
+        self.put_file(&work.key, &work.path, &work.sha256).map(Some)
+    }
+
+    /// Puts every object of `work` that the bucket lacks, at most `concurrency` at a time.
+    /// `done` runs on the calling thread for each, in the order they finish; once it returns
+    /// `Ok(false)` or an error, no further one is started, and those under way still finish
+    /// and are reported (so a caller records every request that was made).
+    pub fn put_all<E>(
+        &self,
+        work: &[PutWork],
+        concurrency: usize,
+        mut done: impl FnMut(PutDone) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel::<PutDone>();
+        std::thread::scope(|scope| {
+            for _ in 0..concurrency.clamp(1, work.len().max(1)) {
+                let (tx, next, stop) = (tx.clone(), &next, &stop);
+                scope.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let index = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = work.get(index) else {
+                            break;
+                        };
+                        let started = Instant::now();
+                        let result = self.put_if_missing(item);
+                        let elapsed = started.elapsed();
+                        let report = PutDone {
+                            index,
+                            result,
+                            elapsed,
+                        };
+                        if tx.send(report).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut outcome = Ok(());
+            for report in rx {
+                if outcome.is_err() {
+                    continue;
+                }
+                match done(report) {
+                    Ok(true) => {}
+                    Ok(false) => stop.store(true, Ordering::Relaxed),
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        outcome = Err(e);
+                    }
+                }
+            }
+            outcome
+        })
     }
 
     /// PUTs bytes as an object.

@@ -241,6 +241,30 @@ fn a_folder_of_thirty_photos_goes_through_the_bucket_once() {
 }
 
 #[test]
+fn uploads_run_with_the_runs_concurrency_and_never_beyond_it() {
+    // The server holds each PUT until three are under way (at most 3 s): parallel uploads
+    // reach three at once, serial ones would stay at one.
+    let w = World::new();
+    let s3 = S3Server::start_holding(3);
+    let dir = w.dir.path().join("album");
+    photo_tree(&dir, 12);
+    let out = cli_s3(&w, &s3, &batch_args(&w, &s3, &dir, &["--concurrency", "3"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 12);
+    assert_eq!(s3.most_puts_at_once(), 3, "three uploads under way at once");
+
+    // `--concurrency 1`: one at a time (each PUT waits out the server's hold alone).
+    let w = World::new();
+    let s3 = S3Server::start_holding(2);
+    let dir = w.dir.path().join("album");
+    photo_tree(&dir, 2);
+    let out = cli_s3(&w, &s3, &batch_args(&w, &s3, &dir, &["--concurrency", "1"]));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 2);
+    assert_eq!(s3.most_puts_at_once(), 1);
+}
+
+#[test]
 fn a_manifest_of_local_paths_reads_them_from_its_own_folder_and_submit_takes_a_path() {
     let w = World::new();
     let s3 = S3Server::start();
@@ -301,12 +325,12 @@ fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_run_killed_during_uploads_uploads_nothing_twice_but_the_one_it_was_in() {
+fn a_run_killed_during_uploads_uploads_nothing_twice_but_the_ones_under_way() {
     let w = World::new();
     let s3 = S3Server::start();
     let dir = w.dir.path().join("album");
     photo_tree(&dir, 30);
-    let mut a = batch_args(&w, &s3, &dir, &[]);
+    let mut a = batch_args(&w, &s3, &dir, &["--concurrency", "2"]);
     a.retain(|x| x != "--quiet");
     let a: Vec<&str> = a.iter().map(String::as_str).collect();
     let mut cmd = w.command(&a);
@@ -337,8 +361,8 @@ fn a_run_killed_during_uploads_uploads_nothing_twice_but_the_one_it_was_in() {
     unique.dedup();
     assert_eq!(unique.len(), 30, "every photo uploaded");
     assert!(
-        puts.len() <= 31,
-        "at most the killed upload redone: {} PUTs",
+        puts.len() <= 32,
+        "at most the two uploads under way at the kill redone: {} PUTs",
         puts.len()
     );
     assert_eq!(
@@ -458,6 +482,16 @@ fn a_missing_bucket_or_wrong_credentials_stop_before_anything_is_sent() {
     );
     assert!(!t.contains("wrong-secret-value-xyz"), "{t}");
     assert_eq!(w2.sandbox.stats().submissions, 0);
+    // With the right secret, `run` carries on.
+    let mut r = args(&["run", "--quiet", "--poll-interval", "50ms", "--out-dir"]);
+    r.push(w2.out_dir().to_string_lossy().into_owned());
+    r.extend(upload_flags(&s3, "in"));
+    let out = cli_s3(&w2, &s3, &r);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        w2.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+        2
+    );
 }
 
 #[test]
@@ -556,4 +590,229 @@ fn doctor_checks_the_bucket_and_report_groups_by_folder() {
         .collect();
     let canon = |p: &Path| std::fs::canonicalize(p).unwrap().display().to_string();
     assert_eq!(groups, [(canon(&one), 1), (canon(&two), 2)]);
+}
+
+/// A loopback "bucket" that answers every request with one S3 error document, as a bucket
+/// does when the request's date is far from its clock. Stops when dropped.
+struct SkewedBucket {
+    endpoint: String,
+    server: std::sync::Arc<tiny_http::Server>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SkewedBucket {
+    fn start() -> SkewedBucket {
+        let server = std::sync::Arc::new(tiny_http::Server::http("127.0.0.1:0").unwrap());
+        let port = server.server_addr().to_ip().unwrap().port();
+        let srv = server.clone();
+        let thread = std::thread::spawn(move || {
+            for mut request in srv.incoming_requests() {
+                let mut body = Vec::new();
+                let _ = std::io::Read::read_to_end(request.as_reader(), &mut body);
+                let doc = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>RequestTimeTooSkewed</Code><Message>The difference between the request time and the current time is too large.</Message><MaxAllowedSkewMilliseconds>900000</MaxAllowedSkewMilliseconds></Error>";
+                let response = tiny_http::Response::from_string(doc)
+                    .with_status_code(403)
+                    .with_header(
+                        "Content-Type: application/xml"
+                            .parse::<tiny_http::Header>()
+                            .unwrap(),
+                    );
+                let _ = request.respond(response);
+            }
+        });
+        SkewedBucket {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            server,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SkewedBucket {
+    fn drop(&mut self) {
+        self.server.unblock();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The arguments of `run` against this endpoint.
+fn run_args(w: &World, endpoint: &str) -> Vec<String> {
+    let mut a = args(&["run", "--quiet", "--poll-interval", "50ms", "--out-dir"]);
+    a.push(w.out_dir().to_string_lossy().into_owned());
+    a.extend(args(&[
+        "--upload",
+        &format!("s3://{BUCKET}/in"),
+        "--s3-endpoint",
+        endpoint,
+        "--s3-path-style",
+    ]));
+    a
+}
+
+#[test]
+fn a_clock_skew_answer_names_the_clock_and_a_later_run_carries_on() {
+    let w = World::new();
+    let s3 = S3Server::start();
+    let skewed = SkewedBucket::start();
+    let dir = w.dir.path().join("album");
+    photo_tree(&dir, 3);
+    let mut a = batch_args(&w, &s3, &dir, &[]);
+    for x in a.iter_mut() {
+        if *x == s3.endpoint {
+            *x = skewed.endpoint.clone();
+        }
+    }
+    let out = cli_s3(&w, &s3, &a);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(&format!(
+            "bucket `{BUCKET}` says this machine's clock is wrong (RequestTimeTooSkewed)"
+        )) && t.contains("NTP")
+            && t.contains("`codeformer-ledger run` carries on"),
+        "{t}"
+    );
+    assert!(!t.contains(SECRET_KEY), "{t}");
+    assert_eq!(w.sandbox.stats().submissions, 0, "nothing sent");
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'planned'"),
+        3
+    );
+    assert!(w.count("SELECT count(*) FROM events WHERE kind = 'upload_failed'") >= 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM uploads WHERE uploaded_at IS NOT NULL"),
+        0
+    );
+    // Once the clock (here: the bucket) is right, `run` carries on.
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 3);
+}
+
+#[test]
+fn an_unreadable_photo_is_named_nothing_is_sent_and_a_later_run_carries_on() {
+    let w = World::new();
+    let s3 = S3Server::start();
+    let skewed = SkewedBucket::start();
+    let dir = w.dir.path().join("album");
+    let photos = photo_tree(&dir, 3);
+    // Recorded first (the bucket refuses the uploads), then made unreadable.
+    let mut a = batch_args(&w, &s3, &dir, &[]);
+    for x in a.iter_mut() {
+        if *x == s3.endpoint {
+            *x = skewed.endpoint.clone();
+        }
+    }
+    assert_eq!(cli_s3(&w, &s3, &a).status.code(), Some(1));
+    let victim = &photos[1];
+    let original = std::fs::read(victim).unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        // chmod 000 does not stop root from reading: a folder in the file's place does.
+        eprintln!(
+            "running as root: chmod 000 cannot make a file unreadable; a folder stands in for it"
+        );
+        std::fs::remove_file(victim).unwrap();
+        std::fs::create_dir(victim).unwrap();
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(victim, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = text(&out);
+    let shown = victim.display().to_string();
+    assert!(
+        t.contains(&shown)
+            && t.contains("cannot be read for upload")
+            && t.contains("restore the file"),
+        "{t}"
+    );
+    assert_eq!(w.sandbox.stats().submissions, 0, "nothing sent");
+    // Restored, the next run carries on and uploads each photo once.
+    if root {
+        std::fs::remove_dir(victim).unwrap();
+        std::fs::write(victim, &original).unwrap();
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_all_done(&w, &s3, 3);
+}
+
+/// A photo of noise, which compresses badly, so its restored output is large.
+fn noisy_photo(path: &Path, side: u32, seed: u64) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let img = image::RgbImage::from_fn(side, side, |_, _| {
+        image::Rgb([rng.u8(..), rng.u8(..), rng.u8(..)])
+    });
+    img.save_with_format(path, image::ImageFormat::Png).unwrap();
+}
+
+#[test]
+fn a_full_disk_for_outputs_names_the_folder_and_a_later_run_downloads() {
+    // Filling a disk needs root or a disk of its own; a file size limit on the process
+    // (RLIMIT_FSIZE, with SIGXFSZ ignored) makes the output's write fail the same way, with
+    // EFBIG where a full disk gives ENOSPC (both are "no room"; the unit test of
+    // DownloadError::in_folder covers ENOSPC and EDQUOT).
+    const LIMIT: u64 = 1 << 20;
+    let w = World::new();
+    let s3 = S3Server::start();
+    let dir = w.dir.path().join("album");
+    noisy_photo(&dir.join("noise.png"), 600, 7);
+    let a = batch_args(&w, &s3, &dir, &["--upscale", "4"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let mut cmd = w.command(&a);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT as libc::rlim_t,
+                rlim_max: LIMIT as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not be downloaded"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        std::fs::metadata(w.ledger()).unwrap().len() < LIMIT,
+        "the limit stops the output, not the ledger"
+    );
+    let show = text(&w.cli(&["show", "1"]));
+    let out_dir = w.out_dir().canonicalize().unwrap();
+    assert!(
+        show.contains(&format!("no room for the output in {}", out_dir.display()))
+            && show.contains("free space on that disk, or give --out-dir on another one"),
+        "{show}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&out_dir).unwrap().collect();
+    assert!(left.is_empty(), "no partial output left: {left:?}");
+    assert_eq!(w.sandbox.stats().submissions, 1);
+    // With room again, `run` downloads it; nothing is uploaded or sent again.
+    let out = cli_s3(&w, &s3, &run_args(&w, &s3.endpoint));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        crate::common::png_size(&out_dir.join("noise.png")),
+        (2400, 2400)
+    );
+    assert_eq!(w.sandbox.stats().submissions, 1);
+    assert_eq!(s3.requests("PUT").len(), 1);
 }

@@ -5,7 +5,9 @@
 
 use s3s::auth::SimpleAuth;
 use s3s::service::S3ServiceBuilder;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const ACCESS_KEY: &str = "AKIATESTPHOTOS000001";
 pub const SECRET_KEY: &str = "s3cr3t-photos-test-key-do-not-log";
@@ -15,11 +17,27 @@ pub struct S3Server {
     pub endpoint: String,
     pub root: tempfile::TempDir,
     requests: Arc<Mutex<Vec<(String, String)>>>,
+    puts: Arc<PutGauge>,
     _runtime: tokio::runtime::Runtime,
+}
+
+/// PUTs under way, the most seen at once, and how many a PUT waits for (bounded) before it
+/// is carried out.
+#[derive(Default)]
+struct PutGauge {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    hold_for: usize,
 }
 
 impl S3Server {
     pub fn start() -> S3Server {
+        S3Server::start_holding(0)
+    }
+
+    /// A server whose PUTs each wait, up to 3 s, until `n` PUTs are under way together: with
+    /// uploads made in parallel, [`S3Server::most_puts_at_once`] then reaches `n`.
+    pub fn start_holding(n: usize) -> S3Server {
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join(BUCKET)).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -37,6 +55,11 @@ impl S3Server {
             .expect("bind");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::clone(&requests);
+        let puts = Arc::new(PutGauge {
+            hold_for: n,
+            ..PutGauge::default()
+        });
+        let gauge = Arc::clone(&puts);
         let root_path = root.path().to_path_buf();
         runtime.spawn(async move {
             loop {
@@ -45,6 +68,7 @@ impl S3Server {
                 };
                 let service = service.clone();
                 let seen = Arc::clone(&seen);
+                let gauge = Arc::clone(&gauge);
                 let root = root_path.clone();
                 tokio::spawn(async move {
                     let counted = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -56,7 +80,20 @@ impl S3Server {
                         // NoSuchBucket, as here.
                         let bucket = req.uri().path().trim_start_matches('/').split('/').next().unwrap_or("").to_string();
                         let missing = !bucket.is_empty() && !root.join(&bucket).is_dir();
+                        let is_put = req.method() == hyper::Method::PUT;
+                        let gauge = Arc::clone(&gauge);
                         async move {
+                            if is_put {
+                                let now = gauge.now.fetch_add(1, Ordering::SeqCst) + 1;
+                                gauge.most.fetch_max(now, Ordering::SeqCst);
+                                let deadline = Instant::now() + Duration::from_secs(3);
+                                while gauge.most.load(Ordering::SeqCst) < gauge.hold_for
+                                    && Instant::now() < deadline
+                                {
+                                    tokio::time::sleep(Duration::from_millis(5)).await;
+                                }
+                            }
+                            let _done = PutDone(is_put.then(|| Arc::clone(&gauge)));
                             if missing {
                                 let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>{bucket}</BucketName></Error>");
                                 let response = hyper::Response::builder()
@@ -81,8 +118,14 @@ impl S3Server {
             endpoint: format!("http://{addr}"),
             root,
             requests,
+            puts,
             _runtime: runtime,
         }
+    }
+
+    /// The most PUTs that were under way at the same time.
+    pub fn most_puts_at_once(&self) -> usize {
+        self.puts.most.load(Ordering::SeqCst)
     }
 
     /// The requests so far with this method, as paths.
@@ -131,5 +174,16 @@ impl S3Server {
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_REGION", "us-east-1".to_string()),
         ]
+    }
+}
+
+/// Counts a PUT as finished when its answer is ready (or its connection dropped).
+struct PutDone(Option<Arc<PutGauge>>);
+
+impl Drop for PutDone {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.now.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }

@@ -285,6 +285,13 @@ fn the_demo_hints_name_the_binary_that_ran_and_work() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let bin = Path::new(BIN).canonicalize().unwrap();
     let printed = stdout(&out);
+    // The photos went through the sandbox's bucket once; the second pass uploaded nothing.
+    assert!(printed.contains("\nuploaded 5 objects ("), "{printed}");
+    assert!(printed.contains("sent 5, polled"), "{printed}");
+    assert!(
+        printed.contains("\nre-run uploaded 0 objects (0 bytes) to s3://demo-photos/in; the bucket holds 5 objects"),
+        "{printed}"
+    );
     let hints: Vec<&str> = printed
         .lines()
         .skip_while(|l| !l.starts_with("explore the ledger:"))
