@@ -97,7 +97,6 @@ CREATE TABLE attempts (
     finished_at     TEXT,                   -- when a final state was recorded
     PRIMARY KEY (job_id, attempt)
 );
-CREATE INDEX attempts_by_submitted ON attempts(submitted_at);
 
 -- The append-only record. Never updated, never deleted, with two exceptions: `ledger compact`
 -- drops the raw `body` of old gateway answers (see `compactions`), after making sure their
