@@ -3,7 +3,8 @@
 -- The ledger is one SQLite file in WAL mode. `events` is the append-only record of everything
 -- the program did and learned; `jobs` and `attempts` hold the current state, and change only in
 -- the same transaction as the event that explains the change. Money is stored as exact decimal
--- text in US dollars (e.g. '0.0084'); timestamps as RFC 3339 UTC text with milliseconds.
+-- text in US dollars (e.g. '0.0084'); timestamps as RFC 3339 UTC text with milliseconds, except
+-- `events.at`: unix milliseconds (the view `events_readable` shows it as text).
 -- Shipped versions of this file are never edited: an upgrade adds a numbered migration in
 -- src/ledger/migrations.rs.
 
@@ -96,24 +97,31 @@ CREATE TABLE attempts (
     finished_at     TEXT,                   -- when a final state was recorded
     PRIMARY KEY (job_id, attempt)
 );
-CREATE INDEX attempts_by_submitted ON attempts(submitted_at);
 
--- The append-only record. Never updated, never deleted, with one exception: `ledger compact`
+-- The append-only record. Never updated, never deleted, with two exceptions: `ledger compact`
 -- drops the raw `body` of old gateway answers (see `compactions`), after making sure their
--- facts are in the row's own columns. `body` is also NULL for a poll answer stored by
--- reference (`repeated_bodies`).
+-- facts are in the row's own columns; and a download event stored by reference is written
+-- whole (`detail` set, `output` NULL) just before its `outputs` row changes (a hook moved the
+-- file). `body` is also NULL for a poll answer stored by reference (`repeated_bodies`).
+-- Facts another table already holds are not copied: a `download` event with `output` set and
+-- `detail` NULL describes the `outputs` row (job_id, attempt, output) as
+-- 'URL -> PATH (BYTES bytes, WxH, sha256 SHA256)'; a `charge` event with `detail` NULL
+-- describes its `attempts` row as 'ACTUAL_COST USD for WxH output at PRICE_PER_MP USD/MP'.
+-- The writer stores an event so only when the text rebuilt from those rows equals it;
+-- `show` and `events_readable` print the text.
 CREATE TABLE events (
     id             INTEGER PRIMARY KEY,
     job_id         INTEGER,                 -- NULL for events about no single job
     attempt        INTEGER,
-    at             TEXT NOT NULL,
+    at             INTEGER NOT NULL,        -- unix milliseconds, UTC
     kind           TEXT NOT NULL,           -- planned submit_intent submit_answer poll estimate download
                                             -- charge state hook retry note tag callback ...
     http_status    INTEGER,                 -- status code of the answer, when there was one
     remote_status  TEXT,                    -- the gateway's job status in that answer
     latency_ms     INTEGER,                 -- time from request to answer
     detail         TEXT,                    -- a short human-readable account
-    body           TEXT                     -- the answer's body (capped), or a JSON payload
+    body           TEXT,                    -- the answer's body (capped), or a JSON payload
+    output         INTEGER                  -- a download event's `outputs.idx` when its detail is that row's
 );
 CREATE INDEX events_by_job ON events(job_id, id);
 
@@ -236,6 +244,25 @@ CREATE TABLE uploads (
 );
 CREATE INDEX uploads_by_job ON uploads(job_id);
 CREATE INDEX uploads_by_object ON uploads(object_key);
+
+-- The events as text, for any SQLite tool: `at` as RFC 3339 UTC with milliseconds, and the
+-- detail of download and charge events stored by reference rebuilt from their rows (`body`
+-- of poll answers stored by reference stays NULL here: `show` rebuilds it).
+CREATE VIEW events_readable AS
+SELECT e.id, e.job_id, e.attempt, strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 'unixepoch') AS at,
+       e.kind, e.http_status, e.remote_status, e.latency_ms,
+       CASE
+           WHEN e.detail IS NOT NULL THEN e.detail
+           WHEN e.kind = 'download' AND o.idx IS NOT NULL THEN o.url || ' -> ' || o.path || ' (' || o.bytes
+               || ' bytes, ' || coalesce(o.width, 0) || 'x' || coalesce(o.height, 0) || ', sha256 ' || o.sha256 || ')'
+           WHEN e.kind = 'charge' AND a.actual_cost IS NOT NULL THEN a.actual_cost || ' USD for '
+               || coalesce(a.output_width, 0) || 'x' || coalesce(a.output_height, 0) || ' output at '
+               || a.price_per_mp || ' USD/MP'
+       END AS detail,
+       e.body
+FROM events e
+LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id AND o.attempt = e.attempt AND o.idx = e.output
+LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.job_id AND a.attempt = e.attempt;
 
 -- The file's identity ("CFLG" in the header's application_id): it tells a ledger's first page
 -- from any other database's, so a write-ahead log of another database is never replayed into it.

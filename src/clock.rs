@@ -41,6 +41,21 @@ pub fn stamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
+/// A ledger timestamp as unix milliseconds, the form `events.at` stores (`None` for text that
+/// is not RFC 3339).
+pub fn stamp_millis(stamp: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(stamp.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// Unix milliseconds as a ledger timestamp (RFC 3339, UTC, milliseconds).
+pub fn stamp_of_millis(millis: i64) -> String {
+    DateTime::from_timestamp_millis(millis)
+        .map(stamp)
+        .unwrap_or_else(|| millis.to_string())
+}
+
 /// [`now`] as a ledger timestamp.
 pub fn now_stamp() -> String {
     stamp(now())

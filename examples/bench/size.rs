@@ -61,6 +61,26 @@ fn compact(opts: &Opts, path: &Path, jobs: usize) -> Res<(f64, Duration)> {
     Ok((util::ledger_bytes(path) as f64 / jobs as f64, run.wall))
 }
 
+/// Bytes per job of each table and index (SQLite's `dbstat`), printed on stderr; returns the
+/// largest few as one line for the table.
+fn breakdown(path: &Path, jobs: usize, label: &str) -> Res<String> {
+    let ledger = Ledger::open(path)?;
+    let parts = ledger.bytes_by_table()?;
+    let per = |b: u64| b as f64 / jobs as f64;
+    note(format!("   {label}: bytes per job by table and index"));
+    for (name, b) in &parts {
+        if per(*b) >= 2.0 {
+            note(format!("     {name:<32} {:>7.1}", per(*b)));
+        }
+    }
+    Ok(parts
+        .iter()
+        .take(6)
+        .map(|(name, b)| format!("{name} {}", per(*b).round()))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 fn bytes(b: f64) -> String {
     format!("{} B", thousands(b.round() as u64))
 }
@@ -100,7 +120,17 @@ pub fn ledger_size(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
         "≤ 1,200 B",
         verdict(with_refs <= 1200.0),
     ));
+    let written = breakdown(&typical, n, "as written")?;
+    rows.push(Row::new(
+        "9",
+        "  same, as written: largest tables and indexes",
+        "bytes per job (dbstat)",
+        written,
+        "report",
+        "report".into(),
+    ));
     let (compacted, took) = compact(opts, &typical, n)?;
+    let after = breakdown(&typical, n, "after compact")?;
     rows.push(Row::new(
         "9",
         "  same, after `ledger compact --before TOMORROW --vacuum`",
@@ -108,6 +138,14 @@ pub fn ledger_size(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
         format!("{}; {:.1} s", bytes(compacted), took.as_secs_f64()),
         "≤ 1,200 B",
         verdict(compacted <= 1200.0),
+    ));
+    rows.push(Row::new(
+        "9",
+        "  same, after compact: largest tables and indexes",
+        "bytes per job (dbstat)",
+        after,
+        "report",
+        "report".into(),
     ));
     let plain = dir.join("plain.db");
     let one_poll = write(&plain, "plain", n, 0)?;

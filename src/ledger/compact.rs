@@ -30,7 +30,13 @@ impl Ledger {
     /// one transaction: first each event gets its facts into its own columns (remote status
     /// from the body when missing; the error, if any, into `detail`), then the body goes, and
     /// the run is recorded (`compactions`, and a `compact` event).
-    pub fn compact(&mut self, before: &str) -> Result<Compaction> {
+    pub fn compact(&mut self, before_stamp: &str) -> Result<Compaction> {
+        // Events carry unix milliseconds.
+        let before =
+            clock::stamp_millis(before_stamp).ok_or_else(|| super::LedgerError::Corrupt {
+                what: "compaction time",
+                value: before_stamp.to_string(),
+            })?;
         let tx = self.conn.transaction()?;
         let candidates = format!(
             "SELECT id FROM events WHERE at < ?1 AND body IS NOT NULL AND kind IN {ANSWER_KINDS}"
@@ -52,7 +58,7 @@ impl Ledger {
             &format!("UPDATE events SET body = NULL WHERE id IN ({chosen})"),
             [before],
         )?;
-        record_compaction(&tx, before, events, bytes)?;
+        record_compaction(&tx, before_stamp, events, bytes)?;
         tx.commit()?;
         Ok(Compaction {
             events: events as u64,
@@ -85,6 +91,17 @@ impl Ledger {
         Ok(())
     }
 
+    /// Bytes on disk of each table and index (its pages, from SQLite's `dbstat`), largest
+    /// first: for measuring where a ledger's size goes.
+    #[doc(hidden)]
+    pub fn bytes_by_table(&self) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, sum(pgsize) FROM dbstat GROUP BY name ORDER BY 2 DESC, 1")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// The time before which bodies were dropped by the latest `ledger compact`, if any.
     pub fn compacted_before(&self) -> Result<Option<String>> {
         Ok(self
@@ -95,7 +112,7 @@ impl Ledger {
 
 /// Writes each chosen event's facts into its own columns before its body goes: the remote
 /// status from the body when missing, and the error, if any, into `detail`.
-fn write_facts_into_events(tx: &Transaction<'_>, chosen: &str, before: &str) -> Result<()> {
+fn write_facts_into_events(tx: &Transaction<'_>, chosen: &str, before: i64) -> Result<()> {
     tx.execute(
         &format!(
             "UPDATE events SET
@@ -114,7 +131,7 @@ fn write_facts_into_events(tx: &Transaction<'_>, chosen: &str, before: &str) -> 
 
 /// Answers stored as references to the chosen bodies go with them (every one of them is
 /// older than `before`: a newer one keeps its body); their error is written first.
-fn drop_references_to(tx: &Transaction<'_>, chosen: &str, before: &str) -> Result<()> {
+fn drop_references_to(tx: &Transaction<'_>, chosen: &str, before: i64) -> Result<()> {
     tx.execute(
         &format!(
             "UPDATE events SET detail = coalesce(events.detail || '; ', '') || 'error: '

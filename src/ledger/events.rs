@@ -18,6 +18,9 @@ pub struct Event {
     pub latency_ms: Option<u64>,
     pub detail: Option<String>,
     pub body: Option<String>,
+    /// For a download event: the `outputs.idx` of the file its detail describes, so that the
+    /// detail can be stored as a reference to that row.
+    pub output: Option<i64>,
 }
 
 impl Event {
@@ -46,9 +49,41 @@ impl Event {
         self.remote_status = status.map(str::to_string);
         self
     }
+    pub fn output(mut self, idx: i64) -> Self {
+        self.output = Some(idx);
+        self
+    }
+}
+
+/// The detail of a download event: what its `outputs` row says.
+pub fn download_detail(
+    url: &str,
+    path: &str,
+    bytes: i64,
+    size: (Option<u32>, Option<u32>),
+    sha256: &str,
+) -> String {
+    format!(
+        "{url} -> {path} ({bytes} bytes, {}x{}, sha256 {sha256})",
+        size.0.unwrap_or(0),
+        size.1.unwrap_or(0)
+    )
+}
+
+/// The detail of a charge event: what its `attempts` row says.
+pub fn charge_detail(cost: &str, size: (Option<u32>, Option<u32>), per_mp: &str) -> String {
+    format!(
+        "{cost} USD for {}x{} output at {per_mp} USD/MP",
+        size.0.unwrap_or(0),
+        size.1.unwrap_or(0)
+    )
 }
 
 pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Result<()> {
+    let at = crate::clock::stamp_millis(now).ok_or_else(|| super::LedgerError::Corrupt {
+        what: "event time",
+        value: now.to_string(),
+    })?;
     let body = event.body.as_deref().map(cap_body);
     let reference = match (&body, event.kind, event.job_id, event.attempt) {
         (Some(body), "poll", Some(job_id), Some(attempt)) => super::bodies::repeat_of(
@@ -60,24 +95,124 @@ pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Res
         )?,
         _ => None,
     };
+    let (detail, output) = detail_or_reference(tx, &event)?;
     tx.prepare_cached(
-        "INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body, output)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         event.job_id,
         event.attempt,
-        now,
+        at,
         event.kind,
         event.http_status,
         event.remote_status,
         event.latency_ms.map(|l| l as i64),
-        event.detail,
-        if reference.is_some() { None } else { body }
+        detail,
+        if reference.is_some() { None } else { body },
+        output
     ])?;
     if let Some(reference) = reference {
         super::bodies::store_reference(tx, tx.last_insert_rowid(), &reference)?;
     }
+    Ok(())
+}
+
+/// The detail to store and the output row it refers to: `(None, Some(idx))` for a download
+/// event whose detail is what its `outputs` row says, `(None, None)` for a charge event whose
+/// detail is what its `attempts` row says, else the detail whole.
+fn detail_or_reference<'e>(
+    tx: &Transaction<'_>,
+    event: &'e Event,
+) -> Result<(Option<&'e str>, Option<i64>)> {
+    let whole = (event.detail.as_deref(), None);
+    let (Some(detail), Some(job_id), Some(attempt)) =
+        (event.detail.as_deref(), event.job_id, event.attempt)
+    else {
+        return Ok(whole);
+    };
+    let rebuilt = match (event.kind, event.output) {
+        ("download", Some(idx)) => output_detail(tx, job_id, attempt, idx)?,
+        ("charge", _) => attempt_charge_detail(tx, job_id, attempt)?,
+        _ => None,
+    };
+    Ok(match rebuilt {
+        Some(text) if text == detail => (None, event.output.filter(|_| event.kind == "download")),
+        _ => whole,
+    })
+}
+
+/// What the `outputs` row (job, attempt, idx) says, as a download event's detail.
+pub(super) fn output_detail(
+    conn: &rusqlite::Connection,
+    job_id: i64,
+    attempt: i64,
+    idx: i64,
+) -> Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .prepare_cached(
+            "SELECT url, path, bytes, width, height, sha256 FROM outputs
+             WHERE job_id = ?1 AND attempt = ?2 AND idx = ?3",
+        )?
+        .query_row(params![job_id, attempt, idx], |r| {
+            Ok(download_detail(
+                &r.get::<_, String>(0)?,
+                &r.get::<_, String>(1)?,
+                r.get(2)?,
+                (r.get(3)?, r.get(4)?),
+                &r.get::<_, String>(5)?,
+            ))
+        })
+        .optional()?)
+}
+
+/// What the attempt's row says about its charge, as a charge event's detail (`None` before
+/// it has a cost and a price).
+fn attempt_charge_detail(
+    conn: &rusqlite::Connection,
+    job_id: i64,
+    attempt: i64,
+) -> Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    let detail = conn
+        .prepare_cached(
+            "SELECT actual_cost, output_width, output_height, price_per_mp FROM attempts
+             WHERE job_id = ?1 AND attempt = ?2",
+        )?
+        .query_row(params![job_id, attempt], |r| {
+            Ok(
+                match (
+                    r.get::<_, Option<String>>(0)?,
+                    r.get::<_, Option<String>>(3)?,
+                ) {
+                    (Some(cost), Some(per_mp)) => {
+                        Some(charge_detail(&cost, (r.get(1)?, r.get(2)?), &per_mp))
+                    }
+                    _ => None,
+                },
+            )
+        })
+        .optional()?;
+    Ok(detail.flatten())
+}
+
+/// Writes whole the detail of the download events that refer to the `outputs` row (job,
+/// attempt, idx), before that row changes, so they keep saying what was downloaded.
+pub(super) fn write_out_download_details(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    idx: i64,
+) -> Result<()> {
+    let Some(detail) = output_detail(tx, job_id, attempt, idx)? else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "UPDATE events SET detail = ?4, output = NULL
+         WHERE job_id = ?1 AND attempt = ?2 AND output = ?3 AND kind = 'download' AND detail IS NULL",
+    )?
+    .execute(params![job_id, attempt, idx, detail])?;
     Ok(())
 }
 

@@ -175,26 +175,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// Every event of a job, in order.
+    /// Every event of a job, in order, each whole: bodies stored by reference rebuilt, and
+    /// download and charge details rebuilt from the rows they refer to.
     pub fn events_of(&self, job_id: i64) -> Result<Vec<EventRow>> {
-        // A ledger opened read-only is not migrated: one from before `repeated_bodies` has
-        // every body whole.
-        let references: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'repeated_bodies')",
-            [],
-            |r| r.get(0),
-        )?;
-        let mut stmt = self.conn.prepare(if references {
-            "SELECT e.id, e.job_id, e.attempt, e.at, e.kind, e.http_status, e.remote_status,
-                    e.latency_ms, e.detail, e.body, r.same_as, b.body, r.prefix, r.suffix, r.middle
-             FROM events e LEFT JOIN repeated_bodies r ON r.event_id = e.id
-                  LEFT JOIN events b ON b.id = r.same_as
-             WHERE e.job_id = ?1 ORDER BY e.id"
-        } else {
-            "SELECT id, job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail,
-                    body, NULL, NULL, NULL, NULL, NULL
-             FROM events WHERE job_id = ?1 ORDER BY id"
-        })?;
+        let mut stmt = self.conn.prepare(&events_query(&self.conn)?)?;
         let rows = stmt.query_map([job_id], |row| {
             let mut event = event_from_row(row)?;
             event.same_as = row.get(10)?;
@@ -206,6 +190,9 @@ impl Ledger {
             ) {
                 event.body =
                     super::bodies::rebuild(&base, prefix as usize, suffix as usize, &middle);
+            }
+            if event.detail.is_none() {
+                event.detail = referred_detail(row)?;
             }
             Ok(event)
         })?;
@@ -409,4 +396,75 @@ fn record_planned(
         )?;
     }
     Ok(())
+}
+
+/// The query of [`Ledger::events_of`] for this ledger's layout: a ledger opened read-only is
+/// not migrated, and one from before `repeated_bodies` has every body whole, one from before
+/// `events.output` every detail whole.
+fn events_query(conn: &rusqlite::Connection) -> Result<String> {
+    let (references, outputs): (bool, bool) = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'repeated_bodies'),
+                EXISTS (SELECT 1 FROM pragma_table_info('events') WHERE name = 'output')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let mut sql = String::from(
+        "SELECT e.id, e.job_id, e.attempt, e.at, e.kind, e.http_status, e.remote_status,
+                e.latency_ms, e.detail, e.body, ",
+    );
+    sql.push_str(if references {
+        "r.same_as, b.body, r.prefix, r.suffix, r.middle, "
+    } else {
+        "NULL, NULL, NULL, NULL, NULL, "
+    });
+    sql.push_str(if outputs {
+        "e.kind, o.url, o.path, o.bytes, o.width, o.height, o.sha256,
+         a.actual_cost, a.output_width, a.output_height, a.price_per_mp FROM events e"
+    } else {
+        "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM events e"
+    });
+    if references {
+        sql.push_str(
+            " LEFT JOIN repeated_bodies r ON r.event_id = e.id
+              LEFT JOIN events b ON b.id = r.same_as",
+        );
+    }
+    if outputs {
+        sql.push_str(
+            " LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id
+                  AND o.attempt = e.attempt AND o.idx = e.output
+              LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL
+                  AND a.job_id = e.job_id AND a.attempt = e.attempt",
+        );
+    }
+    sql.push_str(" WHERE e.job_id = ?1 ORDER BY e.id");
+    Ok(sql)
+}
+
+/// The detail of a download or charge event stored as a reference, from the columns of its
+/// `outputs` or `attempts` row in [`events_query`].
+fn referred_detail(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<String>> {
+    use super::events::{charge_detail, download_detail};
+    Ok(match row.get::<_, Option<String>>(15)?.as_deref() {
+        Some("download") => match row.get::<_, Option<String>>(16)? {
+            Some(url) => Some(download_detail(
+                &url,
+                &row.get::<_, String>(17)?,
+                row.get(18)?,
+                (row.get(19)?, row.get(20)?),
+                &row.get::<_, String>(21)?,
+            )),
+            None => None,
+        },
+        Some("charge") => match (
+            row.get::<_, Option<String>>(22)?,
+            row.get::<_, Option<String>>(25)?,
+        ) {
+            (Some(cost), Some(per_mp)) => {
+                Some(charge_detail(&cost, (row.get(23)?, row.get(24)?), &per_mp))
+            }
+            _ => None,
+        },
+        _ => None,
+    })
 }

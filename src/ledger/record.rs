@@ -2,7 +2,9 @@
 //! in one transaction, and many of them can share one transaction (group commit).
 
 use super::change::{apply_change, Change, Field, InputSize, JobUpdate, Post, Submitted};
-use super::events::{insert_event, Event};
+use super::events::{
+    charge_detail, download_detail, insert_event, write_out_download_details, Event,
+};
 use super::prices::price_in_force;
 use super::rows::{job_from_row, JOB_COLUMNS, JOB_FROM};
 use super::{JobRow, JobState, Ledger, Result};
@@ -662,6 +664,7 @@ fn download_in(
     now: &str,
 ) -> Result<Option<Decimal>> {
     for f in files {
+        write_out_download_details(tx, job_id, attempt, f.idx)?;
         tx.prepare_cached(
             "INSERT OR REPLACE INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -671,15 +674,15 @@ fn download_in(
         ])?;
         insert_event(
             tx,
-            Event::new(Some(job_id), Some(attempt), "download").detail(format!(
-                "{} -> {} ({} bytes, {}x{}, sha256 {})",
-                f.url,
-                f.path,
-                f.bytes,
-                f.width.unwrap_or(0),
-                f.height.unwrap_or(0),
-                f.sha256
-            )),
+            Event::new(Some(job_id), Some(attempt), "download")
+                .detail(download_detail(
+                    &f.url,
+                    &f.path,
+                    f.bytes,
+                    (f.width, f.height),
+                    &f.sha256,
+                ))
+                .output(f.idx),
             now,
         )?;
     }
@@ -741,12 +744,10 @@ fn charge_once(
     .execute(params![job_id, attempt, money::exact(cost), width, height])?;
     insert_event(
         tx,
-        Event::new(Some(job_id), Some(attempt), "charge").detail(format!(
-            "{} USD for {}x{} output at {} USD/MP",
-            money::exact(cost),
-            width.unwrap_or(0),
-            height.unwrap_or(0),
-            money::exact(price.per_megapixel)
+        Event::new(Some(job_id), Some(attempt), "charge").detail(charge_detail(
+            &money::exact(cost),
+            (width, height),
+            &money::exact(price.per_megapixel),
         )),
         now,
     )?;
@@ -837,6 +838,7 @@ fn apply_file_op(tx: &rusqlite::Transaction<'_>, op: &FileOp) -> Result<Vec<Even
     for (job_id, attempt, idx, path) in rows {
         let new_path = format!("{to}{}", &path[from.len()..]);
         if moved {
+            write_out_download_details(tx, job_id, attempt, idx)?;
             tx.prepare_cached(
                 "UPDATE outputs SET path = ?4 WHERE job_id = ?1 AND attempt = ?2 AND idx = ?3",
             )?

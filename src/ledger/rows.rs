@@ -226,7 +226,11 @@ pub(super) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<EventRow> {
         id: row.get(0)?,
         job_id: row.get(1)?,
         attempt: row.get(2)?,
-        at: row.get(3)?,
+        // Unix milliseconds; text in a ledger from before that, opened without migrating.
+        at: match row.get_ref(3)? {
+            rusqlite::types::ValueRef::Integer(ms) => crate::clock::stamp_of_millis(ms),
+            other => other.as_str().map(str::to_string).unwrap_or_default(),
+        },
         kind: row.get(4)?,
         http_status: row.get(5)?,
         remote_status: row.get(6)?,

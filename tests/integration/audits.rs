@@ -743,3 +743,155 @@ fn a_version_1_ledger_keeps_every_poll_body_through_its_migration() {
         2
     );
 }
+
+/// Events written before times were unix milliseconds and downloads referred to their output
+/// row read the same after the migration: `show` prints every event as it did, and
+/// `events_readable` gives the same times and details to any SQLite tool.
+#[test]
+fn an_old_ledgers_events_read_the_same_after_migrating() {
+    let w = World::new();
+    let old = w.dir.path().join("v1.db");
+    let download = "https://cdn.test/r-1/out.png -> /out/a.png (1000 bytes, 200x200, sha256 ab12)";
+    let charge = "0.000084 USD for 200x200 output at 0.0021 USD/MP";
+    {
+        let db = rusqlite::Connection::open(&old).unwrap();
+        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
+            .unwrap();
+        db.execute_batch(&format!(
+            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
+               VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+             INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
+               request_id, created_at, updated_at)
+               VALUES (1, 'k', 'https://x.test/a.png', '0.5', 2, 1, 1, 'completed', 'r-1', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:41.999Z');
+             INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, actual_cost, output_width, output_height)
+               VALUES (1, 1, 'r-1', 'completed', '0.0021', '0.000084', 200, 200);
+             INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+               VALUES (1, 1, 0, 'https://cdn.test/r-1/out.png', '/out/a.png', 1000, 'ab12', 200, 200);
+             INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
+               VALUES (1, 1, '2026-05-22T13:17:00.000Z', 'planned', NULL, NULL, NULL, NULL, '{{}}'),
+                      (1, 1, '2026-05-22T13:17:30.007Z', 'poll', 200, 'COMPLETED', 9, NULL, '{{\"status\":\"COMPLETED\"}}'),
+                      (1, 1, '2026-05-22T13:17:41.999Z', 'download', NULL, NULL, NULL, '{download}', NULL),
+                      (1, 1, '2026-05-22T13:17:41.999Z', 'charge', NULL, NULL, NULL, '{charge}', NULL);
+             PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+    }
+    let events = |w: &World| -> Value {
+        let args = [
+            "--ledger",
+            old.to_str().unwrap(),
+            "show",
+            "1",
+            "--format",
+            "json",
+        ];
+        let (code, doc) = cli_json(w, &args);
+        assert_eq!(code, Some(0), "{doc}");
+        doc["events"].clone()
+    };
+    let before = events(&w);
+    assert_eq!(before[1]["at"], "2026-05-22T13:17:30.007Z", "{before}");
+    assert_eq!(before[2]["detail"], download, "{before}");
+    let out = w.cli(&["--ledger", old.to_str().unwrap(), "prices", "list"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        one::<i64>(&old, "PRAGMA user_version"),
+        codeformer_ledger::ledger::migrations::CURRENT
+    );
+    assert_eq!(
+        one::<String>(&old, "SELECT typeof(at) FROM events WHERE kind = 'poll'"),
+        "integer"
+    );
+    assert_eq!(events(&w), before);
+    let readable = |query: &str| -> String { one(&old, query) };
+    assert_eq!(
+        readable("SELECT group_concat(at, ' ') FROM (SELECT at FROM events_readable ORDER BY id)"),
+        "2026-05-22T13:17:00.000Z 2026-05-22T13:17:30.007Z 2026-05-22T13:17:41.999Z 2026-05-22T13:17:41.999Z"
+    );
+    assert_eq!(
+        readable("SELECT detail FROM events_readable WHERE kind = 'download'"),
+        download
+    );
+    assert_eq!(
+        readable("SELECT detail FROM events_readable WHERE kind = 'charge'"),
+        charge
+    );
+}
+
+/// A real run stores its download and charge events as references to the `outputs` and
+/// `attempts` rows, with times as unix milliseconds, and `show` and `events_readable` still
+/// print their whole text.
+#[test]
+fn download_and_charge_events_refer_to_their_rows_and_read_whole() {
+    let w = World::new();
+    let ledger = w.ledger();
+    assert_eq!(batch_into(&w, &ledger, "r", 2, (100, 100)), Some(0));
+    assert_eq!(
+        one::<i64>(
+            &ledger,
+            "SELECT count(*) FROM events WHERE kind = 'download' AND detail IS NULL AND output = 0"
+        ),
+        2
+    );
+    assert_eq!(
+        one::<i64>(
+            &ledger,
+            "SELECT count(*) FROM events WHERE kind = 'charge' AND detail IS NULL"
+        ),
+        2
+    );
+    assert_eq!(
+        one::<i64>(
+            &ledger,
+            "SELECT count(*) FROM events WHERE typeof(at) != 'integer'"
+        ),
+        0
+    );
+    let (code, shown) = cli_json(&w, &["show", "1", "--format", "json"]);
+    assert_eq!(code, Some(0), "{shown}");
+    let (url, path, bytes, sha): (String, String, i64, String) = {
+        let db = rusqlite::Connection::open(&ledger).unwrap();
+        db.query_row(
+            "SELECT url, path, bytes, sha256 FROM outputs WHERE job_id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap()
+    };
+    let detail_of = |kind: &str| -> String {
+        let events = shown["events"].as_array().unwrap();
+        let e = events.iter().find(|e| e["kind"] == kind).unwrap();
+        e["detail"].as_str().unwrap_or_default().to_string()
+    };
+    let download = detail_of("download");
+    assert!(
+        download.starts_with(&format!("{url} -> {path} ({bytes} bytes, ")),
+        "{download}"
+    );
+    assert!(
+        download.ends_with(&format!(", sha256 {sha})")),
+        "{download}"
+    );
+    let charge = detail_of("charge");
+    assert!(
+        charge.contains(" USD for ") && charge.ends_with(" USD/MP"),
+        "{charge}"
+    );
+    let readable: String = one(
+        &ledger,
+        "SELECT detail FROM events_readable WHERE job_id = 1 AND kind = 'download'",
+    );
+    assert_eq!(readable, download);
+    let at: String = one(
+        &ledger,
+        "SELECT at FROM events_readable WHERE job_id = 1 AND kind = 'charge'",
+    );
+    let shown_at = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "charge")
+        .unwrap()["at"]
+        .clone();
+    assert_eq!(Value::from(at), shown_at);
+}

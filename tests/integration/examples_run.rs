@@ -211,6 +211,15 @@ fn sort_by_tag_moves_outputs_and_the_ledger_follows_them() {
         w.count("SELECT count(*) FROM events WHERE kind = 'output_moved'"),
         4
     );
+    // The download events still say where each file was written: stored whole before the
+    // outputs row they referred to changed.
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM events WHERE kind = 'download' AND output IS NULL
+             AND detail LIKE '% -> %' AND instr(detail, '/acme/') = 0"
+        ),
+        4
+    );
     let verify = w.cli(&["verify", "--files"]);
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify));
     let show = w.cli(&["show", "1"]);
