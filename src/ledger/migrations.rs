@@ -63,6 +63,12 @@ CREATE TABLE compactions (
     // local path as given and resolved, its hash and object, the PUT's status) needs a record,
     // as a job row names only the object. The text is schema.sql's, byte for byte.
     "CREATE TABLE uploads (\n    id             INTEGER PRIMARY KEY,\n    job_id         INTEGER NOT NULL REFERENCES jobs(id),\n    local_path     TEXT NOT NULL,           -- the path as given (argument, manifest cell, folder entry)\n    resolved_path  TEXT NOT NULL,           -- the same file, absolute and with links resolved\n    folder         TEXT NOT NULL,           -- the input folder it came from (report --by folder)\n    relative_path  TEXT NOT NULL,           -- its path below `folder`, mirrored in the output folder\n    bytes          INTEGER NOT NULL,\n    sha256         TEXT NOT NULL,           -- of the file's bytes; the object is named after it\n    object_key     TEXT NOT NULL,           -- s3://BUCKET/PREFIX/<sha256>.<ext>, the job's image\n    created_at     TEXT NOT NULL,\n    uploaded_at    TEXT,                    -- NULL until the object is known to be in the bucket\n    put_status     INTEGER,                 -- HTTP status of our PUT; NULL if it was already there\n    deleted_at     TEXT                     -- when --delete-uploads or `uploads prune` removed it\n);\nCREATE INDEX uploads_by_job ON uploads(job_id);\nCREATE INDEX uploads_by_object ON uploads(object_key);",
+    // Callbacks are hints confirmed by a status call, and every attempt of a batch with
+    // callbacks has its own callback path: a delivery records the attempt whose path it
+    // arrived on, so that a ghost submission's callback can be adopted by that attempt.
+    "ALTER TABLE deliveries ADD COLUMN path_job INTEGER;
+     ALTER TABLE deliveries ADD COLUMN path_attempt INTEGER;
+     CREATE INDEX deliveries_by_path ON deliveries(path_job);",
 ];
 
 /// The version this program writes.
