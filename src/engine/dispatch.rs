@@ -100,7 +100,8 @@ impl<'a> Engine<'a> {
             return Ok(true);
         }
         // A stalled job's callback, or an uncertain attempt's ghost, made a status call due.
-        let confirming = matches!(job.state, JobState::Stalled | JobState::Uncertain);
+        let confirming = matches!(job.state, JobState::Stalled | JobState::Uncertain)
+            && job.request_id.is_some();
         if job.state.is_remote_pending() || confirming {
             let Some(request_id) = job.request_id.clone() else {
                 return Ok(false);

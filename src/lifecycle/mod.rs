@@ -5,7 +5,8 @@
 //!
 //! The engine (polls, submissions, downloads, hooks, deadlines) and the webhook receiver
 //! (`ledger/deliveries.rs`) both ask [`step`]; they add only what the answer carried (a
-//! request id, output URLs, an error text) and when the next poll falls due. The table in
+//! request id, output URLs, an error text) and when the next poll falls due. A callback is a
+//! hint: its final status only makes the status call due (`Verdict::Hint`, `Work::Confirm`). The table in
 //! `docs/architecture.md` is rendered from this function by a test, so the two cannot drift.
 
 mod state;
