@@ -453,7 +453,9 @@ impl Ledger {
             let mut stmt = tx.prepare(
                 "SELECT id, attempt, state FROM jobs WHERE state IN (SELECT value FROM json_each(?1))
                  AND (?2 IS NULL OR batch = ?2)
-                 AND NOT (state = 'uncertain' AND request_id IS NOT NULL)",
+                 AND NOT (state = 'uncertain' AND request_id IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM deliveries d WHERE d.path_job = jobs.id
+                     AND d.path_attempt = jobs.attempt AND d.outcome = 'adopting'))",
             )?;
             let rows = stmt.query_map(
                 params![serde_json::to_string(&names).unwrap_or_default(), batch],
