@@ -197,10 +197,14 @@ CREATE TABLE deliveries (
     request_id     TEXT,
     remote_status  TEXT,
     job_id         INTEGER,                 -- NULL for an orphan (unknown request_id)
-    outcome        TEXT NOT NULL,           -- applied | duplicate | stale | orphan
+    outcome        TEXT NOT NULL,           -- applied | duplicate | stale | orphan | confirming | confirmed
+                                            -- | unconfirmed | adopting | adopted | wrong_path
     body           TEXT NOT NULL
-);
+    -- path_job, path_attempt: the attempt whose own callback path it arrived on
+    -- (…/callback/TOKEN/a/<job>-<attempt>), if any; added by a migration, hence the layout
+, path_job INTEGER, path_attempt INTEGER);
 CREATE INDEX deliveries_by_request ON deliveries(request_id);
+CREATE INDEX deliveries_by_path ON deliveries(path_job);
 
 -- Poll answers that repeat the previous poll answer of the same attempt (same HTTP status, same
 -- remote status, same fields but for `*_at` timestamps): the event's `body` is NULL, and its

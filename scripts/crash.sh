@@ -13,19 +13,33 @@
 #   - every output file is whole (bytes, sha256, PNG size) and no .partial file is left.
 # It prints a summary and exits non-zero when a check fails.
 #
+# With CRASH_CALLBACKS=1 the batch uses webhook callbacks to a `listen` beside the engines
+# (each attempt on its own callback path), and no run resends uncertain attempts until the
+# sandbox has finished every job it accepted and delivered its callbacks: every attempt whose
+# ghost called back is adopted, so the check is stricter: the sandbox bills no image twice
+# (no charge the ledger does not know by request id).
+#
 # Bounded: at most CRASH_KILLS kills and CRASH_LIMIT_S seconds of killing (default 500 jobs,
 # 30 kills, 240 s; the whole script stops within ~5 minutes once built).
 #
 #   scripts/crash.sh
 #   CRASH_JOBS=2000 CRASH_KILLS=100 CRASH_SEED=7 CRASH_KEEP=1 scripts/crash.sh
+#   CRASH_CALLBACKS=1 scripts/crash.sh      (default there: 200 jobs, 15 kills, 120 s)
 #
 # Needs bash, cargo and python3 (standard library only). Loopback only.
 set -euo pipefail
 
-JOBS=${CRASH_JOBS:-500}
-KILLS=${CRASH_KILLS:-30}
+CALLBACKS=${CRASH_CALLBACKS:-0}
+if [ "$CALLBACKS" = 1 ]; then
+    JOBS=${CRASH_JOBS:-200}
+    KILLS=${CRASH_KILLS:-15}
+    LIMIT_S=${CRASH_LIMIT_S:-120}
+else
+    JOBS=${CRASH_JOBS:-500}
+    KILLS=${CRASH_KILLS:-30}
+    LIMIT_S=${CRASH_LIMIT_S:-240}
+fi
 SEED=${CRASH_SEED:-1}
-LIMIT_S=${CRASH_LIMIT_S:-240}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 echo "building the release binary..." >&2
@@ -34,7 +48,12 @@ BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/codeformer-ledger"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/codeformer-crash.XXXXXX")
 SANDBOX_PID=
+LISTEN_PID=
 cleanup() {
+    if [ -n "$LISTEN_PID" ]; then
+        kill "$LISTEN_PID" 2>/dev/null || true
+        wait "$LISTEN_PID" 2>/dev/null || true
+    fi
     if [ -n "$SANDBOX_PID" ]; then
         kill "$SANDBOX_PID" 2>/dev/null || true
         wait "$SANDBOX_PID" 2>/dev/null || true
@@ -63,8 +82,10 @@ for i in range(count):
         f.write(png)
 PY
 
+SANDBOX_EXTRA=()
+[ "$CALLBACKS" = 1 ] && SANDBOX_EXTRA=(--allow-http-webhooks)
 "$BIN" sandbox --addr 127.0.0.1:0 --static-dir "$WORK/static" --fast --queue-ms 20 \
-    --processing-ms 100-400 --latency-ms 80 --seed "$SEED" \
+    --processing-ms 100-400 --latency-ms 80 --seed "$SEED" "${SANDBOX_EXTRA[@]}" \
     >"$WORK/sandbox.out" 2>"$WORK/sandbox.err" &
 SANDBOX_PID=$!
 for _ in $(seq 100); do
@@ -85,12 +106,31 @@ unset PIXAZO_API_KEY
 for i in $(seq 0 $((JOBS - 1))); do
     printf '%sp%05d.png\n' "$STATIC_URL" "$i"
 done >"$WORK/crash.txt"
-"$BIN" batch "$WORK/crash.txt" --name crash --enqueue-only >/dev/null
+BATCH_EXTRA=()
+if [ "$CALLBACKS" = 1 ]; then
+    TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+    CODEFORMER_LISTEN_TOKEN="$TOKEN" "$BIN" listen --addr 127.0.0.1:0 \
+        >"$WORK/listen.out" 2>"$WORK/listen.err" &
+    LISTEN_PID=$!
+    for _ in $(seq 100); do
+        grep -q '^LISTEN_ADDR=' "$WORK/listen.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    LISTEN_ADDR=$(sed -n 's/^LISTEN_ADDR=//p' "$WORK/listen.out")
+    if [ -z "$LISTEN_ADDR" ]; then
+        echo "listen did not start:" >&2
+        cat "$WORK/listen.err" >&2
+        exit 1
+    fi
+    BATCH_EXTRA=(--webhook-url "http://$LISTEN_ADDR/callback/$TOKEN")
+fi
+"$BIN" batch "$WORK/crash.txt" --name crash --enqueue-only "${BATCH_EXTRA[@]}" >/dev/null
 
 ln -s "$WORK/ledger.db" "$WORK/symlink.db"
 ln "$WORK/ledger.db" "$WORK/hardlink.db"
 
 RUN=(run --batch crash --quiet --poll-interval 100ms --concurrency 4 --out-dir "$WORK/out")
+[ "$CALLBACKS" = 1 ] && RUN+=(--callback-fallback 2s)
 run() {
     timeout 300 "$BIN" "${RUN[@]}" "$@" >>"$WORK/runs.log" 2>&1
 }
@@ -104,8 +144,9 @@ echo "$JOBS jobs; killing the engine up to $KILLS times..." >&2
 while [ "$kills" -lt "$KILLS" ] && [ $((SECONDS - START)) -lt "$LIMIT_S" ]; do
     rounds=$((rounds + 1))
     extra=()
-    # Every third run also resends what earlier kills left uncertain.
-    [ $((rounds % 3)) -eq 0 ] && extra=(--resubmit-uncertain)
+    # Every third run also resends what earlier kills left uncertain (not with callbacks:
+    # there a ghost's callback adopts its attempt, and resending could pay twice).
+    [ $((rounds % 3)) -eq 0 ] && [ "$CALLBACKS" != 1 ] && extra=(--resubmit-uncertain)
     CODEFORMER_LEDGER="$WORK/symlink.db" "$BIN" "${RUN[@]}" "${extra[@]}" >>"$WORK/runs.log" 2>&1 &
     pid=$!
     CODEFORMER_LEDGER="$WORK/hardlink.db" "$BIN" "${RUN[@]}" "${extra[@]}" >>"$WORK/runs.log" 2>&1 &
@@ -125,6 +166,21 @@ while [ "$kills" -lt "$KILLS" ] && [ $((SECONDS - START)) -lt "$LIMIT_S" ]; do
     done
     [ "$done_code" = 0 ] && break
 done
+if [ "$CALLBACKS" = 1 ]; then
+    # Every job the sandbox accepted finishes there and calls back before anything is resent:
+    # what is still uncertain then has no ghost.
+    python3 - "$BASE_URL" <<'PY'
+import json, sys, time, urllib.request
+for _ in range(600):
+    with urllib.request.urlopen(sys.argv[1] + "/sandbox/stats", timeout=10) as answer:
+        s = json.load(answer)
+    ended = s["completed"] + s["failed"] + s["errored"]
+    if ended == s["accepted"] and s["callbacks_sent"] + s["callbacks_failed"] >= ended:
+        break
+    time.sleep(0.1)
+PY
+    run || true
+fi
 finish_code=1
 for _ in 1 2 3 4 5 6; do
     code=0
@@ -146,11 +202,11 @@ if [ "$finish_code" -ne 0 ]; then
     exit 1
 fi
 
-python3 - "$WORK" "$BASE_URL" "$kills" "$((SECONDS - START))" "$refused" "$rounds" <<'PY' || { CRASH_KEEP=1; exit 1; }
+python3 - "$WORK" "$BASE_URL" "$kills" "$((SECONDS - START))" "$refused" "$rounds" "$CALLBACKS" <<'PY' || { CRASH_KEEP=1; exit 1; }
 import hashlib, json, os, sqlite3, struct, sys, time, urllib.request
 from decimal import Decimal
 work, base, kills, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-refused, rounds = int(sys.argv[5]), int(sys.argv[6])
+refused, rounds, callbacks = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "1"
 problems = []
 def check(ok, message):
     if not ok:
@@ -207,6 +263,8 @@ for rid, usd in charges.items():
 for image, n in orphan_by_image.items():
     k, u = per_image.get(image, (0, 0))
     check(n <= u, f"{image}: {n} unknown charge(s) for {u} uncertain attempt(s)")
+if callbacks:
+    check(orphans == 0, f"{orphans} charge(s) the ledger does not know: a ghost was not adopted")
 sandbox = Decimal(s["charged_usd"])
 check(sandbox == ledger + orphan_usd, f"sandbox {sandbox} != ledger {ledger} + uncertain {orphan_usd}")
 twice = db.execute("SELECT count(*) FROM (SELECT 1 FROM events WHERE kind = 'charge'"
@@ -228,11 +286,14 @@ partial = [n for n in os.listdir(f"{work}/out") if n.startswith(".partial-")]
 check(not partial, f"temporary downloads left: {partial}")
 caught = db.execute("SELECT count(*) FROM events WHERE kind = 'state' AND detail LIKE 'submitting -> uncertain%'").fetchone()[0]
 resent = db.execute("SELECT count(*) FROM events WHERE kind = 'retry'").fetchone()[0]
+adopted = db.execute("SELECT count(DISTINCT job_id) FROM deliveries WHERE outcome = 'adopted'").fetchone()[0]
 
 print(f"jobs               {jobs} ({len(attempts)} attempts)")
 print(f"kills              {kills} in {seconds}s ({rounds} rounds of two engines at once)")
 print(f"second engines     {refused} exited 5 (the ledger was held through its other name)")
 print(f"uncertain          {uncertain} attempt(s): {caught} caught mid-submission by a kill, {resent} resent")
+if callbacks:
+    print(f"adopted            {adopted} ghost submission(s) by their callback")
 print(f"charged: ledger    {ledger} USD")
 print(f"charged: sandbox   {sandbox} USD")
 print(f"  of which unknown {orphan_usd} USD: {orphans} job(s) behind uncertain attempts (possible double charges)")

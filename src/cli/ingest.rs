@@ -129,9 +129,13 @@ fn bodies(input: &[u8]) -> Vec<(usize, Result<&str, String>)> {
 }
 
 fn summary(counts: &BTreeMap<DeliveryKind, u64>, malformed: usize) -> String {
+    // The four outcomes of a hint always, the others (a final status waiting for its status
+    // call, ...) when they occurred.
     let parts: Vec<String> = DeliveryKind::ALL
         .iter()
-        .map(|k| format!("{} {k}", counts.get(k).copied().unwrap_or(0)))
+        .enumerate()
+        .filter(|(i, k)| *i < 4 || counts.contains_key(k))
+        .map(|(_, k)| format!("{} {k}", counts.get(k).copied().unwrap_or(0)))
         .collect();
     let total = counts.values().sum::<u64>() + malformed as u64;
     format!(

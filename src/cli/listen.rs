@@ -12,7 +12,9 @@ use std::sync::Arc;
 /// A small blocking HTTP receiver that can run beside an engine: each POSTed callback body is
 /// recorded as `ingest` records it, and only then answered 200, so a callback the gateway
 /// sees accepted is on disk. A malformed body gets 400 (nothing recorded), a body over
-/// --max-body 413, and with --path-token any path but /callback/TOKEN gets 404 or 401.
+/// --max-body 413, and with --path-token any path but /callback/TOKEN (or an attempt's own
+/// /callback/TOKEN/a/JOB-ATTEMPT) gets 404 or 401. A callback is a hint: a final status
+/// only makes its job's status call due, and that answer moves the job.
 /// Idle or slow clients cannot hold it up: a connection that has not sent its request head
 /// within --header-timeout is closed, and beyond --max-connections new ones get 503.
 ///
@@ -108,8 +110,17 @@ pub fn run(global: &Global, args: ListenArgs) -> CmdResult {
 
 fn summary(s: &ListenStats) -> String {
     format!(
-        "{} applied, {} duplicate, {} stale, {} orphan, {} malformed, {} refused, {} failed",
-        s.applied, s.duplicate, s.stale, s.orphan, s.malformed, s.refused, s.failed
+        "{} applied, {} confirming, {} adopting, {} duplicate, {} stale, {} orphan, {} wrong path, {} malformed, {} refused, {} failed",
+        s.applied,
+        s.confirming,
+        s.adopting,
+        s.duplicate,
+        s.stale,
+        s.orphan,
+        s.wrong_path,
+        s.malformed,
+        s.refused,
+        s.failed
     )
 }
 

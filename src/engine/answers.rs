@@ -10,6 +10,7 @@ use crate::gateway::{
 };
 use crate::ledger::{
     Change, Event, Expect, Field, JobRow, JobState, JobUpdate, OutputRow, Post, ProbedJob,
+    StatusSeen,
 };
 use crate::lifecycle::{
     self, At, Charge, Learned, Reported, Step, SubmitAnswer, Verdict, Via, Work,
@@ -20,6 +21,40 @@ use std::time::Duration;
 pub(super) struct PollItem {
     pub(super) update: JobUpdate,
     pub(super) step: Option<Step>,
+    /// The status it brought, by which the job's waiting callbacks are judged.
+    pub(super) seen: Option<StatusSeen>,
+}
+
+/// The change after a poll answer that no longer concerns the job: none, but a confirming
+/// call that brought nothing usable for a stalled or uncertain job (its next poll stays due)
+/// is not made again.
+fn unscheduled(job: &JobRow) -> Change {
+    if job.state.is_remote_pending() || at(job).owes_download {
+        return Change::default();
+    }
+    Change {
+        next_poll_at: Field::Clear,
+        expect: Some(Expect {
+            state: job.state,
+            attempt: job.attempt,
+        }),
+        ..Change::default()
+    }
+}
+
+/// What a poll's status answer says about the job's request id, for its waiting callbacks.
+fn seen_of(job: &JobRow, exchange: &Exchange<PollOutcome>) -> Option<StatusSeen> {
+    let PollOutcome::Status(remote) = &exchange.outcome else {
+        return None;
+    };
+    let sent = clock::now() - chrono::Duration::milliseconds(exchange.latency_ms as i64);
+    Some(StatusSeen {
+        job_id: job.id,
+        request_id: job.request_id.clone()?,
+        status: remote.status.clone(),
+        media_urls: remote.media_urls.clone(),
+        asked_at: clock::stamp(sent),
+    })
 }
 
 /// Where a job stands for the lifecycle.
@@ -127,6 +162,10 @@ impl<'a> Engine<'a> {
         if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
             // A callback can beat the 202 to the ledger; it was kept as an orphan.
             self.ledger.adopt_orphans(request_id)?;
+        }
+        if step.moves_to(job.state) == Some(JobState::Uncertain) {
+            // The answer was lost, but the ghost's callback may already be here.
+            self.ledger.adopt_ghosts(Some(job_id))?;
         }
         if step.charge == Charge::Free {
             self.ledger.record_no_charge(
@@ -276,6 +315,8 @@ impl<'a> Engine<'a> {
             _ => Learned::PollFailed,
         };
         let step = lifecycle::step(at(&job), learned);
+        let seen = seen_of(&job, &exchange);
+        self.refuse_unknown_ghost(&job, &exchange.outcome)?;
         if job.attempt != attempt || step.verdict == Verdict::Ignored {
             // The job moved on meanwhile (a callback finished it); keep the answer on record.
             let event = Event::new(Some(job_id), Some(attempt), "poll")
@@ -283,8 +324,9 @@ impl<'a> Engine<'a> {
                 .detail("answer after the job had already moved on")
                 .body(exchange.body);
             return Ok(Some(PollItem {
-                update: JobUpdate::new(job_id, attempt, Change::default(), event),
+                update: JobUpdate::new(job_id, attempt, unscheduled(&job), event),
                 step: None,
+                seen,
             }));
         }
         let mut event = Event::new(Some(job_id), Some(attempt), "poll")
@@ -311,7 +353,25 @@ impl<'a> Engine<'a> {
         Ok(Some(PollItem {
             update: JobUpdate::new(job_id, attempt, change, event),
             step: Some(step),
+            seen,
         }))
+    }
+
+    /// The request id an uncertain attempt's callback brought is not the gateway's (404): it
+    /// is not adopted.
+    fn refuse_unknown_ghost(
+        &mut self,
+        job: &JobRow,
+        outcome: &PollOutcome,
+    ) -> Result<(), EngineError> {
+        if job.state != JobState::Uncertain || !matches!(outcome, PollOutcome::NotFound) {
+            return Ok(());
+        }
+        if let Some(request_id) = &job.request_id {
+            self.ledger
+                .refuse_adoption(job.id, job.attempt, request_id)?;
+        }
+        Ok(())
     }
 
     /// A status a poll brought: recorded as said, and the job polled again until it ends.
@@ -446,8 +506,13 @@ impl<'a> Engine<'a> {
             .filter(|i| i.step.is_some_and(|s| s.charge == Charge::Free))
             .map(|i| (i.update.job_id, i.update.attempt))
             .collect();
+        let seen: Vec<StatusSeen> = items.iter().filter_map(|i| i.seen.clone()).collect();
         self.ledger
             .record(items.into_iter().map(|i| i.update).collect())?;
+        // Only now, with the answers recorded: the callbacks they confirm or refute.
+        if !seen.is_empty() {
+            self.ledger.confirm_deliveries(&seen)?;
+        }
         for (job_id, attempt) in free {
             self.ledger
                 .record_no_charge(job_id, attempt, "ERROR jobs are not charged")?;

@@ -18,6 +18,24 @@ use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 
+/// The callback URL one attempt is sent with: a URL ending in `/callback/TOKEN` (the path
+/// `listen` serves) gets the attempt's own path `/callback/TOKEN/a/<job>-<attempt>`, so that a
+/// callback names the attempt it is for even when the submission's answer was lost. Any
+/// other URL is sent as given.
+pub(super) fn attempt_callback_url(url: &str, job_id: i64, attempt: i64) -> String {
+    let cut = url.find(['?', '#']).unwrap_or(url.len());
+    let (base, tail) = url.split_at(cut);
+    let Some(at) = base.rfind(crate::webhooks::CALLBACK_PREFIX) else {
+        return url.to_string();
+    };
+    let token = &base[at + crate::webhooks::CALLBACK_PREFIX.len()..];
+    if token.is_empty() || token.contains('/') || !base[..at].contains("://") {
+        return url.to_string();
+    }
+    let path = crate::ledger::CallbackPath { job_id, attempt };
+    format!("{base}/{}{tail}", path.suffix())
+}
+
 /// A job a cap cannot cover, with its estimate and the reason it is held.
 pub(super) struct Hold {
     pub(super) job: JobRow,
@@ -81,7 +99,10 @@ impl<'a> Engine<'a> {
             workers.send(job.id, job.attempt, task);
             return Ok(true);
         }
-        if job.state.is_remote_pending() {
+        // A stalled job's callback, or an uncertain attempt's ghost, made a status call due.
+        let confirming = matches!(job.state, JobState::Stalled | JobState::Uncertain)
+            && job.request_id.is_some();
+        if job.state.is_remote_pending() || confirming {
             let Some(request_id) = job.request_id.clone() else {
                 return Ok(false);
             };
@@ -164,6 +185,9 @@ impl<'a> Engine<'a> {
         job: &JobRow,
     ) -> Result<Option<JobParams>, EngineError> {
         let mut params = job.params();
+        if let Some(url) = &params.webhook_url {
+            params.webhook_url = Some(attempt_callback_url(url, job.id, job.attempt));
+        }
         if !crate::storage::is_locator(&params.image) {
             return Ok(Some(params));
         }
@@ -514,6 +538,30 @@ impl<'a> Engine<'a> {
                 self.ledger.record(items)?;
             }
             after = last;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempt_callback_url;
+
+    #[test]
+    fn each_attempt_gets_its_own_callback_path_under_listen_s_prefix() {
+        assert_eq!(
+            attempt_callback_url("https://h.example/callback/tok", 7, 2),
+            "https://h.example/callback/tok/a/7-2"
+        );
+        assert_eq!(
+            attempt_callback_url("https://h.example/x/callback/tok?via=proxy", 7, 1),
+            "https://h.example/x/callback/tok/a/7-1?via=proxy"
+        );
+        for other in [
+            "https://h.example/hooks/codeformer",
+            "https://h.example/callback/",
+            "https://h.example/callback/tok/more",
+        ] {
+            assert_eq!(attempt_callback_url(other, 7, 1), other);
         }
     }
 }

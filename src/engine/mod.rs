@@ -374,6 +374,9 @@ impl<'a> Engine<'a> {
     /// Start-up: interrupted submissions become uncertain; retries become new attempts.
     fn prepare(&mut self) -> Result<(), EngineError> {
         self.summary.recovered_uncertain = self.ledger.recover_interrupted()?;
+        // Attempts whose ghost called back on their own path take its request id, to be
+        // confirmed by a status call (so `--resubmit-uncertain` does not send them again).
+        self.ledger.adopt_ghosts(None)?;
         let swept = worker::sweep_partials(&self.options.out_dir);
         if !swept.is_empty() {
             self.ledger
@@ -476,13 +479,16 @@ impl<'a> Engine<'a> {
     }
 
     fn nothing_left(&mut self) -> Result<bool, EngineError> {
-        if self.ledger.unfinished(self.scope())? == 0 {
+        let next_due = self.ledger.next_due(self.scope())?;
+        // A status call scheduled is work even for a job that is not unfinished: a stalled
+        // job's callback, or an uncertain attempt's ghost, asked for it.
+        if self.ledger.unfinished(self.scope())? == 0 && next_due.is_none() {
             return Ok(true);
         }
         // What is left may be only jobs this run cannot send (held, unprobeable) or owes
         // nothing to yet (polls in the future).
         let now = now_ms();
-        let due_soon = self.ledger.next_due(self.scope())?.is_some();
+        let due_soon = next_due.is_some();
         let sendable = self.mode.may_send() && self.sendable_not_passed()?;
         let hooks_owed =
             !self.ledger.owing_hooks(self.scope(), 1)?.is_empty() && self.hooks.is_some();

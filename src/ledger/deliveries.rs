@@ -9,9 +9,10 @@
 //!   not parse writes nothing;
 //! - a job never moves backwards (queued < processing < completed | failed | error), a final
 //!   state is never replaced by another, and a callback for an earlier attempt changes nothing;
-//! - a delivery never charges: a COMPLETED job is handed to the engine (`post = 'download'`,
-//!   due now) and its download records the charge, once; an ERROR attempt is marked as not
-//!   charged, once.
+//! - a callback is a hint, the gateway is the truth: a delivery never ends a job, downloads
+//!   or charges. A final status makes the job's status call due now, and only that answer
+//!   (an authenticated call by the engine) moves the job, with the output URLs the gateway
+//!   gave; a body that disagrees with it is marked `unconfirmed` and changes nothing.
 //!
 //! Each delivery gets one outcome, stored in `deliveries.outcome`:
 //! - `applied`: the job moved forward;
@@ -20,14 +21,24 @@
 //! - `stale`: the status would not move the job forward (PROCESSING after COMPLETED, QUEUED
 //!   while processing, a different final status than the one recorded, a status the API does
 //!   not document such as `CANCELLED`), or it is about an earlier attempt of the job;
-//! - `orphan`: no job of this ledger has that request_id (recorded with `job_id` NULL).
+//! - `orphan`: no job of this ledger has that request_id (recorded with `job_id` NULL);
+//! - `confirming`: a final status (COMPLETED, FAILED, ERROR) for a job at the gateway or
+//!   stalled: it changes nothing but the job's next status call, due now; that answer moves
+//!   the job, and turns the delivery `confirmed` when it agrees (same status, and for
+//!   COMPLETED the same output URLs) or `unconfirmed` when it does not;
+//! - `adopting`: an unknown request_id on the callback path of an `uncertain` attempt: the
+//!   attempt takes that request id and its status call falls due now; the answer makes the
+//!   delivery `adopted` (the job follows the gateway from then on) or, for a 404,
+//!   `unconfirmed` (the request id is dropped again);
+//! - `wrong_path`: the body arrived on the callback path of another attempt than the one
+//!   its request_id belongs to, or of one that cannot take a new request id: nothing changed.
 
-use super::change::{apply_change, Change, Field, Post};
+use super::change::{apply_change, Change, Expect, Field};
 use super::events::{cap_body, insert_event, Event};
 use super::{JobState, Ledger, LedgerError, Result};
 use crate::clock;
 use crate::gateway::{RemoteJob, RemoteStatus};
-use crate::lifecycle::{self, At, Charge, Learned, Reported, Step, Verdict, Via, Work};
+use crate::lifecycle::{self, At, Learned, Reported, Step, Verdict, Via, Work};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 use serde::Serialize;
 use std::fmt;
@@ -41,14 +52,32 @@ pub enum DeliveryKind {
     Duplicate,
     Stale,
     Orphan,
+    /// A final status waiting for the job's status call (then `confirmed` or `unconfirmed`).
+    Confirming,
+    Confirmed,
+    /// The gateway's answer disagreed with it (status, output URLs): it changed nothing.
+    Unconfirmed,
+    /// An unknown request id on the path of an uncertain attempt, waiting for its status call
+    /// (then `adopted` or `unconfirmed`).
+    Adopting,
+    Adopted,
+    /// It arrived on the callback path of another attempt than its request id's, or of an
+    /// attempt that cannot take it: nothing changed.
+    WrongPath,
 }
 
 impl DeliveryKind {
-    pub const ALL: [DeliveryKind; 4] = [
+    pub const ALL: [DeliveryKind; 10] = [
         DeliveryKind::Applied,
         DeliveryKind::Duplicate,
         DeliveryKind::Stale,
         DeliveryKind::Orphan,
+        DeliveryKind::Confirming,
+        DeliveryKind::Confirmed,
+        DeliveryKind::Unconfirmed,
+        DeliveryKind::Adopting,
+        DeliveryKind::Adopted,
+        DeliveryKind::WrongPath,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,8 +86,58 @@ impl DeliveryKind {
             DeliveryKind::Duplicate => "duplicate",
             DeliveryKind::Stale => "stale",
             DeliveryKind::Orphan => "orphan",
+            DeliveryKind::Confirming => "confirming",
+            DeliveryKind::Confirmed => "confirmed",
+            DeliveryKind::Unconfirmed => "unconfirmed",
+            DeliveryKind::Adopting => "adopting",
+            DeliveryKind::Adopted => "adopted",
+            DeliveryKind::WrongPath => "wrong_path",
         }
     }
+}
+
+/// The attempt whose own callback path (`…/callback/TOKEN/a/<job>-<attempt>`) a body arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct CallbackPath {
+    pub job_id: i64,
+    pub attempt: i64,
+}
+
+impl CallbackPath {
+    /// The path's last segments, `a/<job>-<attempt>`, appended to a batch's callback URL.
+    pub fn suffix(self) -> String {
+        format!("a/{}-{}", self.job_id, self.attempt)
+    }
+
+    /// Reads the end of a request path: `…/a/<job>-<attempt>`; `None` when it has none.
+    pub fn parse_tail(path: &str) -> Option<CallbackPath> {
+        let (rest, last) = path.rsplit_once('/')?;
+        if !rest.ends_with("/a") && rest != "a" {
+            return None;
+        }
+        let (job, attempt) = last.split_once('-')?;
+        let number = |t: &str| {
+            (!t.is_empty() && t.len() <= 18 && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<i64>().ok())
+                .flatten()
+        };
+        Some(CallbackPath {
+            job_id: number(job)?,
+            attempt: number(attempt)?,
+        })
+    }
+}
+
+/// What a status call said about a job's request id: the confirming answer its pending
+/// callbacks are judged by.
+#[derive(Debug, Clone)]
+pub struct StatusSeen {
+    pub job_id: i64,
+    pub request_id: String,
+    pub status: RemoteStatus,
+    pub media_urls: Vec<String>,
+    /// When the call was sent: only callbacks received before it are judged by it.
+    pub asked_at: String,
 }
 
 impl fmt::Display for DeliveryKind {
@@ -108,6 +187,8 @@ pub struct DeliveryRow {
     pub job_id: Option<i64>,
     pub outcome: String,
     pub body: String,
+    /// The attempt whose own callback path it arrived on, if any.
+    pub path: Option<CallbackPath>,
 }
 
 /// The job (and attempt) a request_id belongs to.
@@ -117,13 +198,21 @@ struct Owner {
     /// The job's current attempt, which differs from `attempt` for an earlier one.
     current_attempt: i64,
     state: JobState,
-    batch: Option<String>,
 }
 
 impl Ledger {
     /// Records one callback body in one transaction: a `deliveries` row, a `callback` event,
-    /// and the change of its job when the callback moves it forward (see the module docs).
+    /// and what it does to its job (see the module docs).
     pub fn record_delivery(&mut self, body: &str) -> Result<DeliveryOutcome, DeliveryError> {
+        self.record_delivery_on(body, None)
+    }
+
+    /// [`Ledger::record_delivery`] for a body that arrived on an attempt's own callback path.
+    pub fn record_delivery_on(
+        &mut self,
+        body: &str,
+        path: Option<CallbackPath>,
+    ) -> Result<DeliveryOutcome, DeliveryError> {
         let remote = RemoteJob::from_json(body).map_err(DeliveryError::Malformed)?;
         // IMMEDIATE: take the write lock up front (waiting out the busy timeout), so that an
         // engine committing between this read and this write cannot make it fail.
@@ -132,7 +221,7 @@ impl Ledger {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(LedgerError::from)?;
         let now = clock::now_stamp();
-        let outcome = record_in(&tx, &remote, body, &now)?;
+        let outcome = record_in(&tx, &remote, body, &now, path)?;
         tx.commit().map_err(LedgerError::from)?;
         Ok(outcome)
     }
@@ -178,13 +267,89 @@ impl Ledger {
         Ok(bodies.len())
     }
 
+    /// Records anew the orphan deliveries that arrived on the path of an attempt which has
+    /// since become `uncertain` without a request id (its process was killed before the
+    /// answer, or the answer was lost): each may adopt its request id. Returns how many.
+    pub fn adopt_ghosts(&mut self, job_id: Option<i64>) -> Result<usize> {
+        let found: Vec<(String, i64, i64)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT d.body, d.path_job, d.path_attempt FROM deliveries d
+                 JOIN jobs j ON j.id = d.path_job AND j.attempt = d.path_attempt
+                 WHERE d.outcome = 'orphan' AND j.state = 'uncertain' AND j.request_id IS NULL
+                 AND (?1 IS NULL OR d.path_job = ?1) ORDER BY d.id",
+            )?;
+            let rows = stmt.query_map([job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (body, job_id, attempt) in &found {
+            let path = Some(CallbackPath {
+                job_id: *job_id,
+                attempt: *attempt,
+            });
+            match self.record_delivery_on(body, path) {
+                Ok(_) | Err(DeliveryError::Malformed(_)) => {}
+                Err(DeliveryError::Ledger(e)) => return Err(e),
+            }
+        }
+        Ok(found.len())
+    }
+
+    /// Judges the callbacks waiting for these status answers (`confirming`, `adopting`, each
+    /// received before its call was sent), in one transaction. Returns how many it judged.
+    pub fn confirm_deliveries(&mut self, seen: &[StatusSeen]) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let now = clock::now_stamp();
+        let mut judged = 0;
+        for answer in seen {
+            judged += confirm_in(&tx, answer, &now)?;
+        }
+        tx.commit()?;
+        Ok(judged)
+    }
+
+    /// A request id an uncertain attempt adopted is unknown to the gateway (404): the attempt
+    /// drops it and stays uncertain, and the callbacks that brought it are `unconfirmed`.
+    pub fn refuse_adoption(&mut self, job_id: i64, attempt: i64, request_id: &str) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let now = clock::now_stamp();
+        tx.execute(
+            "UPDATE jobs SET request_id = NULL, next_poll_at = NULL, updated_at = ?4
+             WHERE id = ?1 AND attempt = ?2 AND state = 'uncertain' AND request_id = ?3",
+            params![job_id, attempt, request_id, now],
+        )?;
+        tx.execute(
+            "UPDATE attempts SET request_id = NULL
+             WHERE job_id = ?1 AND attempt = ?2 AND state = 'uncertain' AND request_id = ?3",
+            params![job_id, attempt, request_id],
+        )?;
+        tx.execute(
+            "UPDATE deliveries SET outcome = 'unconfirmed'
+             WHERE request_id = ?1 AND job_id = ?2 AND outcome = 'adopting'",
+            params![request_id, job_id],
+        )?;
+        insert_event(
+            &tx,
+            Event::new(Some(job_id), Some(attempt), "confirmation").detail(format!(
+                "the gateway does not know request id {request_id} (HTTP 404): not adopted; the job stays uncertain"
+            )),
+            &now,
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Recorded deliveries, oldest first: all, or those of one request_id.
     pub fn deliveries(&self, request_id: Option<&str>) -> Result<Vec<DeliveryRow>> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, received_at, request_id, remote_status, job_id, outcome, body FROM deliveries
+            "SELECT id, received_at, request_id, remote_status, job_id, outcome, body,
+             path_job, path_attempt FROM deliveries
              WHERE ?1 IS NULL OR request_id = ?1 ORDER BY id",
         )?;
         let rows = stmt.query_map([request_id], |r| {
+            let path = match (r.get(7)?, r.get(8)?) {
+                (Some(job_id), Some(attempt)) => Some(CallbackPath { job_id, attempt }),
+                _ => None,
+            };
             Ok(DeliveryRow {
                 id: r.get(0)?,
                 received_at: r.get(1)?,
@@ -193,51 +358,95 @@ impl Ledger {
                 job_id: r.get(4)?,
                 outcome: r.get(5)?,
                 body: r.get(6)?,
+                path,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 }
 
+/// Judges one status answer's waiting callbacks; how many.
+fn confirm_in(tx: &Transaction<'_>, seen: &StatusSeen, now: &str) -> Result<usize> {
+    let waiting: Vec<(i64, String, String, Option<i64>)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT d.id, d.outcome, d.body, a.attempt FROM deliveries d
+             LEFT JOIN attempts a ON a.job_id = d.job_id AND a.request_id = d.request_id
+             WHERE d.request_id = ?1 AND d.job_id = ?2
+             AND d.outcome IN ('confirming', 'adopting') AND d.received_at <= ?3",
+        )?;
+        let rows = stmt.query_map(params![seen.request_id, seen.job_id, seen.asked_at], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (id, outcome, body, attempt) in &waiting {
+        let said = RemoteJob::from_json(body).ok();
+        let (kind, why) = judge(outcome, said.as_ref(), seen);
+        tx.prepare_cached("UPDATE deliveries SET outcome = ?2 WHERE id = ?1")?
+            .execute(params![id, kind.as_str()])?;
+        insert_event(
+            tx,
+            Event::new(Some(seen.job_id), *attempt, "confirmation")
+                .remote(Some(seen.status.as_str()))
+                .detail(format!("delivery {id} {kind}: {why}")),
+            now,
+        )?;
+    }
+    Ok(waiting.len())
+}
+
+/// Whether a waiting callback agrees with the gateway's answer, and why.
+fn judge(outcome: &str, said: Option<&RemoteJob>, seen: &StatusSeen) -> (DeliveryKind, String) {
+    let gateway = seen.status.as_str();
+    if outcome == DeliveryKind::Adopting.as_str() {
+        return (
+            DeliveryKind::Adopted,
+            format!(
+                "the gateway knows request id {} ({gateway}): the uncertain attempt follows it",
+                seen.request_id
+            ),
+        );
+    }
+    let Some(said) = said else {
+        return (
+            DeliveryKind::Unconfirmed,
+            "its body no longer reads as a callback".into(),
+        );
+    };
+    if said.status != seen.status {
+        return (
+            DeliveryKind::Unconfirmed,
+            format!(
+                "it said {}, the gateway says {gateway}; nothing changed by it",
+                said.status.as_str()
+            ),
+        );
+    }
+    if said.status == RemoteStatus::Completed && said.media_urls != seen.media_urls {
+        return (
+            DeliveryKind::Unconfirmed,
+            "its output URLs are not the gateway's; only the gateway's are downloaded".into(),
+        );
+    }
+    (
+        DeliveryKind::Confirmed,
+        format!("the gateway says {gateway} too"),
+    )
+}
+
+/// What a delivery is, the account of it, and the job and attempt it is recorded against.
+type Decision = (DeliveryKind, String, Option<i64>, Option<i64>);
+
 fn record_in(
     tx: &Transaction<'_>,
     remote: &RemoteJob,
     body: &str,
     now: &str,
+    path: Option<CallbackPath>,
 ) -> Result<DeliveryOutcome> {
     let status = &remote.status;
-    let owner = find_owner(tx, &remote.request_id)?;
-    let (kind, detail) = match &owner {
-        None => (
-            DeliveryKind::Orphan,
-            "no job in this ledger has this request_id".to_string(),
-        ),
-        Some(owner) => {
-            let already = already_applied(tx, &remote.request_id, status)?;
-            let (kind, detail) = classify(owner, status, already);
-            if kind == DeliveryKind::Applied {
-                apply(tx, owner, remote, now)?;
-            }
-            (kind, detail)
-        }
-    };
-    tx.prepare_cached(
-        "INSERT INTO deliveries (received_at, request_id, remote_status, job_id, outcome, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        now,
-        remote.request_id,
-        status.as_str(),
-        owner.as_ref().map(|o| o.job_id),
-        kind.as_str(),
-        cap_body(body)
-    ])?;
-    let delivery_id = tx.last_insert_rowid();
-    let (job_id, attempt) = (
-        owner.as_ref().map(|o| o.job_id),
-        owner.as_ref().map(|o| o.attempt),
-    );
+    let (kind, detail, job_id, attempt) = decide(tx, remote, now, path)?;
+    let delivery_id = insert_delivery(tx, remote, body, now, path, job_id, kind)?;
     let detail = format!("{kind}: {detail}");
     insert_event(
         tx,
@@ -258,11 +467,140 @@ fn record_in(
     })
 }
 
+/// Decides a delivery and makes the change it brings (a step, a status call due now, an
+/// adopted request id), from its request id's owner and the path it arrived on.
+fn decide(
+    tx: &Transaction<'_>,
+    remote: &RemoteJob,
+    now: &str,
+    path: Option<CallbackPath>,
+) -> Result<Decision> {
+    let owner = find_owner(tx, &remote.request_id)?;
+    Ok(match (&owner, path) {
+        (Some(o), Some(p)) if (o.job_id, o.attempt) != (p.job_id, p.attempt) => (
+            DeliveryKind::WrongPath,
+            format!(
+                "request id of job {} attempt {}, on the path of job {} attempt {}; nothing changed",
+                o.job_id, o.attempt, p.job_id, p.attempt
+            ),
+            Some(o.job_id),
+            Some(o.attempt),
+        ),
+        (Some(owner), _) => {
+            let already = already_applied(tx, &remote.request_id, &remote.status)?;
+            let (kind, detail) = classify(owner, &remote.status, already);
+            match kind {
+                DeliveryKind::Applied => apply(tx, owner, remote, now)?,
+                DeliveryKind::Confirming => confirm_now(tx, owner, now)?,
+                _ => {}
+            }
+            (kind, detail, Some(owner.job_id), Some(owner.attempt))
+        }
+        (None, Some(path)) => {
+            let (kind, detail) = on_attempt_path(tx, path, &remote.request_id, now)?;
+            let known = kind != DeliveryKind::WrongPath || job_exists(tx, path.job_id)?;
+            let (job_id, attempt) = (path.job_id, path.attempt);
+            (kind, detail, known.then_some(job_id), known.then_some(attempt))
+        }
+        (None, None) => (
+            DeliveryKind::Orphan,
+            "no job in this ledger has this request_id".to_string(),
+            None,
+            None,
+        ),
+    })
+}
+
+fn insert_delivery(
+    tx: &Transaction<'_>,
+    remote: &RemoteJob,
+    body: &str,
+    now: &str,
+    path: Option<CallbackPath>,
+    job_id: Option<i64>,
+    kind: DeliveryKind,
+) -> Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO deliveries (received_at, request_id, remote_status, job_id, outcome, body,
+         path_job, path_attempt) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        now,
+        remote.request_id,
+        remote.status.as_str(),
+        job_id,
+        kind.as_str(),
+        cap_body(body),
+        path.map(|p| p.job_id),
+        path.map(|p| p.attempt),
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+fn job_exists(tx: &Transaction<'_>, job_id: i64) -> Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// An unknown request id on an attempt's own path: adopted (pending its status call) by an
+/// uncertain attempt without one; kept as an orphan while the attempt is still being sent
+/// (its answer may yet bring the id); refused for any other attempt.
+fn on_attempt_path(
+    tx: &Transaction<'_>,
+    path: CallbackPath,
+    request_id: &str,
+    now: &str,
+) -> Result<(DeliveryKind, String)> {
+    let job: Option<(i64, String, Option<String>)> = tx
+        .prepare_cached("SELECT attempt, state, request_id FROM jobs WHERE id = ?1")?
+        .query_row([path.job_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let (job_id, attempt) = (path.job_id, path.attempt);
+    let wrong = |why: String| Ok((DeliveryKind::WrongPath, format!("{why}; nothing changed")));
+    let Some((current, state, known)) = job else {
+        return wrong(format!("no job {job_id} in this ledger"));
+    };
+    if current != attempt {
+        return wrong(format!(
+            "job {job_id} is at attempt {current}, not {attempt}"
+        ));
+    }
+    match (state.as_str(), known) {
+        ("submitting", None) => Ok((
+            DeliveryKind::Orphan,
+            format!("job {job_id} attempt {attempt} is being sent; its answer may bring this request id"),
+        )),
+        ("uncertain", None) => {
+            let change = Change {
+                request_id: Some(request_id.to_string()),
+                next_poll_at: Field::Set(now_ms()),
+                expect: Some(Expect {
+                    state: JobState::Uncertain,
+                    attempt,
+                }),
+                ..Change::default()
+            };
+            apply_change(tx, job_id, attempt, &change, now)?;
+            Ok((
+                DeliveryKind::Adopting,
+                format!("on the path of uncertain job {job_id} attempt {attempt}: adopted once its status call confirms it"),
+            ))
+        }
+        (state, Some(other)) => wrong(format!(
+            "job {job_id} attempt {attempt} is {state} with request id {other}"
+        )),
+        (state, None) => wrong(format!("job {job_id} attempt {attempt} is {state}")),
+    }
+}
+
 /// The current attempt's request_id first (indexed), then an earlier attempt's.
 fn find_owner(tx: &Transaction<'_>, request_id: &str) -> Result<Option<Owner>> {
     let current = tx
         .prepare_cached(
-            "SELECT id, attempt, attempt, state, batch FROM jobs WHERE request_id = ?1
+            "SELECT id, attempt, attempt, state FROM jobs WHERE request_id = ?1
              ORDER BY id LIMIT 1",
         )?
         .query_row([request_id], owner_from_row)
@@ -272,7 +610,7 @@ fn find_owner(tx: &Transaction<'_>, request_id: &str) -> Result<Option<Owner>> {
     }
     Ok(tx
         .prepare_cached(
-            "SELECT j.id, a.attempt, j.attempt, j.state, j.batch FROM attempts a
+            "SELECT j.id, a.attempt, j.attempt, j.state FROM attempts a
              JOIN jobs j ON j.id = a.job_id WHERE a.request_id = ?1
              ORDER BY a.attempt DESC LIMIT 1",
         )?
@@ -289,15 +627,16 @@ fn owner_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Owner> {
         state: JobState::from_str(&state).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
         })?,
-        batch: r.get(4)?,
     })
 }
 
+/// The same request id and status was applied already, or is waiting for (or has had) its
+/// confirming call.
 fn already_applied(tx: &Transaction<'_>, request_id: &str, status: &RemoteStatus) -> Result<bool> {
     Ok(tx
         .prepare_cached(
             "SELECT 1 FROM deliveries WHERE request_id = ?1 AND remote_status = ?2
-             AND outcome = 'applied' LIMIT 1",
+             AND outcome IN ('applied', 'confirming', 'confirmed') LIMIT 1",
         )?
         .query_row(params![request_id, status.as_str()], |_| Ok(()))
         .optional()?
@@ -344,11 +683,15 @@ fn classify(owner: &Owner, status: &RemoteStatus, already: bool) -> (DeliveryKin
             format!("{st} was already applied; nothing changed"),
         );
     }
-    // The client gave up polling a stalled job, but the gateway kept it: its final status is
-    // news (a COMPLETED one will be charged) and is applied.
     let step = callback_step(owner, status);
     match step.verdict {
         Verdict::Applied => (DeliveryKind::Applied, format!("{current} -> {}", step.next)),
+        // The client gave up polling a stalled job, but the gateway kept it: its final status
+        // is news, confirmed like any other.
+        Verdict::Hint => (
+            DeliveryKind::Confirming,
+            format!("{st} is a hint: the job stays {current} and its status call is due now"),
+        ),
         Verdict::Duplicate => (
             DeliveryKind::Duplicate,
             format!("the job is already {current}; nothing changed"),
@@ -360,84 +703,32 @@ fn classify(owner: &Owner, status: &RemoteStatus, already: bool) -> (DeliveryKin
     }
 }
 
-fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> Result<()> {
-    let step = callback_step(owner, &remote.status);
-    if step.verdict != Verdict::Applied {
-        return Ok(());
-    }
-    let mut change = Change {
-        state: step.moves_to(owner.state),
-        remote_status: Some(remote.status.as_str().to_string()),
-        finished: step.finished,
+/// A final status: only the job's status call is made due now.
+fn confirm_now(tx: &Transaction<'_>, owner: &Owner, now: &str) -> Result<()> {
+    let change = Change {
+        next_poll_at: Field::Set(now_ms()),
+        expect: Some(Expect {
+            state: owner.state,
+            attempt: owner.attempt,
+        }),
         ..Change::default()
     };
-    if step.finished {
-        change.reason = Field::Clear;
-    }
-    match step.work {
-        // The fallback poll stays scheduled as it was.
-        Work::Keep => {}
-        Work::Download => {
-            // Due now: an engine (running, or the next `run`) downloads the outputs and
-            // records the charge from their size, once, as after a poll.
-            change.output_urls = Some(remote.media_urls.clone());
-            change.post = Field::Set(Post::Download);
-            change.next_poll_at = Field::Set(now_ms());
-            change.error = Field::Clear;
-        }
-        _ => {
-            change.error = Field::Set(
-                remote
-                    .error
-                    .clone()
-                    .unwrap_or_else(|| format!("the gateway reported {}", remote.status.as_str())),
-            );
-            change.next_poll_at = Field::Clear;
-            change.post = Field::set_or_clear(failure_post(tx, owner.batch.as_deref())?);
-        }
-    }
-    apply_change(tx, owner.job_id, owner.attempt, &change, now)?;
-    if step.charge == Charge::Free {
-        no_charge(tx, owner.job_id, owner.attempt, now)?;
-    }
-    Ok(())
+    apply_change(tx, owner.job_id, owner.attempt, &change, now)
 }
 
-/// The post-processing a job that failed by callback owes. The engine decides this after a
-/// poll from the hooks it runs with, which a receiver does not know; the hooks a batch
-/// remembers are the ones its resume runs, so a job of such a batch owes `hooks` (the engine
-/// runs its `on_failed` hooks once, or clears the mark when none is defined). Hooks given
-/// only on a `run` command line and not remembered by a batch are not known here, so those
-/// jobs owe nothing and their `on_failed` hooks do not run.
-fn failure_post(tx: &Transaction<'_>, batch: Option<&str>) -> Result<Option<Post>> {
-    let Some(batch) = batch else {
-        return Ok(None);
+/// A status that moves the job forward without ending it (QUEUED to PROCESSING): written
+/// as said; the fallback poll stays scheduled as it was.
+fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> Result<()> {
+    let step = callback_step(owner, &remote.status);
+    if step.verdict != Verdict::Applied || step.work != Work::Keep {
+        return Ok(());
+    }
+    let change = Change {
+        state: step.moves_to(owner.state),
+        remote_status: Some(remote.status.as_str().to_string()),
+        ..Change::default()
     };
-    let hooks: Option<String> = tx
-        .prepare_cached("SELECT hooks FROM batches WHERE name = ?1")?
-        .query_row([batch], |r| r.get(0))
-        .optional()?;
-    let remembered: Vec<String> = hooks
-        .and_then(|h| serde_json::from_str(&h).ok())
-        .unwrap_or_default();
-    Ok((!remembered.is_empty()).then_some(Post::Hooks))
-}
-
-/// ERROR is not charged: the attempt's cost is 0, recorded once with its `charge` event.
-fn no_charge(tx: &Transaction<'_>, job_id: i64, attempt: i64, now: &str) -> Result<()> {
-    let marked = tx.execute(
-        "UPDATE attempts SET actual_cost = '0' WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
-        params![job_id, attempt],
-    )?;
-    if marked == 1 {
-        insert_event(
-            tx,
-            Event::new(Some(job_id), Some(attempt), "charge")
-                .detail("0 USD: ERROR jobs are not charged (reported by callback)"),
-            now,
-        )?;
-    }
-    Ok(())
+    apply_change(tx, owner.job_id, owner.attempt, &change, now)
 }
 
 /// Unix milliseconds, the unit of `jobs.next_poll_at` (the engine's schedule clock).
@@ -458,7 +749,6 @@ mod tests {
             attempt: 1,
             current_attempt: 1,
             state,
-            batch: None,
         }
     }
 
@@ -472,21 +762,77 @@ mod tests {
         use JobState as J;
         use RemoteStatus as R;
         assert_eq!(kind(J::Queued, R::Processing, false), Applied);
-        assert_eq!(kind(J::Queued, R::Completed, false), Applied);
-        assert_eq!(kind(J::Processing, R::Error, false), Applied);
+        assert_eq!(kind(J::Queued, R::Completed, false), Confirming);
+        assert_eq!(kind(J::Processing, R::Error, false), Confirming);
         assert_eq!(kind(J::Processing, R::Queued, false), Stale);
         assert_eq!(kind(J::Processing, R::Processing, false), Stale);
         assert_eq!(kind(J::Completed, R::Processing, false), Stale);
         assert_eq!(kind(J::Completed, R::Failed, false), Stale);
         assert_eq!(kind(J::Completed, R::Completed, false), Duplicate);
         assert_eq!(kind(J::Processing, R::Processing, true), Duplicate);
-        assert_eq!(kind(J::Stalled, R::Completed, false), Applied);
+        assert_eq!(kind(J::Stalled, R::Completed, false), Confirming);
         assert_eq!(kind(J::Stalled, R::Processing, false), Stale);
         assert_eq!(kind(J::Planned, R::Completed, false), Stale);
         for text in ["CANCELLED", "cancelled", "error"] {
             assert_eq!(kind(J::Queued, R::Undocumented(text.into()), false), Stale);
             assert_eq!(kind(J::Stalled, R::Undocumented(text.into()), false), Stale);
         }
+    }
+
+    #[test]
+    fn attempt_paths_read_back() {
+        let path = CallbackPath {
+            job_id: 12,
+            attempt: 3,
+        };
+        assert_eq!(path.suffix(), "a/12-3");
+        assert_eq!(CallbackPath::parse_tail("/callback/tok/a/12-3"), Some(path));
+        for bad in [
+            "/callback/tok",
+            "/callback/tok/a/12",
+            "/callback/tok/a/x-1",
+            "/b/1-2",
+            "/callback/tok/a/-1-2",
+        ] {
+            assert_eq!(CallbackPath::parse_tail(bad), None, "{bad}");
+        }
+    }
+
+    fn seen(status: RemoteStatus, urls: &[&str]) -> StatusSeen {
+        StatusSeen {
+            job_id: 1,
+            request_id: "r".into(),
+            status,
+            media_urls: urls.iter().map(|u| u.to_string()).collect(),
+            asked_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_callback_is_confirmed_only_by_the_same_status_and_outputs() {
+        let said = |status: RemoteStatus, urls: &[&str]| RemoteJob {
+            status,
+            media_urls: urls.iter().map(|u| u.to_string()).collect(),
+            ..RemoteJob::from_json(r#"{"request_id":"r","status":"QUEUED"}"#).unwrap()
+        };
+        let (c, u) = (RemoteStatus::Completed, RemoteStatus::Processing);
+        let judged = |s: &RemoteJob, g: &StatusSeen| judge("confirming", Some(s), g).0;
+        assert_eq!(
+            judged(&said(c.clone(), &["a"]), &seen(c.clone(), &["a"])),
+            DeliveryKind::Confirmed
+        );
+        assert_eq!(
+            judged(&said(c.clone(), &["trap"]), &seen(c.clone(), &["a"])),
+            DeliveryKind::Unconfirmed
+        );
+        assert_eq!(
+            judged(&said(c.clone(), &["a"]), &seen(u.clone(), &[])),
+            DeliveryKind::Unconfirmed
+        );
+        assert_eq!(
+            judge("adopting", None, &seen(u, &[])).0,
+            DeliveryKind::Adopted
+        );
     }
 
     #[test]

@@ -109,6 +109,12 @@ SELECT e.id, e.job_id, e.attempt, strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 
 FROM events e
 LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id AND o.attempt = e.attempt AND o.idx = e.output
 LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.job_id AND a.attempt = e.attempt;"#,
+    // Callbacks are hints confirmed by a status call, and every attempt of a batch with
+    // callbacks has its own callback path: a delivery records the attempt whose path it
+    // arrived on, so that a ghost submission's callback can be adopted by that attempt.
+    "ALTER TABLE deliveries ADD COLUMN path_job INTEGER;
+     ALTER TABLE deliveries ADD COLUMN path_attempt INTEGER;
+     CREATE INDEX deliveries_by_path ON deliveries(path_job);",
 ];
 
 /// The version this program writes.

@@ -36,7 +36,9 @@ pub use batches::{KeyConflict, MemberToPlace, PlacedCopy, TagConflict};
 pub use bodies::rebuild as rebuild_body;
 pub use change::{Change, Expect, Field, InputSize, JobUpdate, Post, Submitted};
 pub use compact::Compaction;
-pub use deliveries::{DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow};
+pub use deliveries::{
+    CallbackPath, DeliveryError, DeliveryKind, DeliveryOutcome, DeliveryRow, StatusSeen,
+};
 pub use events::{cap_body, Event};
 pub use files::APPLICATION_ID;
 pub use jobs::{EnqueueReport, Enqueued};

@@ -439,7 +439,9 @@ impl Ledger {
     }
 
     /// Starts a new attempt for every job in one of `states` (within a batch, if given): the
-    /// old attempt stays in the ledger with whatever it cost.
+    /// old attempt stays in the ledger with whatever it cost. An uncertain attempt that has
+    /// adopted its ghost's request id (waiting for the status call that confirms it) is not
+    /// given a new one: the gateway has it.
     pub fn new_attempts(
         &mut self,
         states: &[JobState],
@@ -452,7 +454,10 @@ impl Ledger {
             let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
             let mut stmt = tx.prepare(
                 "SELECT id, attempt, state FROM jobs WHERE state IN (SELECT value FROM json_each(?1))
-                 AND (?2 IS NULL OR batch = ?2)",
+                 AND (?2 IS NULL OR batch = ?2)
+                 AND NOT (state = 'uncertain' AND request_id IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM deliveries d WHERE d.path_job = jobs.id
+                     AND d.path_attempt = jobs.attempt AND d.outcome = 'adopting'))",
             )?;
             let rows = stmt.query_map(
                 params![serde_json::to_string(&names).unwrap_or_default(), batch],

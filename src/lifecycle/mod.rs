@@ -5,7 +5,8 @@
 //!
 //! The engine (polls, submissions, downloads, hooks, deadlines) and the webhook receiver
 //! (`ledger/deliveries.rs`) both ask [`step`]; they add only what the answer carried (a
-//! request id, output URLs, an error text) and when the next poll falls due. The table in
+//! request id, output URLs, an error text) and when the next poll falls due. A callback is a
+//! hint: its final status only makes the status call due (`Verdict::Hint`, `Work::Confirm`). The table in
 //! `docs/architecture.md` is rendered from this function by a test, so the two cannot drift.
 
 mod state;
@@ -253,6 +254,10 @@ pub enum Verdict {
     /// The news would not move the job forward (a status out of order, or one the API does
     /// not document): the state stays. A poll is still rescheduled.
     Stale,
+    /// A callback's final status: a hint, never the truth. It is recorded and makes the job's
+    /// status call due now (work `Confirm`); only that call's answer moves the job, downloads
+    /// and charges.
+    Hint,
     /// The news does not concern the job as it stands (it moved on): nothing changes.
     Ignored,
 }
@@ -266,6 +271,8 @@ pub enum Work {
     Poll,
     /// Poll again after a backoff: the gateway said nothing usable.
     PollLater,
+    /// Poll now: a callback said the job ended, and the gateway's answer confirms it or not.
+    Confirm,
     /// Download the outputs now.
     Download,
     /// Download again after a backoff.
@@ -355,6 +362,18 @@ pub fn step(at: At, learned: Learned) -> Step {
         Learned::Status(Via::Poll, reported) if state.is_remote_pending() => {
             polled(state, reported)
         }
+        // The confirming call of a callback: a stalled job learns its end from the gateway,
+        // an uncertain one adopts the request id its callback brought.
+        Learned::Status(Via::Poll, reported) if state == JobState::Stalled => {
+            match reported.state() {
+                Some(target) if target.is_final() => ended(target),
+                _ => ignored,
+            }
+        }
+        Learned::Status(Via::Poll, reported) if state == JobState::Uncertain => adopted(reported),
+        Learned::PollFailed if matches!(state, JobState::Uncertain | JobState::Stalled) => {
+            unchanged(state, Verdict::Applied, Work::PollLater)
+        }
         Learned::Status(Via::Callback, reported) => called_back(state, reported),
         Learned::PollFailed if state.is_remote_pending() => {
             unchanged(state, Verdict::Applied, Work::PollLater)
@@ -418,8 +437,21 @@ fn polled(state: JobState, reported: Reported) -> Step {
     }
 }
 
-/// A callback's status: applied only when it moves the job forward (a stalled job learns its
-/// end), never over a final state; the fallback poll stays as scheduled.
+/// The answer to the status call of a request id an uncertain job's callback brought: the
+/// gateway has it, so the job follows it from now on (once, as any job at the gateway).
+fn adopted(reported: Reported) -> Step {
+    match reported.state() {
+        None => unchanged(JobState::Uncertain, Verdict::Stale, Work::PollLater),
+        Some(target) if target.is_remote_pending() => {
+            applied(target, Work::Poll, Charge::None, false)
+        }
+        Some(target) => ended(target),
+    }
+}
+
+/// A callback's status: a hint. A final one for a job at the gateway (or stalled) makes its
+/// status call due now and changes nothing else; a QUEUED job may be marked PROCESSING (no
+/// download, no charge follows from it); nothing moves backwards or over a final state.
 fn called_back(state: JobState, reported: Reported) -> Step {
     let Some(target) = reported.state() else {
         return unchanged(state, Verdict::Stale, Work::Keep);
@@ -438,7 +470,7 @@ fn called_back(state: JobState, reported: Reported) -> Step {
     if target.is_remote_pending() {
         applied(target, Work::Keep, Charge::None, false)
     } else {
-        ended(target)
+        unchanged(state, Verdict::Hint, Work::Confirm)
     }
 }
 

@@ -97,12 +97,29 @@ fn some_steps_read_as_the_design_says() {
         Learned::Status(Via::Callback, Reported::Completed),
     );
     assert_eq!(s.verdict, Verdict::Stale);
-    // A stalled job learns its end from a callback.
+    // A final callback is a hint: it only makes the status call due now, for a stalled job
+    // too, whose end then comes from that call's answer.
+    for at_state in [JobState::Queued, JobState::Processing, JobState::Stalled] {
+        let s = step(
+            at(at_state),
+            Learned::Status(Via::Callback, Reported::Completed),
+        );
+        assert_eq!(
+            (s.next, s.verdict, s.work, s.charge),
+            (at_state, Verdict::Hint, Work::Confirm, Charge::None)
+        );
+    }
     let s = step(
         at(JobState::Stalled),
-        Learned::Status(Via::Callback, Reported::Error),
+        Learned::Status(Via::Poll, Reported::Error),
     );
     assert_eq!((s.next, s.charge), (JobState::Error, Charge::Free));
+    // An uncertain attempt whose ghost called back follows the gateway's answer.
+    let s = step(
+        at(JobState::Uncertain),
+        Learned::Status(Via::Poll, Reported::Processing),
+    );
+    assert_eq!((s.next, s.work), (JobState::Processing, Work::Poll));
 }
 
 fn any_learned() -> impl Strategy<Value = Learned> {
@@ -146,9 +163,19 @@ proptest! {
             };
             let s = step(at, learned);
             prop_assert!(progress(s.next) >= progress(at.state), "{at} × {learned} -> {}", s.next);
-            // Stalled is final for polls only: a callback may still bring its end.
+            // Stalled is final but for the status call a callback asks for, which may bring
+            // its end (a final state, never back to polling).
             if at.state.is_final() && at.state != JobState::Stalled {
                 prop_assert_eq!(s.next, at.state, "{} × {} left a final state", at, learned);
+            }
+            if at.state == JobState::Stalled {
+                prop_assert!(s.next.is_final(), "{} × {} left stalled for {}", at, learned, s.next);
+            }
+            // A callback is a hint: it never ends a job, downloads or charges.
+            if let Learned::Status(Via::Callback, _) = learned {
+                prop_assert!(!s.next.is_final() || s.next == at.state, "{} × {} ended it", at, learned);
+                prop_assert_eq!(s.charge, Charge::None);
+                prop_assert!(s.work != Work::Download && s.work != Work::Finish);
             }
             if s.charge != Charge::None {
                 charges += 1;

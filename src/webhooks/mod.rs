@@ -34,7 +34,9 @@
 
 mod reader;
 
-use crate::ledger::{DeliveryError, DeliveryKind, DeliveryOutcome, Ledger, LedgerError};
+use crate::ledger::{
+    CallbackPath, DeliveryError, DeliveryKind, DeliveryOutcome, Ledger, LedgerError,
+};
 use serde::Serialize;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -81,7 +83,8 @@ pub type LogFn = Arc<dyn Fn(&str) + Send + Sync>;
 pub struct ListenConfig {
     /// Where to listen; port 0 picks a free port.
     pub addr: SocketAddr,
-    /// When set, only POSTs to `/callback/<token>` are accepted; other paths get 404, and
+    /// When set, only POSTs to `/callback/<token>` (or an attempt's own
+    /// `/callback/<token>/a/<job>-<attempt>`) are accepted; other paths get 404, and
     /// `/callback/` with another token gets 401. Without it, any path is accepted.
     pub path_token: Option<String>,
     /// Bodies above this many bytes get 413.
@@ -183,6 +186,12 @@ pub struct ListenStats {
     pub duplicate: u64,
     pub stale: u64,
     pub orphan: u64,
+    /// Final statuses recorded as hints, each making its job's status call due now.
+    pub confirming: u64,
+    /// Unknown request ids on an uncertain attempt's path, waiting for their status call.
+    pub adopting: u64,
+    /// Bodies on the path of another attempt than their request id's (nothing changed).
+    pub wrong_path: u64,
     /// Bodies answered 400 (not recorded).
     pub malformed: u64,
     /// Requests refused before their body was looked at: wrong path or token, not a POST,
@@ -195,7 +204,13 @@ pub struct ListenStats {
 impl ListenStats {
     /// Deliveries recorded in the ledger.
     pub fn recorded(&self) -> u64 {
-        self.applied + self.duplicate + self.stale + self.orphan
+        self.applied
+            + self.duplicate
+            + self.stale
+            + self.orphan
+            + self.confirming
+            + self.adopting
+            + self.wrong_path
     }
 
     fn count(&mut self, kind: DeliveryKind) {
@@ -204,6 +219,11 @@ impl ListenStats {
             DeliveryKind::Duplicate => self.duplicate += 1,
             DeliveryKind::Stale => self.stale += 1,
             DeliveryKind::Orphan => self.orphan += 1,
+            DeliveryKind::Confirming => self.confirming += 1,
+            DeliveryKind::Adopting => self.adopting += 1,
+            DeliveryKind::WrongPath => self.wrong_path += 1,
+            // Only a status call's answer judges a delivery so.
+            DeliveryKind::Confirmed | DeliveryKind::Adopted | DeliveryKind::Unconfirmed => {}
         }
     }
 }
@@ -396,6 +416,8 @@ struct Delivery {
     /// The target for the log (token redacted).
     target: String,
     body: Vec<u8>,
+    /// The attempt whose own callback path it was POSTed to, if any.
+    path: Option<CallbackPath>,
 }
 
 /// One worker thread: its own ledger connection, recording one delivery at a time.
@@ -439,7 +461,7 @@ impl Worker {
         let stream = &delivery.stream;
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        let answer = self.record(delivery.body);
+        let answer = self.record(delivery.body, delivery.path);
         let line = format!(
             "{} {} {} {}",
             delivery.method, delivery.target, answer.status, answer.log
@@ -457,12 +479,12 @@ impl Worker {
         }
     }
 
-    fn record(&mut self, bytes: Vec<u8>) -> Answer {
+    fn record(&mut self, bytes: Vec<u8>, path: Option<CallbackPath>) -> Answer {
         let Ok(text) = String::from_utf8(bytes) else {
             let answer = Answer::refuse(400, "malformed callback body: it is not UTF-8 text");
             return self.malformed(answer);
         };
-        match self.ledger.record_delivery(&text) {
+        match self.ledger.record_delivery_on(&text, path) {
             Ok(outcome) => {
                 self.stats_mut().count(outcome.kind);
                 recorded(&outcome)

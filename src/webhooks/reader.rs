@@ -19,6 +19,7 @@
 use super::{Delivery, ListenConfig, ListenStats, CALLBACK_PREFIX};
 use crate::http_server::request::{self, Framing, Head};
 use crate::http_server::{self as http, Refusal, REQUEST_TIMEOUT};
+use crate::ledger::CallbackPath;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -89,6 +90,7 @@ enum Next {
         method: String,
         target: String,
         body: Vec<u8>,
+        path: Option<CallbackPath>,
     },
     Close,
 }
@@ -133,6 +135,7 @@ pub(super) fn run(socket: TcpListener, shared: Shared, workers: Sender<Delivery>
                     method,
                     target,
                     body,
+                    path,
                 } => {
                     // It stays counted until the worker has answered it.
                     let stream = conns.swap_remove(i).stream;
@@ -141,6 +144,7 @@ pub(super) fn run(socket: TcpListener, shared: Shared, workers: Sender<Delivery>
                         method,
                         target,
                         body,
+                        path,
                     };
                     if workers.send(delivery).is_err() {
                         shared.open.fetch_sub(1, Ordering::SeqCst);
@@ -319,6 +323,7 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
             method: head.method.clone(),
             target: redact(&head.target, shared.config.path_token.as_deref()),
             body,
+            path: CallbackPath::parse_tail(&head.path),
         },
         Err(refusal) => {
             let (method, target) = (
@@ -386,6 +391,17 @@ fn check(head: &Head, config: &ListenConfig) -> Result<(), Refusal> {
     if let Some(token) = config.path_token.as_deref() {
         let Some(given) = head.path.strip_prefix(CALLBACK_PREFIX) else {
             return Err(Refusal::new(404, "no such path"));
+        };
+        // `/callback/TOKEN`, or an attempt's own `/callback/TOKEN/a/<job>-<attempt>`.
+        let given = match given.split_once('/') {
+            Some((token, rest))
+                if rest.split('/').count() == 2
+                    && CallbackPath::parse_tail(&format!("/{rest}")).is_some() =>
+            {
+                token
+            }
+            Some(_) => return Err(Refusal::new(404, "no such path")),
+            None => given,
         };
         if !same_secret(given.as_bytes(), token.as_bytes()) {
             return Err(Refusal::new(401, "wrong or missing path token"));

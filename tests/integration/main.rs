@@ -3,6 +3,7 @@
 
 mod audits;
 mod batches;
+mod callbacks;
 mod common;
 mod config;
 mod cost;

@@ -592,8 +592,9 @@ fn the_readme_local_webhook_tour_completes_with_callbacks_applied() {
         jobs
     );
     assert!(
-        world.count("SELECT count(*) FROM deliveries WHERE outcome IN ('applied', 'duplicate')")
-            >= 1,
+        world.count(
+            "SELECT count(*) FROM deliveries WHERE outcome IN ('confirmed', 'applied', 'duplicate')"
+        ) >= 1,
         "{said}"
     );
 }

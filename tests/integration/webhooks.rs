@@ -103,26 +103,24 @@ mod ingest {
     use super::*;
 
     #[test]
-    fn a_completed_callback_hands_the_job_to_the_download_and_charges_nothing() {
+    fn a_completed_callback_only_makes_the_status_call_due_and_charges_nothing() {
         let place = Place::new();
         let mut ledger = place.ledger();
         let id = queued_job(&mut ledger, "req-1", None);
         let before = now_ms();
         let outcome = ledger.record_delivery(&body("req-1", "COMPLETED")).unwrap();
-        assert_eq!(outcome.kind, DeliveryKind::Applied);
+        assert_eq!(outcome.kind, DeliveryKind::Confirming);
         assert_eq!((outcome.job_id, outcome.attempt), (Some(id), Some(1)));
-        assert_eq!(outcome.detail, "applied: queued -> completed");
+        assert!(outcome.detail.contains("hint"), "{}", outcome.detail);
 
+        // Nothing but the schedule: the status call's answer moves the job.
         let job = ledger.job(id).unwrap().unwrap();
-        assert_eq!(job.state, JobState::Completed);
-        assert_eq!(job.post.as_deref(), Some("download"));
-        assert_eq!(
-            job.output_urls,
-            vec!["https://cdn.example.com/v1/req-1/output.png"]
-        );
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(job.post, None);
+        assert!(job.output_urls.is_empty());
         assert!(job.next_poll_at.unwrap() >= before && job.next_poll_at.unwrap() <= now_ms());
-        assert!(job.finished_at.is_some());
-        assert_eq!(job.actual_cost, None, "the download records the charge");
+        assert!(job.finished_at.is_none());
+        assert_eq!(job.actual_cost, None);
         assert_eq!(
             place.count("SELECT count(*) FROM events WHERE kind = 'charge'"),
             0
@@ -137,7 +135,7 @@ mod ingest {
         assert_eq!(rows.len(), 1);
         assert_eq!(
             (rows[0].outcome.as_str(), rows[0].job_id),
-            ("applied", Some(id))
+            ("confirming", Some(id))
         );
         assert!(ledger.verify(false).unwrap().is_empty());
     }
@@ -165,7 +163,7 @@ mod ingest {
             .into_iter()
             .map(|d| d.outcome)
             .collect();
-        assert_eq!(outcomes, ["applied", "duplicate"]);
+        assert_eq!(outcomes, ["confirming", "duplicate"]);
 
         // The same holds for a repeated non-final status (sync mode sends many).
         let id2 = queued_job(&mut ledger, "req-2", None);
@@ -190,29 +188,57 @@ mod ingest {
         let place = Place::new();
         let mut ledger = place.ledger();
         let id = queued_job(&mut ledger, "req-1", None);
-        ledger.record_delivery(&body("req-1", "COMPLETED")).unwrap();
+        ledger
+            .record_delivery(&body("req-1", "PROCESSING"))
+            .unwrap();
+        let queued = ledger.record_delivery(&body("req-1", "QUEUED")).unwrap();
+        assert_eq!(queued.kind, DeliveryKind::Stale);
+        assert!(
+            queued.detail.contains("from processing"),
+            "{}",
+            queued.detail
+        );
+        // Two final statuses: both are hints waiting for the same status call.
+        let completed = ledger.record_delivery(&body("req-1", "COMPLETED")).unwrap();
+        let failed = ledger.record_delivery(&body("req-1", "FAILED")).unwrap();
+        assert_eq!(
+            (completed.kind, failed.kind),
+            (DeliveryKind::Confirming, DeliveryKind::Confirming)
+        );
         let late = ledger
             .record_delivery(&body("req-1", "PROCESSING"))
             .unwrap();
-        assert_eq!(late.kind, DeliveryKind::Stale);
-        assert!(late.detail.contains("from completed"), "{}", late.detail);
-        let other_end = ledger.record_delivery(&body("req-1", "FAILED")).unwrap();
-        assert_eq!(other_end.kind, DeliveryKind::Stale);
+        assert_eq!(late.kind, DeliveryKind::Duplicate);
         let job = ledger.job(id).unwrap().unwrap();
-        assert_eq!(job.state, JobState::Completed);
-        assert_eq!(job.post.as_deref(), Some("download"));
-
-        let id2 = queued_job(&mut ledger, "req-2", None);
-        ledger
-            .record_delivery(&body("req-2", "PROCESSING"))
-            .unwrap();
-        let queued = ledger.record_delivery(&body("req-2", "QUEUED")).unwrap();
-        assert_eq!(queued.kind, DeliveryKind::Stale);
-        assert_eq!(
-            ledger.job(id2).unwrap().unwrap().state,
-            JobState::Processing
-        );
+        assert_eq!((job.state, job.post), (JobState::Processing, None));
         assert!(ledger.verify(false).unwrap().is_empty());
+
+        // A job that ended stays ended.
+        let done = queued_job(&mut ledger, "req-2", None);
+        let end = Change {
+            state: Some(JobState::Completed),
+            finished: true,
+            ..Change::default()
+        };
+        ledger
+            .record(vec![JobUpdate::new(
+                done,
+                1,
+                end,
+                Event::new(Some(done), Some(1), "poll"),
+            )])
+            .unwrap();
+        for status in ["PROCESSING", "FAILED"] {
+            let late = ledger.record_delivery(&body("req-2", status)).unwrap();
+            assert_eq!(late.kind, DeliveryKind::Stale, "{status}");
+            assert!(late.detail.contains("from completed"), "{}", late.detail);
+        }
+        let again = ledger.record_delivery(&body("req-2", "COMPLETED")).unwrap();
+        assert_eq!(again.kind, DeliveryKind::Duplicate);
+        assert_eq!(
+            ledger.job(done).unwrap().unwrap().state,
+            JobState::Completed
+        );
     }
 
     #[test]
@@ -291,7 +317,7 @@ mod ingest {
     }
 
     #[test]
-    fn an_error_is_not_charged_once_and_a_failure_keeps_its_charge_unknown() {
+    fn final_failures_by_callback_end_nothing_and_charge_nothing() {
         let place = Place::new();
         let mut ledger = place.ledger();
         let errored = queued_job(&mut ledger, "req-e", None);
@@ -300,19 +326,22 @@ mod ingest {
             ledger.record_delivery(&body("req-e", "ERROR")).unwrap();
             ledger.record_delivery(&body("req-f", "FAILED")).unwrap();
         }
-        let job = ledger.job(errored).unwrap().unwrap();
-        assert_eq!(job.state, JobState::Error);
-        assert_eq!(job.actual_cost, Some(Decimal::ZERO));
-        assert_eq!(job.error.as_deref(), Some("Description of the error"));
-        assert_eq!((job.next_poll_at, job.post.as_deref()), (None, None));
+        for id in [errored, failed] {
+            let job = ledger.job(id).unwrap().unwrap();
+            assert_eq!(
+                (job.state, job.actual_cost, job.error),
+                (JobState::Queued, None, None)
+            );
+            assert!(job.next_poll_at.is_some());
+        }
         assert_eq!(
-            place.count("SELECT count(*) FROM events WHERE kind = 'charge' AND job_id = 1"),
-            1
+            place.count("SELECT count(*) FROM events WHERE kind = 'charge'"),
+            0
         );
-        let job = ledger.job(failed).unwrap().unwrap();
-        assert_eq!(job.state, JobState::Failed);
-        assert_eq!(job.actual_cost, None);
-        assert_eq!(job.error.as_deref(), Some("face not found"));
+        assert_eq!(
+            place.count("SELECT count(*) FROM deliveries WHERE outcome = 'confirming'"),
+            2
+        );
         assert_eq!(
             place.count("SELECT count(*) FROM deliveries WHERE outcome = 'duplicate'"),
             2
@@ -321,29 +350,23 @@ mod ingest {
     }
 
     #[test]
-    fn a_failure_owes_hooks_only_in_a_batch_that_remembers_hooks() {
-        let place = Place::new();
-        let mut ledger = place.ledger();
-        ledger
-            .upsert_batch("with-hooks", Some(&["notify.lua".to_string()]), None)
-            .unwrap();
-        let hooked = queued_job(&mut ledger, "req-1", Some("with-hooks"));
-        let plain = queued_job(&mut ledger, "req-2", Some("plain"));
-        ledger.record_delivery(&body("req-1", "FAILED")).unwrap();
-        ledger.record_delivery(&body("req-2", "FAILED")).unwrap();
-        assert_eq!(
-            ledger.job(hooked).unwrap().unwrap().post.as_deref(),
-            Some("hooks")
-        );
-        assert_eq!(ledger.job(plain).unwrap().unwrap().post, None);
-    }
-
-    #[test]
     fn a_callback_for_an_earlier_attempt_is_stale() {
         let place = Place::new();
         let mut ledger = place.ledger();
         let id = queued_job(&mut ledger, "req-old", None);
-        ledger.record_delivery(&body("req-old", "FAILED")).unwrap();
+        let end = Change {
+            state: Some(JobState::Failed),
+            finished: true,
+            ..Change::default()
+        };
+        ledger
+            .record(vec![JobUpdate::new(
+                id,
+                1,
+                end,
+                Event::new(Some(id), Some(1), "poll"),
+            )])
+            .unwrap();
         ledger
             .new_attempts(&[JobState::Failed], None, "run --retry")
             .unwrap();
@@ -362,7 +385,7 @@ mod ingest {
     }
 
     #[test]
-    fn a_stalled_job_learns_its_end_from_a_callback() {
+    fn a_stalled_job_s_final_callback_makes_its_status_call_due() {
         let place = Place::new();
         let mut ledger = place.ledger();
         let id = queued_job(&mut ledger, "req-1", None);
@@ -378,12 +401,10 @@ mod ingest {
             .record(vec![JobUpdate::new(id, 1, stall, event)])
             .unwrap();
         let outcome = ledger.record_delivery(&body("req-1", "COMPLETED")).unwrap();
-        assert_eq!(outcome.kind, DeliveryKind::Applied);
+        assert_eq!(outcome.kind, DeliveryKind::Confirming);
         let job = ledger.job(id).unwrap().unwrap();
-        assert_eq!(
-            (job.state, job.post.as_deref(), job.reason),
-            (JobState::Completed, Some("download"), None)
-        );
+        assert_eq!((job.state, job.post), (JobState::Stalled, None));
+        assert!(job.next_poll_at.is_some());
     }
 }
 
@@ -428,15 +449,18 @@ mod ingest_cli {
         // Not 2: exit 2 promises nothing was written, and the good lines were.
         assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
         assert!(
-            stdout.contains("line 1: applied: queued -> completed (req-1 COMPLETED, job 1)"),
+            stdout.contains("line 1: confirming: COMPLETED is a hint: the job stays queued and its status call is due now (req-1 COMPLETED, job 1)"),
             "{stdout}"
         );
         assert!(stdout.contains("line 3: duplicate"), "{stdout}");
-        assert!(stdout.contains("line 4: stale"), "{stdout}");
+        assert!(
+            stdout.contains("line 4: applied: queued -> processing"),
+            "{stdout}"
+        );
         assert!(stdout.contains("line 5: orphan"), "{stdout}");
         assert!(
             stdout.contains(
-                "6 callback bodies: 1 applied, 1 duplicate, 1 stale, 1 orphan, 2 malformed"
+                "6 callback bodies: 1 applied, 1 duplicate, 0 stale, 1 orphan, 1 confirming, 2 malformed"
             ),
             "{stdout}"
         );
@@ -469,11 +493,13 @@ mod ingest_cli {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(0), "{stdout}");
         assert!(
-            stdout.contains("line 1: applied: queued -> error"),
+            stdout.contains("line 1: confirming: ERROR is a hint"),
             "{stdout}"
         );
         assert_eq!(
-            place.count("SELECT count(*) FROM jobs WHERE state = 'error'"),
+            place.count(
+                "SELECT count(*) FROM jobs WHERE state = 'queued' AND next_poll_at IS NOT NULL"
+            ),
             1
         );
     }
@@ -540,10 +566,10 @@ mod listen {
         let url = format!("http://{addr}/callback/s3cret");
         let agent = agent();
 
-        let (status, answer) = post(&agent, &url, &body("req-1", "COMPLETED"));
+        let (status, answer) = post(&agent, &url, &body("req-1", "PROCESSING"));
         assert_eq!(status, 200, "{answer}");
         // Read at once, from another connection: the row is there.
-        assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Completed);
+        assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Processing);
         assert_eq!(
             place.count("SELECT count(*) FROM deliveries WHERE outcome = 'applied'"),
             1
@@ -552,7 +578,7 @@ mod listen {
         assert_eq!(answer["outcome"], "applied");
         assert_eq!(answer["job_id"], id);
 
-        let (status, answer) = post(&agent, &url, &body("req-1", "COMPLETED"));
+        let (status, answer) = post(&agent, &url, &body("req-1", "PROCESSING"));
         assert_eq!((status, answer.contains("duplicate")), (200, true));
         let (status, answer) = post(&agent, &url, "{\"request_id\": 7}");
         assert_eq!(status, 400);
@@ -572,7 +598,7 @@ mod listen {
         let listener = start(&place, Some("s3cret"));
         let base = format!("http://{}", listener.addr());
         let agent = agent();
-        let callback = body("req-1", "COMPLETED");
+        let callback = body("req-1", "PROCESSING");
         for (path, expected) in [
             ("/callback/wrong", 401),
             ("/callback/", 401),
@@ -613,7 +639,7 @@ mod listen {
         let url = format!("http://{}/", listener.addr());
         let agent = agent();
 
-        let padded = body("req-1", "COMPLETED").replacen(
+        let padded = body("req-1", "PROCESSING").replacen(
             '{',
             &format!("{{\"pad\": \"{}\", ", "x".repeat(5000)),
             1,
@@ -658,7 +684,9 @@ mod listen {
             "{answer}"
         );
         assert_eq!(
-            place.count("SELECT count(*) FROM deliveries WHERE outcome = 'applied'"),
+            place.count(
+                "SELECT count(*) FROM deliveries WHERE outcome IN ('applied', 'confirming')"
+            ),
             2
         );
     }
@@ -677,7 +705,7 @@ mod listen {
             .map(|_| TcpStream::connect(listener.addr()).unwrap())
             .collect();
         let url = format!("http://{}/callback", listener.addr());
-        let (status, _) = post(&agent(), &url, &body("req-1", "COMPLETED"));
+        let (status, _) = post(&agent(), &url, &body("req-1", "PROCESSING"));
         assert_eq!(status, 200);
         // Stopping does not wait for them to send a request.
         let stats = listener.stop();
@@ -740,7 +768,7 @@ mod listen {
         // Keep delivering (duplicates now) until the writer has held the lock a few times.
         let until = Instant::now() + Duration::from_secs(20);
         while rounds.load(Ordering::SeqCst) < 20 && Instant::now() < until {
-            send("req-0", "COMPLETED");
+            send("req-0", "PROCESSING");
         }
         stop.store(true, Ordering::SeqCst);
         writer.join().unwrap();
@@ -749,11 +777,15 @@ mod listen {
             "the writer fell behind"
         );
         assert_eq!(
-            place.count("SELECT count(*) FROM jobs WHERE state = 'completed'"),
+            place.count(
+                "SELECT count(*) FROM jobs WHERE state = 'processing' AND next_poll_at IS NOT NULL"
+            ),
             40
         );
         assert_eq!(
-            place.count("SELECT count(*) FROM deliveries WHERE outcome = 'applied'"),
+            place.count(
+                "SELECT count(*) FROM deliveries WHERE outcome IN ('applied', 'confirming')"
+            ),
             80
         );
         assert_eq!(listener.stop().failed, 0);
@@ -785,7 +817,7 @@ mod listen {
         let (status, _) = post(
             &agent(),
             &format!("http://{addr}/callback/from-env"),
-            &body("req-1", "COMPLETED"),
+            &body("req-1", "PROCESSING"),
         );
         assert_eq!(status, 200);
         let killed = Command::new("kill")
@@ -797,7 +829,7 @@ mod listen {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
         assert!(
-            stderr.contains("POST /callback/<token> 200 applied req-1 COMPLETED"),
+            stderr.contains("POST /callback/<token> 200 applied req-1 PROCESSING"),
             "{stderr}"
         );
         assert!(
@@ -805,7 +837,7 @@ mod listen {
             "the token is never logged: {stderr}"
         );
         assert!(
-            stderr.contains("listen stopped: 1 applied, 0 duplicate"),
+            stderr.contains("listen stopped: 1 applied, 0 confirming, 0 adopting, 0 duplicate"),
             "{stderr}"
         );
     }
@@ -944,23 +976,19 @@ mod end_to_end {
         assert_eq!(place.count("SELECT count(*) FROM outputs"), 12);
         assert!(ledger.verify(true).unwrap().is_empty());
 
-        // Callbacks did the work: a job whose COMPLETED callback arrived in time was never
-        // polled, and every other job was finished by the fallback poll.
-        let unpolled_by_callback = place.count(
-            "SELECT count(*) FROM jobs j WHERE j.polls = 0 AND EXISTS (SELECT 1 FROM deliveries d
-             WHERE d.job_id = j.id AND d.remote_status = 'COMPLETED' AND d.outcome = 'applied')",
+        // Callbacks did the work, the gateway had the word: every job was polled, and a job
+        // whose COMPLETED callback arrived in time was confirmed by one status call instead of
+        // waiting for the fallback poll; each such callback agreed with the gateway.
+        assert_eq!(place.count("SELECT count(*) FROM jobs WHERE polls = 0"), 0);
+        let confirmed = place.count(
+            "SELECT count(*) FROM deliveries WHERE remote_status = 'COMPLETED' AND outcome = 'confirmed'",
         );
-        let unexplained = place.count(
-            "SELECT count(*) FROM jobs j WHERE j.polls = 0 AND NOT EXISTS (SELECT 1 FROM deliveries d
-             WHERE d.job_id = j.id AND d.remote_status = 'COMPLETED' AND d.outcome = 'applied')",
-        );
-        assert!(
-            unpolled_by_callback > 0,
-            "no job completed by callback alone"
-        );
+        assert!(confirmed > 0, "no job's callback was confirmed");
         assert_eq!(
-            unexplained, 0,
-            "a job completed with neither a callback nor a poll"
+            place.count(
+                "SELECT count(*) FROM deliveries WHERE outcome IN ('unconfirmed', 'confirming')"
+            ),
+            0
         );
         sandbox.shutdown();
     }
@@ -985,14 +1013,14 @@ fn a_callback_that_beats_the_submit_answer_is_adopted_when_the_answer_is_recorde
     let id = queued_job(&mut ledger, "r-early", None);
     assert_eq!(ledger.adopt_orphans("r-early").unwrap(), 1);
     let job = ledger.job(id).unwrap().unwrap();
-    assert_eq!(job.state, JobState::Completed);
-    assert_eq!(job.post.as_deref(), Some("download"));
+    assert_eq!(job.state, JobState::Queued);
+    assert!(job.next_poll_at.is_some(), "its status call is due");
     assert_eq!(
         place.count("SELECT count(*) FROM deliveries WHERE outcome = 'orphan'"),
         1
     );
     assert_eq!(
-        place.count("SELECT count(*) FROM deliveries WHERE outcome = 'applied'"),
+        place.count("SELECT count(*) FROM deliveries WHERE outcome = 'confirming'"),
         1
     );
 }
@@ -1003,12 +1031,12 @@ fn a_poll_answer_does_not_undo_a_callback_recorded_while_it_was_in_flight() {
     let mut ledger = place.ledger();
     let id = queued_job(&mut ledger, "r-race", None);
     ledger
-        .record_delivery(&body("r-race", "COMPLETED"))
+        .record_delivery(&body("r-race", "PROCESSING"))
         .unwrap();
-    // A poll sent while the job was queued answers PROCESSING after the callback landed.
+    // A poll sent while the job was queued answers QUEUED after the callback landed.
     let stale = Change {
-        state: Some(JobState::Processing),
-        remote_status: Some("PROCESSING".into()),
+        state: Some(JobState::Queued),
+        remote_status: Some("QUEUED".into()),
         count_poll: true,
         expect: Some(Expect {
             state: JobState::Queued,
@@ -1016,11 +1044,11 @@ fn a_poll_answer_does_not_undo_a_callback_recorded_while_it_was_in_flight() {
         }),
         ..Change::default()
     };
-    let event = Event::new(Some(id), Some(1), "poll").detail("PROCESSING");
+    let event = Event::new(Some(id), Some(1), "poll").detail("QUEUED");
     ledger
         .record(vec![JobUpdate::new(id, 1, stale, event)])
         .unwrap();
-    assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Completed);
+    assert_eq!(ledger.job(id).unwrap().unwrap().state, JobState::Processing);
     assert_eq!(
         place.count(&format!(
             "SELECT count(*) FROM events WHERE job_id = {id} AND kind = 'poll'"
