@@ -9,12 +9,13 @@ use crate::gateway::{
     DownloadError, Exchange, PollOutcome, RemoteJob, RemoteStatus, SubmitOutcome,
 };
 use crate::ledger::{
-    Change, Event, Expect, Field, JobRow, JobState, JobUpdate, OutputRow, Post, ProbedJob,
-    StatusSeen,
+    Change, Downloaded, Event, Expect, Field, JobRow, JobState, JobUpdate, OutputRow, Post, Probed,
+    ProbedJob, StatusSeen, Write,
 };
 use crate::lifecycle::{
     self, At, Charge, Learned, Reported, Step, SubmitAnswer, Verdict, Via, Work,
 };
+use rust_decimal::Decimal;
 use std::time::Duration;
 
 /// A recorded poll answer, and the final state it reached, if any.
@@ -57,23 +58,93 @@ fn seen_of(job: &JobRow, exchange: &Exchange<PollOutcome>) -> Option<StatusSeen>
     })
 }
 
+/// What one loop step took from the workers, written in one transaction by
+/// [`Engine::commit_taken`] before the step sends anything (group commit).
+#[derive(Default)]
+pub(super) struct Taken {
+    writes: Vec<Write>,
+    /// The estimate of each download's attempt, in the order of its [`Write::Download`].
+    estimates: Vec<Decimal>,
+    /// Request ids just accepted: a callback can beat the 202 to the ledger.
+    accepted: Vec<String>,
+    /// Jobs whose submission's answer was lost: the ghost's callback may already be here.
+    ghosts: Vec<i64>,
+    /// The statuses the polls brought, by which the jobs' waiting callbacks are judged.
+    seen: Vec<StatusSeen>,
+}
+
+impl Taken {
+    fn poll(&mut self, item: PollItem) {
+        let free = item.step.is_some_and(|s| s.charge == Charge::Free);
+        let (job_id, attempt) = (item.update.job_id, item.update.attempt);
+        self.seen.extend(item.seen);
+        self.writes.push(Write::Update(item.update));
+        if free {
+            self.writes.push(Write::NoCharge {
+                job_id,
+                attempt,
+                why: "ERROR jobs are not charged",
+            });
+        }
+    }
+}
+
 /// Where a job stands for the lifecycle.
 pub(super) fn at(job: &JobRow) -> At {
     At::new(job.state, job.owes() == Some(Post::Download))
 }
 
 impl<'a> Engine<'a> {
+    /// Records one result on its own.
     pub(super) fn handle(&mut self, done: Done) -> Result<(), EngineError> {
+        let mut taken = Taken::default();
+        let result = self.take(done, &mut taken);
+        let committed = self.commit_taken(taken);
+        result.and(committed)
+    }
+
+    /// Turns one result into the writes it owes, added to `taken`.
+    pub(super) fn take(&mut self, done: Done, taken: &mut Taken) -> Result<(), EngineError> {
         self.in_flight.remove(&done.job_id);
+        let (job_id, attempt) = (done.job_id, done.attempt);
         match done.result {
-            TaskResult::Probe(result) => self.on_probe(done.job_id, done.attempt, result),
-            TaskResult::Submit(exchange) => self.on_submit(done.job_id, done.attempt, exchange),
+            TaskResult::Probe(result) => self.on_probe(job_id, attempt, result, taken),
+            TaskResult::Submit(exchange) => self.on_submit(job_id, attempt, exchange, taken),
             TaskResult::Poll(exchange) => {
-                let item = self.poll_record(done.job_id, done.attempt, exchange)?;
-                self.commit_polls(item.into_iter().collect())
+                if let Some(item) = self.poll_record(job_id, attempt, exchange)? {
+                    taken.poll(item);
+                }
+                Ok(())
             }
-            TaskResult::Download(result) => self.on_download(done.job_id, done.attempt, result),
+            TaskResult::Download(result) => self.on_download(job_id, attempt, result, taken),
         }
+    }
+
+    /// Commits what was taken in one transaction; then the charges count against the budget
+    /// and callbacks that came before their job's 202 are adopted.
+    pub(super) fn commit_taken(&mut self, taken: Taken) -> Result<(), EngineError> {
+        if taken.writes.is_empty() {
+            return Ok(());
+        }
+        let charges = self.ledger.write_group(taken.writes)?;
+        for (charge, estimate) in charges.into_iter().zip(taken.estimates) {
+            if let Some(charge) = charge {
+                self.spent += charge - estimate;
+                self.summary.charged += charge;
+            }
+        }
+        for request_id in taken.accepted {
+            self.ledger.adopt_orphans(&request_id)?;
+        }
+        // Only now, with the answers recorded: the callbacks they confirm or refute, and the
+        // callbacks of lost submissions' ghosts.
+        if !taken.seen.is_empty() {
+            self.ledger.confirm_deliveries(&taken.seen)?;
+        }
+        for job_id in taken.ghosts {
+            self.ledger.adopt_ghosts(Some(job_id))?;
+        }
+        Ok(())
     }
 
     fn on_probe(
@@ -81,34 +152,33 @@ impl<'a> Engine<'a> {
         job_id: i64,
         attempt: i64,
         result: Result<crate::gateway::probe::Probe, crate::gateway::probe::ProbeError>,
+        taken: &mut Taken,
     ) -> Result<(), EngineError> {
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(());
         };
-        match result {
-            Ok(probe) => {
-                self.ledger.record_probe(
-                    &job.image_url,
-                    (probe.size.width, probe.size.height),
-                    &probe.size.format,
-                    probe.bytes_read,
-                    Some(ProbedJob {
-                        job_id,
-                        attempt,
-                        upscale: job.upscale,
-                    }),
-                )?;
-            }
+        taken.writes.push(match result {
+            Ok(probe) => Write::Probe(Probed {
+                size: (probe.size.width, probe.size.height),
+                format: probe.size.format,
+                bytes_read: probe.bytes_read,
+                job: Some(ProbedJob {
+                    job_id,
+                    attempt,
+                    upscale: job.upscale,
+                }),
+                url: job.image_url,
+            }),
             Err(reason) => {
                 self.unprobeable.insert(job_id);
-                self.ledger
-                    .append(vec![Event::new(Some(job_id), Some(attempt), "estimate")
-                        .detail(format!(
-                            "the input size could not be read from {}: {reason}",
-                            job.image_url
-                        ))])?;
+                Write::Event(
+                    Event::new(Some(job_id), Some(attempt), "estimate").detail(format!(
+                        "the input size could not be read from {}: {reason}",
+                        job.image_url
+                    )),
+                )
             }
-        }
+        });
         self.send_cursor = self.send_cursor.min(job_id - 1);
         Ok(())
     }
@@ -140,6 +210,7 @@ impl<'a> Engine<'a> {
         job_id: i64,
         attempt: i64,
         exchange: Exchange<SubmitOutcome>,
+        taken: &mut Taken,
     ) -> Result<(), EngineError> {
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(());
@@ -157,22 +228,23 @@ impl<'a> Engine<'a> {
             change = self.change_of(job.state, &step);
             self.submit_details(&job, &exchange.outcome, &mut change);
         }
-        self.ledger
-            .record(vec![JobUpdate::new(job_id, attempt, change, event)])?;
-        if let SubmitOutcome::Accepted { request_id, .. } = &exchange.outcome {
+        taken.writes.push(Write::Update(JobUpdate::new(
+            job_id, attempt, change, event,
+        )));
+        if let SubmitOutcome::Accepted { request_id, .. } = exchange.outcome {
             // A callback can beat the 202 to the ledger; it was kept as an orphan.
-            self.ledger.adopt_orphans(request_id)?;
+            taken.accepted.push(request_id);
         }
         if step.moves_to(job.state) == Some(JobState::Uncertain) {
             // The answer was lost, but the ghost's callback may already be here.
-            self.ledger.adopt_ghosts(Some(job_id))?;
+            taken.ghosts.push(job_id);
         }
         if step.charge == Charge::Free {
-            self.ledger.record_no_charge(
+            taken.writes.push(Write::NoCharge {
                 job_id,
                 attempt,
-                "rejected submissions are not charged",
-            )?;
+                why: "rejected submissions are not charged",
+            });
         }
         Ok(())
     }
@@ -498,33 +570,12 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Records poll answers in one transaction (group commit), then the 0 USD charge of each
-    /// that ended in ERROR.
-    pub(super) fn commit_polls(&mut self, items: Vec<PollItem>) -> Result<(), EngineError> {
-        let free: Vec<(i64, i64)> = items
-            .iter()
-            .filter(|i| i.step.is_some_and(|s| s.charge == Charge::Free))
-            .map(|i| (i.update.job_id, i.update.attempt))
-            .collect();
-        let seen: Vec<StatusSeen> = items.iter().filter_map(|i| i.seen.clone()).collect();
-        self.ledger
-            .record(items.into_iter().map(|i| i.update).collect())?;
-        // Only now, with the answers recorded: the callbacks they confirm or refute.
-        if !seen.is_empty() {
-            self.ledger.confirm_deliveries(&seen)?;
-        }
-        for (job_id, attempt) in free {
-            self.ledger
-                .record_no_charge(job_id, attempt, "ERROR jobs are not charged")?;
-        }
-        Ok(())
-    }
-
     fn on_download(
         &mut self,
         job_id: i64,
         attempt: i64,
         result: Result<Vec<OutputRow>, DownloadError>,
+        taken: &mut Taken,
     ) -> Result<(), EngineError> {
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(());
@@ -540,25 +591,22 @@ impl<'a> Engine<'a> {
         match result {
             Ok(files) => {
                 self.summary.downloads += 1;
-                let post = self.post_after(JobState::Completed);
-                if let Some(charge) = self.ledger.record_download(job_id, attempt, &files, post)? {
-                    self.spent += charge - job.estimated_cost.unwrap_or_default();
-                    self.summary.charged += charge;
-                }
-                Ok(())
+                taken.writes.push(Write::Download(Downloaded {
+                    job_id,
+                    attempt,
+                    files,
+                    post_after: self.post_after(JobState::Completed),
+                }));
+                taken.estimates.push(job.estimated_cost.unwrap_or_default());
             }
-            Err(error) => self.download_failed(job_id, attempt, error.to_string()),
+            Err(error) => self.download_failed(job_id, attempt, error.to_string(), taken),
         }
+        Ok(())
     }
 
     /// A download that failed is tried again after a backoff; after 5 failures the job keeps
     /// owing it, for a later run.
-    fn download_failed(
-        &mut self,
-        job_id: i64,
-        attempt: i64,
-        reason: String,
-    ) -> Result<(), EngineError> {
+    fn download_failed(&mut self, job_id: i64, attempt: i64, reason: String, taken: &mut Taken) {
         let failures = self.failures.entry(job_id).or_insert(0);
         *failures += 1;
         let failures = *failures;
@@ -577,10 +625,10 @@ impl<'a> Engine<'a> {
             },
             Event::new(Some(job_id), Some(attempt), "download_failed").detail(reason),
         );
-        self.ledger.record(vec![item])?;
+        taken.writes.push(Write::Update(item));
         if failures >= 5 {
             // Keep the job owing its download for a later run, but stop trying now.
-            self.ledger.record(vec![JobUpdate::new(
+            taken.writes.push(Write::Update(JobUpdate::new(
                 job_id,
                 attempt,
                 Change {
@@ -589,8 +637,7 @@ impl<'a> Engine<'a> {
                 },
                 Event::new(Some(job_id), Some(attempt), "download_deferred")
                     .detail("5 downloads failed; `run` tries again"),
-            )])?;
+            )));
         }
-        Ok(())
     }
 }

@@ -47,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use worker::{Done, Task, TaskResult, Workers};
+use worker::{Done, Task, Workers};
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -429,7 +429,7 @@ impl<'a> Engine<'a> {
             if self.options.stop.load(Ordering::Relaxed) && !self.mode.is_halted() {
                 self.interrupt();
             }
-            self.drain(&done_rx)?;
+            self.drain(None, &done_rx)?;
             self.check_deadline()?;
             self.run_hooks()?;
             let pass = self.dispatch(&workers)?;
@@ -445,7 +445,7 @@ impl<'a> Engine<'a> {
             }
             let wait = self.wait_time(pass)?;
             match done_rx.recv_timeout(wait) {
-                Ok(done) => self.handle(done)?,
+                Ok(done) => self.drain(Some(done), &done_rx)?,
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
@@ -454,28 +454,24 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    fn drain(&mut self, rx: &mpsc::Receiver<Done>) -> Result<(), EngineError> {
-        let mut polls = Vec::new();
-        while let Ok(done) = rx.try_recv() {
-            if matches!(done.result, TaskResult::Poll(_)) {
-                polls.push(done);
-            } else {
-                self.handle(done)?;
+    /// Takes `first` and every result already back, and commits them in one transaction
+    /// (group commit) before the step goes on to send anything. Bounded: only the tasks in
+    /// flight can bring results.
+    fn drain(&mut self, first: Option<Done>, rx: &mpsc::Receiver<Done>) -> Result<(), EngineError> {
+        let mut taken = answers::Taken::default();
+        let mut result = Ok(());
+        for done in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            result = self.take(done, &mut taken);
+            if result.is_err() {
+                break;
             }
         }
-        if !polls.is_empty() {
-            let mut items = Vec::with_capacity(polls.len());
-            for done in polls {
-                self.in_flight.remove(&done.job_id);
-                if let TaskResult::Poll(exchange) = done.result {
-                    if let Some(item) = self.poll_record(done.job_id, done.attempt, exchange)? {
-                        items.push(item);
-                    }
-                }
-            }
-            self.commit_polls(items)?;
-        }
-        Ok(())
+        // What was taken is committed even when a later result could not be.
+        let committed = self.commit_taken(taken);
+        result.and(committed)
     }
 
     fn nothing_left(&mut self) -> Result<bool, EngineError> {

@@ -108,20 +108,22 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: GatewayConfig) -> Self {
-        let api = agent_builder(&config.net)
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(config.timeout))
-            .timeout_connect(Some(config.connect_timeout))
-            .build()
-            .into();
-        let files = agent_builder(&config.net)
-            .http_status_as_error(false)
-            .max_redirects(5)
-            .timeout_global(Some(config.download_timeout))
-            .timeout_connect(Some(config.connect_timeout))
-            .build()
-            .into();
+        let api = config.net.agent(
+            agent_builder(&config.net)
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .timeout_global(Some(config.timeout))
+                .timeout_connect(Some(config.connect_timeout))
+                .build(),
+        );
+        let files = config.net.agent(
+            agent_builder(&config.net)
+                .http_status_as_error(false)
+                .max_redirects(5)
+                .timeout_global(Some(config.download_timeout))
+                .timeout_connect(Some(config.connect_timeout))
+                .build(),
+        );
         Gateway { config, api, files }
     }
 

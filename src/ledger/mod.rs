@@ -44,7 +44,7 @@ pub use files::APPLICATION_ID;
 pub use jobs::{EnqueueReport, Enqueued};
 pub use lock::EngineLock;
 pub use reconcile::{AttemptRef, Billed, Finding, FindingKind, Reconcile, Tally, Totals};
-pub use record::{Downloaded, FileOp, HookRunRow, ProbedJob, SubmitRecord};
+pub use record::{Downloaded, FileOp, HookRunRow, Probed, ProbedJob, SubmitRecord, Write};
 pub use report::{
     DaySpend, Discrepancy, GroupBy, Reconciliation, Report, ReportRow, SharedRequest, Source,
 };

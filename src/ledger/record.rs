@@ -42,6 +42,37 @@ pub struct Downloaded {
     pub post_after: Option<Post>,
 }
 
+/// An input size read from an image's header (or the cache), and the job it is for.
+#[derive(Debug, Clone)]
+pub struct Probed {
+    pub url: String,
+    pub size: (u32, u32),
+    pub format: String,
+    pub bytes_read: u64,
+    pub job: Option<ProbedJob>,
+}
+
+/// One of the writes [`Ledger::write_group`] commits together. Most are updates, so they are
+/// kept inline rather than boxed (a short-lived list per loop step).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Write {
+    /// A job's change with the event that explains it ([`Ledger::record`]).
+    Update(JobUpdate),
+    /// An event that changes no job ([`Ledger::append`]).
+    Event(Event),
+    /// [`Ledger::record_probe`].
+    Probe(Probed),
+    /// [`Ledger::record_download`].
+    Download(Downloaded),
+    /// [`Ledger::record_no_charge`].
+    NoCharge {
+        job_id: i64,
+        attempt: i64,
+        why: &'static str,
+    },
+}
+
 /// A hook call as recorded.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct HookRunRow {
@@ -134,53 +165,14 @@ impl Ledger {
         job: Option<ProbedJob>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
-        tx.execute(
-            "INSERT OR REPLACE INTO image_sizes (url, width, height, format, bytes_read, probed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![url, size.0, size.1, format, bytes_read as i64, now],
-        )?;
-        let mut estimate = None;
-        if let Some(ProbedJob {
-            job_id,
-            attempt,
-            upscale,
-        }) = job
-        {
-            let price = price_in_force(&tx, &now)?;
-            let (ow, oh) = money::output_size(size.0, size.1, upscale);
-            let cost = price.cost(ow, oh);
-            estimate = Some(cost);
-            apply_change(
-                &tx,
-                job_id,
-                attempt,
-                &Change {
-                    input_size: Some(InputSize {
-                        width: size.0,
-                        height: size.1,
-                        source: "header",
-                    }),
-                    ..Change::default()
-                },
-                &now,
-            )?;
-            tx.execute(
-                "UPDATE attempts SET estimated_cost = ?3, price_per_mp = ?4 WHERE job_id = ?1 AND attempt = ?2",
-                params![job_id, attempt, money::exact(cost), money::exact(price.per_megapixel)],
-            )?;
-            insert_event(
-                &tx,
-                Event::new(Some(job_id), Some(attempt), "estimate").detail(format!(
-                    "input {}x{} {format} (header, {bytes_read} bytes read) at upscale {upscale} at {} USD/MP: {} USD",
-                    size.0,
-                    size.1,
-                    money::exact(price.per_megapixel),
-                    money::exact(cost)
-                )),
-                &now,
-            )?;
-        }
+        let probe = Probed {
+            url: url.to_string(),
+            size,
+            format: format.to_string(),
+            bytes_read,
+            job,
+        };
+        let estimate = probe_in(&tx, &probe, &clock::now_stamp())?;
         tx.commit()?;
         Ok(estimate)
     }
@@ -223,22 +215,44 @@ impl Ledger {
     /// Marks an attempt as not charged (ERROR, rejected), once.
     pub fn record_no_charge(&mut self, job_id: i64, attempt: i64, why: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
-        let n = tx
-            .prepare_cached(
-                "UPDATE attempts SET actual_cost = '0'
-                 WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
-            )?
-            .execute(params![job_id, attempt])?;
-        if n == 1 {
-            insert_event(
-                &tx,
-                Event::new(Some(job_id), Some(attempt), "charge").detail(format!("0 USD: {why}")),
-                &now,
-            )?;
-        }
+        no_charge_in(&tx, job_id, attempt, why, &clock::now_stamp())?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// Writes what one step of the engine took from its workers in one transaction (group
+    /// commit), in order: the charge each [`Write::Download`] set, in order.
+    pub fn write_group(&mut self, writes: Vec<Write>) -> Result<Vec<Option<Decimal>>> {
+        let tx = self.conn.transaction()?;
+        let now = clock::now_stamp();
+        let mut charges = Vec::new();
+        for write in writes {
+            match write {
+                Write::Update(u) => {
+                    apply_change(&tx, u.job_id, u.attempt, &u.change, &now)?;
+                    insert_event(&tx, u.event, &now)?;
+                }
+                Write::Event(event) => insert_event(&tx, event, &now)?,
+                Write::Probe(probe) => {
+                    probe_in(&tx, &probe, &now)?;
+                }
+                Write::Download(d) => charges.push(download_in(
+                    &tx,
+                    d.job_id,
+                    d.attempt,
+                    &d.files,
+                    d.post_after,
+                    &now,
+                )?),
+                Write::NoCharge {
+                    job_id,
+                    attempt,
+                    why,
+                } => no_charge_in(&tx, job_id, attempt, why, &now)?,
+            }
+        }
+        tx.commit()?;
+        Ok(charges)
     }
 
     /// Jobs whose next poll or download is due at `now_ms`, soonest first.
@@ -658,6 +672,89 @@ impl Ledger {
             Event::new(Some(job_id), Some(attempt), "post").detail(why.to_string()),
         )])
     }
+}
+
+/// Caches a probed input size; its job, if any, gets the size, an estimate and its event.
+fn probe_in(tx: &Transaction<'_>, p: &Probed, now: &str) -> Result<Option<Decimal>> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO image_sizes (url, width, height, format, bytes_read, probed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        p.url,
+        p.size.0,
+        p.size.1,
+        p.format,
+        p.bytes_read as i64,
+        now
+    ])?;
+    let mut estimate = None;
+    if let Some(ProbedJob {
+        job_id,
+        attempt,
+        upscale,
+    }) = p.job
+    {
+        let price = price_in_force(tx, now)?;
+        let (ow, oh) = money::output_size(p.size.0, p.size.1, upscale);
+        let cost = price.cost(ow, oh);
+        estimate = Some(cost);
+        apply_change(
+            tx,
+            job_id,
+            attempt,
+            &Change {
+                input_size: Some(InputSize {
+                    width: p.size.0,
+                    height: p.size.1,
+                    source: "header",
+                }),
+                ..Change::default()
+            },
+            now,
+        )?;
+        tx.prepare_cached(
+                "UPDATE attempts SET estimated_cost = ?3, price_per_mp = ?4 WHERE job_id = ?1 AND attempt = ?2",
+            )?
+            .execute(params![job_id, attempt, money::exact(cost), money::exact(price.per_megapixel)])?;
+        insert_event(
+            tx,
+            Event::new(Some(job_id), Some(attempt), "estimate").detail(format!(
+                "input {}x{} {} (header, {} bytes read) at upscale {upscale} at {} USD/MP: {} USD",
+                p.size.0,
+                p.size.1,
+                p.format,
+                p.bytes_read,
+                money::exact(price.per_megapixel),
+                money::exact(cost)
+            )),
+            now,
+        )?;
+    }
+    Ok(estimate)
+}
+
+fn no_charge_in(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    attempt: i64,
+    why: &str,
+    now: &str,
+) -> Result<()> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE attempts SET actual_cost = '0'
+             WHERE job_id = ?1 AND attempt = ?2 AND actual_cost IS NULL",
+        )?
+        .execute(params![job_id, attempt])?;
+    if n == 1 {
+        insert_event(
+            tx,
+            Event::new(Some(job_id), Some(attempt), "charge").detail(format!("0 USD: {why}")),
+            now,
+        )?;
+    }
+    Ok(())
 }
 
 fn download_in(

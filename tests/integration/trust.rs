@@ -598,3 +598,55 @@ fn the_readme_local_webhook_tour_completes_with_callbacks_applied() {
         "{said}"
     );
 }
+
+/// Names are looked up once per host and then reused: a batch whose gateway and images are
+/// named `localhost` (not an address) completes every job, each sent once, and the outputs
+/// are whole; the same holds for a gateway behind TLS reached by name.
+#[test]
+fn a_gateway_and_images_named_by_host_name_serve_a_whole_batch() {
+    let world = World::new();
+    let base = world.sandbox.base_url().replace("127.0.0.1", "localhost");
+    assert!(base.starts_with("http://localhost:"), "{base}");
+    let urls: Vec<String> = (0..12)
+        .map(|i| {
+            let url = world.png(&format!("n{i}.png"), 8 + i, 8);
+            url.replace("127.0.0.1", "localhost")
+        })
+        .collect();
+    let manifest = world.manifest("named.txt", &urls);
+    let out_dir = world.out_dir();
+    let args = [
+        "batch",
+        manifest.to_str().unwrap(),
+        "--quiet",
+        "--poll-interval",
+        "50ms",
+        "--concurrency",
+        "4",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ];
+    let out = command(&world, &base, &args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(states(&world), vec!["completed"; 12]);
+    assert_eq!(world.sandbox.stats().submissions, 12);
+    let mut sizes: Vec<(u32, u32)> = std::fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| crate::common::png_size(&e.unwrap().path()))
+        .collect();
+    sizes.sort();
+    let expected: Vec<(u32, u32)> = (0..12).map(|i| ((8 + i) * 2, 16)).collect();
+    assert_eq!(sizes, expected);
+
+    // The same gateway behind a private CA, by name.
+    let tls = terminator(backend(&world));
+    let ca = world.dir.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).unwrap();
+    let named = tls.url.replace("127.0.0.1", "localhost");
+    let a = world.png("tls.png", 8, 8);
+    let mut args = submit_wait(&world, &a, &[]);
+    args.splice(0..0, ["--ca-cert", ca.to_str().unwrap()]);
+    let out = command(&world, &named, &args, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(states(&world).last().map(String::as_str), Some("completed"));
+}
