@@ -1,6 +1,7 @@
 //! The benchmarks of the "Performance" section of the README: throughput against the sandbox,
 //! the gateway ceiling, a ledger of a million jobs, the engine's loop step, the ledger writer,
-//! hook calls, header probes and the poll schedule. Prints one table.
+//! hook calls, header probes, the poll schedule, and the request budget under a rate limit
+//! with polls against lag (#10, #11). Prints one table.
 //!
 //! Run through `scripts/bench.sh`, or:
 //!
@@ -14,6 +15,7 @@
 //! `--reuse-finished PATH` gives #4 a kept ledger of finished jobs (`finished-only.db`).
 //! Everything runs on loopback, and every loop is bounded in count and in time.
 
+mod budget;
 mod engine;
 mod gen;
 mod images;
@@ -181,10 +183,13 @@ fn run() -> Res<()> {
     if opts.wants(9) {
         size::ledger_size(&opts, &mut rows)?;
     }
+    if opts.wants(10) || opts.wants(11) {
+        budget::budget(&opts, &mut rows)?;
+    }
     if !opts.keep {
         let _ = std::fs::remove_dir_all(opts.work.join("scale"));
     }
-    rows.sort_by_key(|r| r.num);
+    rows.sort_by_key(|r| r.num.parse::<u32>().unwrap_or(0));
     print_table(&opts, &rows, started.elapsed());
     Ok(())
 }

@@ -275,22 +275,7 @@ impl<'a> Engine<'a> {
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(None);
         };
-        let learned = match &exchange.outcome {
-            PollOutcome::Status(remote) => {
-                self.not_found.remove(&job_id);
-                Learned::Status(Via::Poll, Reported::of(&remote.status))
-            }
-            PollOutcome::NotFound if job.attempt == attempt => {
-                let count = self.not_found.entry(job_id).or_insert(0);
-                *count += 1;
-                if *count >= MAX_NOT_FOUND {
-                    Learned::Forgotten
-                } else {
-                    Learned::PollFailed
-                }
-            }
-            _ => Learned::PollFailed,
-        };
+        let learned = self.poll_learned(&job, attempt, &exchange.outcome);
         let step = lifecycle::step(at(&job), learned);
         if job.attempt != attempt || step.verdict == Verdict::Ignored {
             // The job moved on meanwhile (a callback finished it); keep the answer on record.
@@ -313,16 +298,7 @@ impl<'a> Engine<'a> {
             attempt,
         });
         match exchange.outcome {
-            _ if learned == Learned::Forgotten => {
-                self.not_found.remove(&job_id);
-                self.reachable();
-                let reason = format!(
-                    "the gateway answered HTTP 404 to {MAX_NOT_FOUND} status calls in a row: it no longer knows request {}; no longer polled, and it may have been charged (charge unknown)",
-                    job.request_id.as_deref().unwrap_or("?")
-                );
-                event.detail = Some(reason.clone());
-                change.reason = Field::Set(reason);
-            }
+            _ if learned == Learned::Forgotten => self.forgotten(&job, &mut change, &mut event),
             PollOutcome::Status(remote) => {
                 self.polled_status(&job, &step, &remote, &mut change, &mut event)
             }
@@ -338,6 +314,39 @@ impl<'a> Engine<'a> {
             update: JobUpdate::new(job_id, attempt, change, event),
             step: Some(step),
         }))
+    }
+
+    /// What a poll's answer teaches the lifecycle: a status, a failed poll, or, after
+    /// [`MAX_NOT_FOUND`] 404s in a row, that the gateway forgot the request id.
+    fn poll_learned(&mut self, job: &JobRow, attempt: i64, outcome: &PollOutcome) -> Learned {
+        match outcome {
+            PollOutcome::Status(remote) => {
+                self.not_found.remove(&job.id);
+                Learned::Status(Via::Poll, Reported::of(&remote.status))
+            }
+            PollOutcome::NotFound if job.attempt == attempt => {
+                let count = self.not_found.entry(job.id).or_insert(0);
+                *count += 1;
+                if *count >= MAX_NOT_FOUND {
+                    Learned::Forgotten
+                } else {
+                    Learned::PollFailed
+                }
+            }
+            _ => Learned::PollFailed,
+        }
+    }
+
+    /// The reason of a job whose request id the gateway forgot.
+    fn forgotten(&mut self, job: &JobRow, change: &mut Change, event: &mut Event) {
+        self.not_found.remove(&job.id);
+        self.reachable();
+        let reason = format!(
+            "the gateway answered HTTP 404 to {MAX_NOT_FOUND} status calls in a row: it no longer knows request {}; no longer polled, and it may have been charged (charge unknown)",
+            job.request_id.as_deref().unwrap_or("?")
+        );
+        event.detail = Some(reason.clone());
+        change.reason = Field::Set(reason);
     }
 
     /// A status a poll brought: recorded as said, and the job polled again until it ends.
