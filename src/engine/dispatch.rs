@@ -60,6 +60,8 @@ impl<'a> Engine<'a> {
         if self.mode.is_halted() {
             return Ok(Pass::default());
         }
+        // Only a job that can be sent now waits for a token (not one held or draining).
+        self.sends_waiting &= self.mode.may_send();
         let dispatched = self.dispatch_due(workers)?;
         let mut pass = Pass::default();
         if self.can_send() {
@@ -273,26 +275,28 @@ impl<'a> Engine<'a> {
             self.sends_waiting = false;
             return Ok(Pass::default());
         }
-        self.sends_waiting = true;
+        self.sends_waiting = false;
         let mut sends = Sends::default();
         for job in candidates {
             if sends.intents.len() + self.in_flight.len() >= self.limit {
                 break;
             }
+            if self.in_flight.contains_key(&job.id) || self.passed.contains(&job.id) {
+                self.send_cursor = self.send_cursor.max(job.id);
+                continue;
+            }
             if sends.spare.is_none() {
                 match self.gateway.budget().try_take() {
                     Ok(ticket) => sends.spare = Some(ticket),
                     Err(wait) => {
+                        // A job waits for a token: the next polls leave room for it.
                         self.token_wait = Some(wait);
-                        sends.rewind.get_or_insert(job.id - 1);
+                        self.sends_waiting = true;
                         break;
                     }
                 }
             }
             self.send_cursor = self.send_cursor.max(job.id);
-            if self.in_flight.contains_key(&job.id) || self.passed.contains(&job.id) {
-                continue;
-            }
             if self.probe_first(&job, workers, &mut sends)? {
                 continue;
             }

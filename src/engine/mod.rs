@@ -570,6 +570,10 @@ impl<'a> Engine<'a> {
     fn next_poll_delay(&self, job: &JobRow, elapsed: Duration, polls: u32) -> Duration {
         if job.expects_callbacks {
             self.options.callback_fallback
+        } else if !self.schedule.learned() {
+            // Nothing learned yet: every poll interval, as the API's documentation advises. A
+            // completion seen late still teaches its exact duration (the gateway's times).
+            self.options.poll_interval
         } else {
             self.schedule.next_delay(elapsed, polls)
         }

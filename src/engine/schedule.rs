@@ -5,8 +5,9 @@
 //! polled before the low quantile of that distribution; its first poll comes one poll interval
 //! after the low quantile, or at the high quantile when that is sooner, and later polls one
 //! poll interval apart (`--poll-interval` stays the longest wait between two polls of a job,
-//! and is the lag to the output that a user accepts). Before anything is learned it starts
-//! fast and doubles up to the interval.
+//! and is the lag to the output that a user accepts). Before anything is learned the engine
+//! polls every interval (`Engine::next_poll_delay`); this schedule's own unlearned answer
+//! starts fast and doubles up to the interval.
 //!
 //! When the request budget is what limits, due polls go first, the jobs most likely done
 //! first ([`PollSchedule::p_done`]), and a waiting submission gets at least one request in
