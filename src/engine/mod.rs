@@ -417,6 +417,9 @@ impl<'a> Engine<'a> {
             )?;
         }
         self.ledger.reschedule_owed(self.scope(), now_ms())?;
+        let interval = self.options.poll_interval.as_millis() as i64;
+        self.ledger
+            .bring_polls_forward(self.scope(), now_ms() + interval)?;
         self.spent = self.ledger.committed_spend(self.scope())?;
         self.total_in_scope = self
             .ledger

@@ -292,6 +292,18 @@ impl Ledger {
         )?)
     }
 
+    /// At engine start: a job at the gateway (not waiting for callbacks) is polled no later
+    /// than `latest_ms`, one poll interval of this run away, whatever an earlier command with
+    /// another interval scheduled.
+    pub fn bring_polls_forward(&mut self, batch: Option<&str>, latest_ms: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE jobs SET next_poll_at = ?1 WHERE next_poll_at > ?1
+             AND state IN ('queued', 'processing') AND NOT expects_callbacks
+             AND (?2 IS NULL OR batch = ?2)",
+            params![latest_ms, batch],
+        )?)
+    }
+
     /// Completed jobs whose outputs are still not downloaded.
     pub fn owing_downloads(&self, batch: Option<&str>) -> Result<i64> {
         Ok(self.conn.query_row(
