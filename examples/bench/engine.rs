@@ -29,7 +29,7 @@ fn fast_sandbox(dir: &Path) -> Res<Sandbox> {
     })?)
 }
 
-fn tiny_jobs(sandbox: &Sandbox, batch: &str, n: usize) -> Vec<NewJob> {
+pub fn tiny_jobs(sandbox: &Sandbox, batch: &str, n: usize) -> Vec<NewJob> {
     jobs_of(&sandbox.static_url("tiny.png"), batch, n)
 }
 
@@ -110,7 +110,7 @@ impl ProgressSink for FirstUpdate {
     }
 }
 
-fn options(dir: &Path, concurrency: usize, batch: Option<&str>) -> EngineOptions {
+pub fn options(dir: &Path, concurrency: usize, batch: Option<&str>) -> EngineOptions {
     let mut options = EngineOptions::new(dir.join("restored"));
     options.concurrency = concurrency;
     options.batch = batch.map(str::to_string);

@@ -1,7 +1,8 @@
 //! The benchmarks of the "Performance" section of the README: throughput against the sandbox,
 //! the gateway ceiling, a ledger of a million jobs, the engine's loop step, the ledger writer,
-//! hook calls, header probes, the poll schedule, the ledger's size and the CPU of a `batch`
-//! command. Prints one table.
+//! hook calls, header probes, the poll schedule, the ledger's size, the CPU of a `batch`
+//! command, and the request budget under a rate limit with polls against lag (#11, #12).
+//! Prints one table.
 //!
 //! Run through `scripts/bench.sh`, or:
 //!
@@ -15,6 +16,7 @@
 //! `--reuse-finished PATH` gives #4 a kept ledger of finished jobs (`finished-only.db`).
 //! Everything runs on loopback, and every loop is bounded in count and in time.
 
+mod budget;
 mod cpu;
 mod engine;
 mod gen;
@@ -185,6 +187,9 @@ fn run() -> Res<()> {
     }
     if opts.wants(10) {
         cpu::cpu(&opts, &mut rows)?;
+    }
+    if opts.wants(11) || opts.wants(12) {
+        budget::budget(&opts, &mut rows)?;
     }
     if !opts.keep {
         let _ = std::fs::remove_dir_all(opts.work.join("scale"));

@@ -26,6 +26,8 @@ pub struct ConfigFile {
     pub name_pattern: Option<String>,
     pub concurrency: Option<u16>,
     pub poll_interval: Option<String>,
+    /// Requests a second, as `--max-rps`.
+    pub max_rps: Option<f64>,
     pub hooks: Option<Vec<PathBuf>>,
     /// USD, as a string (`"5"`) or a number (`5`, `0.3`); see [`Config::budget`].
     pub budget: Option<toml::Spanned<toml::Value>>,
@@ -108,6 +110,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), CliError> {
         self.poll_interval()?;
+        self.max_rps()?;
         self.budget()?;
         if let Some(n) = self.file.concurrency {
             if !(1..=256).contains(&n) {
@@ -126,6 +129,13 @@ impl Config {
             .poll_interval
             .as_deref()
             .map(|t| super::parse_duration(t).map_err(|e| self.bad("poll_interval", e)))
+            .transpose()
+    }
+
+    pub fn max_rps(&self) -> Result<Option<f64>, CliError> {
+        self.file
+            .max_rps
+            .map(|r| super::parse_rps(&r.to_string()).map_err(|e| self.bad("max_rps", e)))
             .transpose()
     }
 
@@ -154,14 +164,15 @@ impl Config {
 ///
 /// A TOML file in the user's config directory (`codeformer-ledger/config.toml`), or the file
 /// named by --config or CODEFORMER_LEDGER_CONFIG, holds defaults: base_url, ledger, out_dir,
-/// name_pattern, concurrency, poll_interval, hooks, budget, tags, upload. Flags and environment
-/// variables win over it. Example file:
+/// name_pattern, concurrency, poll_interval, max_rps, hooks, budget, tags, upload. Flags and
+/// environment variables win over it. Example file:
 ///
 ///   base_url = "https://gateway.pixazo.ai"
 ///   out_dir = "/photos/restored"
 ///   name_pattern = "{stem}-{upscale}x"
 ///   concurrency = 8
 ///   poll_interval = "5s"
+///   max_rps = 10               (a known quota of API requests a second)
 ///   hooks = ["/home/me/hooks/sidecar.lua"]
 ///   budget = 20                (USD: a number, or a string such as "20")
 ///   tags = { client = "acme" }
@@ -245,6 +256,14 @@ pub fn run(global: &Global, args: ConfigArgs) -> CmdResult {
             "poll_interval",
             c.file.poll_interval.clone().unwrap_or_else(|| "5s".into()),
             from_config(c.file.poll_interval.is_some()),
+        ),
+        (
+            "max_rps",
+            c.file
+                .max_rps
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "(learned)".into()),
+            from_config(c.file.max_rps.is_some()),
         ),
         (
             "hooks",

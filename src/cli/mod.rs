@@ -305,7 +305,10 @@ impl Global {
     pub fn gateway(&self) -> Result<Gateway, CliError> {
         let mut config = GatewayConfig::new(&self.base_url, self.api_key()?).with_net(self.net()?);
         config.fsync_outputs = self.fsync_outputs;
-        Ok(Gateway::new(config))
+        let gateway = Gateway::new(config);
+        // Every command's API calls draw from the budget; the config file's quota bounds it.
+        gateway.budget().set_ceiling(self.config.max_rps()?);
+        Ok(gateway)
     }
 
     /// The bucket of local inputs, when `--upload` is configured. Its requests go through the
@@ -371,6 +374,19 @@ pub enum Format {
     Table,
     Json,
     Csv,
+}
+
+/// Parses a rate of requests a second (`--max-rps`): a positive number, fractions allowed.
+pub fn parse_rps(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rps) if rps.is_finite() && rps > 0.0 && rps <= 100_000.0 => Ok(rps),
+        Ok(_) => Err(format!(
+            "`{text}` is not a usable rate: give requests a second above 0 (e.g. 10 or 0.5)"
+        )),
+        Err(_) => Err(format!(
+            "`{text}` is not a number of requests a second (e.g. 10)"
+        )),
+    }
 }
 
 /// Parses a duration such as `90s`, `15m`, `2h`, `1d` or `500ms`.

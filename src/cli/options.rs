@@ -13,7 +13,7 @@
 //! - output folder: `--out-dir` > the batch's remembered folder > config `out_dir` > `./restored`;
 //! - hooks: `--hook` > config `hooks` > the batch's remembered hooks;
 //! - cap: `--budget`/`--no-budget` > the batch's remembered cap > config `budget` > none;
-//! - concurrency, poll interval, name pattern: the flag > the config file > the default.
+//! - concurrency, poll interval, max rps, name pattern: the flag > the config file > the default.
 
 use super::common::{hook_file, start_hooks, usable_out_dir};
 use super::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_OUT_DIR, DEFAULT_POLL_INTERVAL};
@@ -55,6 +55,10 @@ pub struct EngineArgs {
     /// The longest wait between two polls of one job (the schedule adapts below it) [default: 5s].
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
     pub poll_interval: Option<Duration>,
+    /// A known quota of API requests a second (submissions and status calls together): the
+    /// request budget never goes above it [default: learned from the gateway's 429 answers].
+    #[arg(long, value_name = "N", value_parser = super::parse_rps)]
+    pub max_rps: Option<f64>,
     /// How often jobs that expect webhook callbacks are still polled, as a fallback for lost
     /// callbacks [default: 60s].
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration)]
@@ -90,6 +94,7 @@ impl EngineArgs {
             no_budget: false,
             deadline: None,
             poll_interval: None,
+            max_rps: None,
             callback_fallback: None,
             hooks: Vec::new(),
             trusted_hooks: false,
@@ -130,6 +135,7 @@ pub struct Checked {
     hook_timeout: Duration,
     concurrency: usize,
     poll_interval: Duration,
+    max_rps: Option<f64>,
     name_pattern: Option<String>,
     deadline: Option<Duration>,
     callback_fallback: Option<Duration>,
@@ -190,6 +196,10 @@ impl Checked {
                 Some(d) => d,
                 None => config.poll_interval()?.unwrap_or(DEFAULT_POLL_INTERVAL),
             },
+            max_rps: match args.max_rps {
+                Some(rps) => Some(rps),
+                None => config.max_rps()?,
+            },
             name_pattern: args
                 .name_pattern
                 .clone()
@@ -210,10 +220,12 @@ impl Checked {
         config: &Config,
         out_dir: Option<PathBuf>,
         poll_interval: Option<Duration>,
+        max_rps: Option<f64>,
     ) -> Result<Checked, CliError> {
         let mut args = EngineArgs::unset();
         args.out_dir = out_dir;
         args.poll_interval = poll_interval;
+        args.max_rps = max_rps;
         if let (None, Some(dir)) = (&args.out_dir, &config.file.out_dir) {
             usable_out_dir(dir)?;
         }
@@ -267,6 +279,7 @@ pub struct RunConfig {
     pub batch_budgets: HashMap<String, Decimal>,
     concurrency: usize,
     poll_interval: Duration,
+    max_rps: Option<f64>,
     name_pattern: Option<String>,
     deadline: Option<Duration>,
     callback_fallback: Option<Duration>,
@@ -336,6 +349,7 @@ impl RunConfig {
             batch_budgets,
             concurrency: given.concurrency,
             poll_interval: given.poll_interval,
+            max_rps: given.max_rps,
             name_pattern: given.name_pattern,
             deadline: given.deadline,
             callback_fallback: given.callback_fallback,
@@ -386,6 +400,7 @@ impl RunConfig {
         options.batch_budgets = self.batch_budgets.clone();
         options.deadline = self.deadline;
         options.poll_interval = self.poll_interval;
+        options.max_rps = self.max_rps;
         if let Some(pattern) = &self.name_pattern {
             options.name_pattern = pattern.clone();
         }

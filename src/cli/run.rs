@@ -767,6 +767,9 @@ fn progress_line(p: &Progress, elapsed: Duration) -> String {
         ends.join(", "),
         format!("{} USD spent", money::exact(p.spent)),
     ];
+    if let Some(rate) = p.request_rate {
+        parts.push(format!("request budget {} req/s", rate_text(rate)));
+    }
     if let Some(wait) = p.rate_limited {
         parts.push(format!(
             "rate limited by the gateway: waiting {} s",
@@ -776,6 +779,15 @@ fn progress_line(p: &Progress, elapsed: Duration) -> String {
         parts.push(format!("ETA {}", human_duration(eta)));
     }
     parts.join(" · ")
+}
+
+/// A rate as the progress line shows it: one decimal below 10 a second, whole above.
+fn rate_text(rate: f64) -> String {
+    if rate < 10.0 {
+        format!("{rate:.1}")
+    } else {
+        format!("{rate:.0}")
+    }
 }
 
 /// The time left at this run's pace; none before a job finished in this run.

@@ -47,6 +47,10 @@ pub struct SubmitArgs {
     /// poll_interval, else 5s].
     #[arg(long, value_name = "DUR", value_parser = super::parse_duration, requires = "wait")]
     pub poll_interval: Option<std::time::Duration>,
+    /// With --wait: a known quota of API requests a second [default: the config file's
+    /// max_rps, else learned from the gateway's 429 answers].
+    #[arg(long, value_name = "N", value_parser = super::parse_rps, requires = "wait")]
+    pub max_rps: Option<f64>,
 }
 
 /// The local file `submit PATH` names, read; `None` for a URL. Without `--upload` a path is
@@ -87,10 +91,14 @@ pub fn run(global: &Global, args: SubmitArgs) -> CmdResult {
             &global.config,
             args.out_dir.clone(),
             args.poll_interval,
+            args.max_rps,
         )?),
         false => None,
     };
     let gateway = global.gateway()?;
+    if args.max_rps.is_some() {
+        gateway.budget().set_ceiling(args.max_rps);
+    }
     let mut job = match local_input(global, &args)? {
         Some(file) => super::upload::local_job(global, file, params)?,
         None => NewJob::new(params),

@@ -2,6 +2,7 @@
 //! (the job's next state, its work and its charge), to which the answer adds what it
 //! carried (a request id, output URLs, an error text) and when the job is next polled.
 
+use super::dispatch::elapsed_since_sent;
 use super::worker::{Done, TaskResult};
 use super::{backoff, now_ms, Engine, EngineError, StopReason, MAX_RATE_LIMIT_WAIT};
 use crate::clock;
@@ -17,6 +18,10 @@ use crate::lifecycle::{
 };
 use rust_decimal::Decimal;
 use std::time::Duration;
+
+/// Status calls answered 404 in a row after which a job is no longer polled: the gateway
+/// forgot its request id (`Learned::Forgotten`).
+pub const MAX_NOT_FOUND: u32 = 3;
 
 /// A recorded poll answer, and the final state it reached, if any.
 pub(super) struct PollItem {
@@ -382,10 +387,7 @@ impl<'a> Engine<'a> {
         let Some(job) = self.ledger.job(job_id)? else {
             return Ok(None);
         };
-        let learned = match &exchange.outcome {
-            PollOutcome::Status(remote) => Learned::Status(Via::Poll, Reported::of(&remote.status)),
-            _ => Learned::PollFailed,
-        };
+        let learned = self.poll_learned(&job, attempt, &exchange.outcome);
         let step = lifecycle::step(at(&job), learned);
         let seen = seen_of(&job, &exchange);
         self.refuse_unknown_ghost(&job, &exchange.outcome)?;
@@ -411,6 +413,7 @@ impl<'a> Engine<'a> {
             attempt,
         });
         match exchange.outcome {
+            _ if learned == Learned::Forgotten => self.forgotten(&job, &mut change, &mut event),
             PollOutcome::Status(remote) => {
                 self.polled_status(&job, &step, &remote, &mut change, &mut event)
             }
@@ -446,6 +449,39 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// What a poll's answer teaches the lifecycle: a status, a failed poll, or, after
+    /// [`MAX_NOT_FOUND`] 404s in a row, that the gateway forgot the request id.
+    fn poll_learned(&mut self, job: &JobRow, attempt: i64, outcome: &PollOutcome) -> Learned {
+        match outcome {
+            PollOutcome::Status(remote) => {
+                self.not_found.remove(&job.id);
+                Learned::Status(Via::Poll, Reported::of(&remote.status))
+            }
+            PollOutcome::NotFound if job.attempt == attempt => {
+                let count = self.not_found.entry(job.id).or_insert(0);
+                *count += 1;
+                if *count >= MAX_NOT_FOUND {
+                    Learned::Forgotten
+                } else {
+                    Learned::PollFailed
+                }
+            }
+            _ => Learned::PollFailed,
+        }
+    }
+
+    /// The reason of a job whose request id the gateway forgot.
+    fn forgotten(&mut self, job: &JobRow, change: &mut Change, event: &mut Event) {
+        self.not_found.remove(&job.id);
+        self.reachable();
+        let reason = format!(
+            "the gateway answered HTTP 404 to {MAX_NOT_FOUND} status calls in a row: it no longer knows request {}; no longer polled, and it may have been charged (charge unknown)",
+            job.request_id.as_deref().unwrap_or("?")
+        );
+        event.detail = Some(reason.clone());
+        change.reason = Field::Set(reason);
+    }
+
     /// A status a poll brought: recorded as said, and the job polled again until it ends.
     fn polled_status(
         &mut self,
@@ -459,12 +495,7 @@ impl<'a> Engine<'a> {
         self.note_success();
         event.remote_status = Some(remote.status.as_str().to_string());
         change.remote_status = Some(remote.status.as_str().to_string());
-        let elapsed = job
-            .submitted_at
-            .as_deref()
-            .and_then(clock::parse_remote)
-            .map(|t| (clock::now() - t).to_std().unwrap_or_default())
-            .unwrap_or_default();
+        let elapsed = elapsed_since_sent(job);
         if step.work != Work::PollLater {
             self.failures.remove(&job.id);
         }
@@ -474,7 +505,14 @@ impl<'a> Engine<'a> {
                 change.next_poll_at = Field::Set(now_ms() + delay.as_millis() as i64);
             }
             Work::Download => {
-                self.schedule.observe(elapsed);
+                // The gateway's own times when it gives both: a poll sees a completion late.
+                let took = match (remote.created_at, remote.completed_at) {
+                    (Some(created), Some(done)) if done >= created => {
+                        (done - created).to_std().unwrap_or(elapsed)
+                    }
+                    _ => elapsed,
+                };
+                self.schedule.observe(took);
                 change.output_urls = Some(remote.media_urls.clone());
             }
             Work::Finish => {

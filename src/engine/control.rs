@@ -1,6 +1,6 @@
 //! The engine's own state: whether it sends (its [`Mode`]), how many requests it keeps in
-//! flight (halved by a 429, grown back by successes), an outage of the gateway, and why the
-//! run stops.
+//! flight, an outage of the gateway, and why the run stops. How many requests a second go to
+//! the gateway is the request budget's business (`gateway::budget`), learned from 429s.
 
 use super::{backoff, Engine, EngineError, StopReason, MAX_RATE_LIMIT_WAIT};
 use crate::ledger::Event;
@@ -99,19 +99,18 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// A 429: fewer requests at once, and no sending until `Retry-After` (capped) has passed.
-    /// A wait long enough to notice is recorded, and shown by the progress display.
+    /// A 429. The request budget (`gateway::budget`) already paused every request for its
+    /// `Retry-After` (capped) and cut its rate; here a wait long enough to notice is
+    /// recorded, and shown by the progress display.
     pub(super) fn on_rate_limited(
         &mut self,
         retry_after: Option<Duration>,
     ) -> Result<(), EngineError> {
         self.successes_since_429 = 0;
-        self.limit = (self.limit / 2).max(1);
         let pause = retry_after
             .unwrap_or(Duration::from_secs(1))
             .min(MAX_RATE_LIMIT_WAIT);
         let until = Instant::now() + pause;
-        self.pause_until(until, true);
         let extends = self
             .rate_limited_until
             .is_none_or(|u| until > u + Duration::from_secs(1));

@@ -4,12 +4,13 @@
 
 use super::answers::at;
 use super::control::{InFlight, Pass};
+use super::schedule;
 use super::worker::{Task, Workers};
 use super::{
     now_ms, render_name, Engine, EngineError, StopReason, SubmitVerdict, DEFAULT_NAME_PATTERN,
 };
 use crate::clock;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Ticket};
 use crate::ledger::{Change, Event, Field, JobRow, JobState, JobUpdate, ProbedJob, SubmitRecord};
 use crate::lifecycle::{self, Learned};
 use crate::money;
@@ -17,6 +18,19 @@ use crate::params::JobParams;
 use rust_decimal::Decimal;
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Due jobs read beyond the room in flight, so that a short budget can pick among them.
+const DUE_LOOKAHEAD: usize = 64;
+
+/// How long ago a job was sent (zero when unknown).
+pub(super) fn elapsed_since_sent(job: &JobRow) -> Duration {
+    job.submitted_at
+        .as_deref()
+        .and_then(clock::parse_remote)
+        .map(|t| (clock::now() - t).to_std().unwrap_or_default())
+        .unwrap_or_default()
+}
 
 /// The callback URL one attempt is sent with: a URL ending in `/callback/TOKEN` (the path
 /// `listen` serves) gets the attempt's own path `/callback/TOKEN/a/<job>-<attempt>`, so that a
@@ -46,7 +60,9 @@ pub(super) struct Hold {
 /// What one pass over the sendable jobs gathers before anything is written.
 #[derive(Default)]
 struct Sends {
-    intents: Vec<(SubmitRecord, JobRow, JobParams)>,
+    intents: Vec<(SubmitRecord, JobRow, JobParams, Ticket)>,
+    /// A token of the request budget taken for the next job of the pass.
+    spare: Option<Ticket>,
     to_hold: Vec<Hold>,
     /// A probe was handed to a worker.
     probed: bool,
@@ -62,6 +78,8 @@ impl<'a> Engine<'a> {
         if self.mode.is_halted() {
             return Ok(Pass::default());
         }
+        // Only a job that can be sent now waits for a token (not one held or draining).
+        self.sends_waiting &= self.mode.may_send();
         let dispatched = self.dispatch_due(workers)?;
         let mut pass = Pass::default();
         if self.can_send() {
@@ -71,25 +89,96 @@ impl<'a> Engine<'a> {
         Ok(pass)
     }
 
-    /// Polls and downloads that are due, as many as there is room for.
+    /// Polls and downloads that are due, as many as there is room for. Downloads go first
+    /// (they draw nothing from the request budget); polls in the order a short budget serves
+    /// them, each with a token of it, and a poll the learned schedule says is too early is
+    /// moved to its time instead.
     fn dispatch_due(&mut self, workers: &Workers) -> Result<bool, EngineError> {
         let free = self.limit.saturating_sub(self.in_flight.len());
         if free == 0 {
             return Ok(false);
         }
-        let due = self
-            .ledger
-            .due(self.scope(), now_ms(), free + self.in_flight.len())?;
+        let due = self.ledger.due(
+            self.scope(),
+            now_ms(),
+            free + self.in_flight.len() + DUE_LOOKAHEAD,
+        )?;
         let mut dispatched = false;
+        let mut polls = Vec::new();
         for job in due {
             if self.in_flight.len() >= self.limit {
                 break;
             }
-            if !self.in_flight.contains_key(&job.id) {
+            if self.in_flight.contains_key(&job.id) {
+                continue;
+            }
+            if !at(&job).owes_download && wants_status_call(&job) {
+                polls.push(job);
+            } else {
                 dispatched |= self.dispatch_one_due(&job, workers)?;
             }
         }
+        Ok(self.dispatch_polls(polls, workers)? || dispatched)
+    }
+
+    fn dispatch_polls(
+        &mut self,
+        polls: Vec<JobRow>,
+        workers: &Workers,
+    ) -> Result<bool, EngineError> {
+        let now = now_ms();
+        let keys: Vec<(Duration, i64)> = polls
+            .iter()
+            .map(|j| (elapsed_since_sent(j), j.next_poll_at.unwrap_or(now)))
+            .collect();
+        let short = self.gateway.budget().limiting_rate().is_some();
+        let mut deferred = Vec::new();
+        let mut dispatched = false;
+        for i in schedule::poll_order(&self.schedule, &keys) {
+            let job = &polls[i];
+            if self.in_flight.len() >= self.limit {
+                break;
+            }
+            if let Some(wait) = self.too_early(job, keys[i].0) {
+                deferred.push((job.id, now + wait.as_millis() as i64));
+                continue;
+            }
+            if !schedule::poll_next(self.polls_since_send, true, short && self.sends_waiting) {
+                break;
+            }
+            let ticket = match self.gateway.budget().try_take() {
+                Ok(ticket) => ticket,
+                Err(wait) => {
+                    self.token_wait = Some(wait);
+                    break;
+                }
+            };
+            let Some(request_id) = job.request_id.clone() else {
+                continue;
+            };
+            self.in_flight.insert(job.id, InFlight::Poll);
+            self.polls_since_send = self.polls_since_send.saturating_add(1);
+            workers.send(job.id, job.attempt, Task::Poll { request_id, ticket });
+            dispatched = true;
+        }
+        self.ledger.defer_polls(&deferred)?;
         Ok(dispatched)
+    }
+
+    /// How much later a due poll should come, when the learned schedule says it is too early:
+    /// a job never polled waits for its first poll, any job for the low quantile. Jobs that
+    /// expect callbacks keep their fallback polls.
+    fn too_early(&self, job: &JobRow, elapsed: Duration) -> Option<Duration> {
+        if job.expects_callbacks {
+            return None;
+        }
+        let target = if job.polls == 0 {
+            self.schedule.first_poll()?
+        } else {
+            self.schedule.not_before()?
+        };
+        let wait = target.checked_sub(elapsed)?;
+        (wait > Duration::from_millis(50)).then_some(wait)
     }
 
     fn dispatch_one_due(&mut self, job: &JobRow, workers: &Workers) -> Result<bool, EngineError> {
@@ -99,16 +188,9 @@ impl<'a> Engine<'a> {
             workers.send(job.id, job.attempt, task);
             return Ok(true);
         }
-        // A stalled job's callback, or an uncertain attempt's ghost, made a status call due.
-        let confirming = matches!(job.state, JobState::Stalled | JobState::Uncertain)
-            && job.request_id.is_some();
-        if job.state.is_remote_pending() || confirming {
-            let Some(request_id) = job.request_id.clone() else {
-                return Ok(false);
-            };
-            self.in_flight.insert(job.id, InFlight::Poll);
-            workers.send(job.id, job.attempt, Task::Poll { request_id });
-            return Ok(true);
+        if job.state.is_remote_pending() {
+            // No request id: nothing can be polled.
+            return Ok(false);
         }
         // Nothing to poll any more (a callback or another process finished it).
         self.ledger.record(vec![JobUpdate::new(
@@ -210,17 +292,31 @@ impl<'a> Engine<'a> {
             .ledger
             .sendable(self.scope(), self.send_cursor, free * 2 + 8)?;
         if candidates.is_empty() {
+            self.sends_waiting = false;
             return Ok(Pass::default());
         }
+        self.sends_waiting = false;
         let mut sends = Sends::default();
         for job in candidates {
             if sends.intents.len() + self.in_flight.len() >= self.limit {
                 break;
             }
-            self.send_cursor = self.send_cursor.max(job.id);
             if self.in_flight.contains_key(&job.id) || self.passed.contains(&job.id) {
+                self.send_cursor = self.send_cursor.max(job.id);
                 continue;
             }
+            if sends.spare.is_none() {
+                match self.gateway.budget().try_take() {
+                    Ok(ticket) => sends.spare = Some(ticket),
+                    Err(wait) => {
+                        // A job waits for a token: the next polls leave room for it.
+                        self.token_wait = Some(wait);
+                        self.sends_waiting = true;
+                        break;
+                    }
+                }
+            }
+            self.send_cursor = self.send_cursor.max(job.id);
             if self.probe_first(&job, workers, &mut sends)? {
                 continue;
             }
@@ -235,6 +331,9 @@ impl<'a> Engine<'a> {
         }
         if let Some(rewind) = sends.rewind {
             self.send_cursor = self.send_cursor.min(rewind);
+        }
+        if let Some(ticket) = sends.spare.take() {
+            self.gateway.budget().give_back(ticket);
         }
         let held_only = !sends.to_hold.is_empty() && sends.intents.is_empty();
         self.hold(std::mem::take(&mut sends.to_hold))?;
@@ -315,8 +414,11 @@ impl<'a> Engine<'a> {
             });
             return Ok(());
         }
+        let Some(ticket) = sends.spare.take() else {
+            return Ok(());
+        };
         self.spent += record.estimate.unwrap_or_default();
-        sends.intents.push((record, job, params));
+        sends.intents.push((record, job, params, ticket));
         Ok(())
     }
 
@@ -385,18 +487,23 @@ impl<'a> Engine<'a> {
     /// Commits the intents, then hands the submissions to the workers.
     fn send(
         &mut self,
-        intents: Vec<(SubmitRecord, JobRow, JobParams)>,
+        intents: Vec<(SubmitRecord, JobRow, JobParams, Ticket)>,
         workers: &Workers,
     ) -> Result<bool, EngineError> {
         if intents.is_empty() {
             return Ok(false);
         }
-        let records: Vec<SubmitRecord> = intents.iter().map(|(r, _, _)| r.clone()).collect();
+        let records: Vec<SubmitRecord> = intents.iter().map(|(r, ..)| r.clone()).collect();
         self.ledger.mark_submitting(&records)?;
-        for (record, job, params) in intents {
+        for (record, job, params, ticket) in intents {
             self.in_flight.insert(job.id, InFlight::Submit);
             self.summary.sent += 1;
-            workers.send(record.job_id, record.attempt, Task::Submit { params });
+            self.polls_since_send = 0;
+            workers.send(
+                record.job_id,
+                record.attempt,
+                Task::Submit { params, ticket },
+            );
         }
         Ok(true)
     }
@@ -540,6 +647,13 @@ impl<'a> Engine<'a> {
             after = last;
         }
     }
+}
+
+/// A job whose next step is a status call: one at the gateway, or a stalled job whose callback
+/// (or an uncertain attempt whose ghost's callback) made a confirming call due.
+fn wants_status_call(job: &JobRow) -> bool {
+    let confirming = matches!(job.state, JobState::Stalled | JobState::Uncertain);
+    (job.state.is_remote_pending() || confirming) && job.request_id.is_some()
 }
 
 #[cfg(test)]

@@ -85,6 +85,9 @@ pub struct EngineOptions {
     /// The bucket of local inputs: a job whose image is an object locator is sent with a
     /// fresh presigned URL of it (see `Engine::params_to_send`).
     pub storage: Option<crate::storage::Storage>,
+    /// A known quota of requests a second to the gateway (`--max-rps`): the request budget
+    /// never goes above it; without it the budget learns the rate from 429s alone.
+    pub max_rps: Option<f64>,
 }
 
 impl EngineOptions {
@@ -105,6 +108,7 @@ impl EngineOptions {
             name_pattern: DEFAULT_NAME_PATTERN.to_string(),
             callback_fallback: Duration::from_secs(60),
             storage: None,
+            max_rps: None,
         }
     }
 }
@@ -189,6 +193,8 @@ pub struct Progress {
     pub spent: Decimal,
     /// The gateway answered 429: nothing is sent for this long.
     pub rate_limited: Option<Duration>,
+    /// Requests a second the request budget allows, when it is what limits the run.
+    pub request_rate: Option<f64>,
 }
 
 /// Called with progress snapshots, at most a few times a second.
@@ -287,7 +293,8 @@ pub fn send_now(
     engine
         .ledger
         .mark_submitting(std::slice::from_ref(&record))?;
-    let result = worker::perform(gateway, Task::Submit { params }, job.attempt);
+    let ticket = gateway.budget().take();
+    let result = worker::perform(gateway, Task::Submit { params, ticket }, job.attempt);
     engine.handle(Done {
         job_id: job.id,
         attempt: job.attempt,
@@ -328,6 +335,14 @@ struct Engine<'a> {
     rate_limited_until: Option<Instant>,
     /// Jobs in a final state when the run started.
     done_at_start: Option<u64>,
+    /// Polls handed out since the last submission, and whether submissions wait: when the
+    /// budget is short, polls go first, but not forever (see `schedule::poll_next`).
+    polls_since_send: u32,
+    sends_waiting: bool,
+    /// How long until the budget has a token, when a take last found none.
+    token_wait: Option<Duration>,
+    /// Status calls answered 404 in a row, per job.
+    not_found: HashMap<i64, u32>,
 }
 
 impl<'a> Engine<'a> {
@@ -337,6 +352,9 @@ impl<'a> Engine<'a> {
         options: &'a EngineOptions,
         hooks: Option<&'a mut dyn PostProcessor>,
     ) -> Result<Self, EngineError> {
+        if options.max_rps.is_some() {
+            gateway.budget().set_ceiling(options.max_rps);
+        }
         Ok(Engine {
             ledger,
             gateway,
@@ -364,6 +382,10 @@ impl<'a> Engine<'a> {
             hook_blocked: 0,
             rate_limited_until: None,
             done_at_start: None,
+            polls_since_send: 0,
+            sends_waiting: false,
+            token_wait: None,
+            not_found: HashMap::new(),
         })
     }
 
@@ -398,6 +420,9 @@ impl<'a> Engine<'a> {
             )?;
         }
         self.ledger.reschedule_owed(self.scope(), now_ms())?;
+        let interval = self.options.poll_interval.as_millis() as i64;
+        self.ledger
+            .bring_polls_forward(self.scope(), now_ms() + interval)?;
         self.spent = self.ledger.committed_spend(self.scope())?;
         self.total_in_scope = self
             .ledger
@@ -408,7 +433,7 @@ impl<'a> Engine<'a> {
         self.ledger
             .append(vec![Event::new(None, None, "engine_start").detail(
                 format!(
-                    "pid {}, batch {}, concurrency {}, budget {}, poll interval {} ms",
+                    "pid {}, batch {}, concurrency {}, budget {}, poll interval {} ms, max rps {}",
                     std::process::id(),
                     self.scope().unwrap_or("(all)"),
                     self.limit,
@@ -416,7 +441,11 @@ impl<'a> Engine<'a> {
                         .budget
                         .map(money::exact)
                         .unwrap_or_else(|| "none".into()),
-                    self.options.poll_interval.as_millis()
+                    self.options.poll_interval.as_millis(),
+                    self.options
+                        .max_rps
+                        .map(|r| r.to_string())
+                        .unwrap_or_else(|| "learned".into())
                 ),
             )])?;
         Ok(())
@@ -525,6 +554,10 @@ impl<'a> Engine<'a> {
         if let Mode::PausedUntil(until) = self.mode {
             wait = wait.min(until.saturating_duration_since(Instant::now()));
         }
+        if let Some(token) = self.token_wait.take() {
+            // The budget had no token: the next one, not the next due time, is what to wait for.
+            return Ok(token.clamp(Duration::from_millis(1), cap));
+        }
         Ok(wait.max(Duration::from_millis(1)))
     }
 
@@ -542,6 +575,10 @@ impl<'a> Engine<'a> {
     fn next_poll_delay(&self, job: &JobRow, elapsed: Duration, polls: u32) -> Duration {
         if job.expects_callbacks {
             self.options.callback_fallback
+        } else if !self.schedule.learned() {
+            // Nothing learned yet: every poll interval, as the API's documentation advises. A
+            // completion seen late still teaches its exact duration (the gateway's times).
+            self.options.poll_interval
         } else {
             self.schedule.next_delay(elapsed, polls)
         }
@@ -646,6 +683,7 @@ impl<'a> Engine<'a> {
             held: get(JobState::Held),
             spent: self.spent,
             rate_limited,
+            request_rate: self.gateway.budget().limiting_rate(),
         });
         Ok(())
     }

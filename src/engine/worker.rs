@@ -2,7 +2,7 @@
 //! happened. They never touch the ledger; the engine's thread records every result.
 
 use crate::digest::hex;
-use crate::gateway::{DownloadError, Exchange, Gateway, PollOutcome, SubmitOutcome};
+use crate::gateway::{DownloadError, Exchange, Gateway, PollOutcome, SubmitOutcome, Ticket};
 use crate::ledger::OutputRow;
 use crate::params::JobParams;
 use sha2::{Digest, Sha256};
@@ -12,17 +12,19 @@ use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// Work for one job.
-#[derive(Debug, Clone)]
+/// Work for one job. A gateway request carries the budget's token taken for it.
+#[derive(Debug)]
 pub enum Task {
     Probe {
         url: String,
     },
     Submit {
         params: JobParams,
+        ticket: Ticket,
     },
     Poll {
         request_id: String,
+        ticket: Ticket,
     },
     /// `name` is the file name without extension, from the output name pattern.
     Download {
@@ -116,8 +118,10 @@ pub fn perform(gateway: &Gateway, task: Task, attempt: i64) -> TaskResult {
         Task::Probe { url } => {
             TaskResult::Probe(crate::gateway::probe::probe_url(gateway.file_agent(), &url))
         }
-        Task::Submit { params } => TaskResult::Submit(gateway.submit(&params)),
-        Task::Poll { request_id } => TaskResult::Poll(gateway.status(&request_id)),
+        Task::Submit { params, ticket } => TaskResult::Submit(gateway.submit_with(ticket, &params)),
+        Task::Poll { request_id, ticket } => {
+            TaskResult::Poll(gateway.status_with(ticket, &request_id))
+        }
         Task::Download { urls, dir, name } => {
             TaskResult::Download(download_all(gateway, &urls, &dir, &name, attempt))
         }

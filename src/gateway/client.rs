@@ -1,5 +1,6 @@
 //! The blocking HTTP client of the gateway (ureq).
 
+use super::budget::{RequestBudget, Ticket};
 use super::net::{agent_builder, handshake_failure, untrusted_certificate, NetConfig};
 use super::types::*;
 use crate::params::JobParams;
@@ -98,12 +99,13 @@ impl DownloadError {
     }
 }
 
-/// A client of one gateway.
+/// A client of one gateway. Its clones share one [`RequestBudget`].
 #[derive(Clone)]
 pub struct Gateway {
     config: GatewayConfig,
     api: Agent,
     files: Agent,
+    budget: RequestBudget,
 }
 
 impl Gateway {
@@ -124,11 +126,30 @@ impl Gateway {
                 .timeout_connect(Some(config.connect_timeout))
                 .build(),
         );
-        Gateway { config, api, files }
+        Gateway {
+            config,
+            api,
+            files,
+            budget: RequestBudget::default(),
+        }
     }
 
     pub fn config(&self) -> &GatewayConfig {
         &self.config
+    }
+
+    /// The request budget every API call of this gateway (and of its clones) draws from.
+    pub fn budget(&self) -> &RequestBudget {
+        &self.budget
+    }
+
+    /// What an answer teaches the budget: a 429 pauses and cuts it, any other answer counts.
+    fn meter(&self, ticket: &Ticket, http_status: Option<u16>, retry_after: Option<Duration>) {
+        match http_status {
+            Some(429) => self.budget.rate_limited(ticket, retry_after),
+            Some(_) => self.budget.answered(),
+            None => {}
+        }
     }
 
     /// An agent for plain downloads and header probes (no key, redirects followed).
@@ -154,8 +175,23 @@ impl Gateway {
         body.to_string()
     }
 
-    /// `POST .../generate`.
+    /// `POST .../generate`, once the budget has a token for it.
     pub fn submit(&self, params: &JobParams) -> Exchange<SubmitOutcome> {
+        self.submit_with(self.budget.take(), params)
+    }
+
+    /// `POST .../generate` with a token already taken.
+    pub fn submit_with(&self, ticket: Ticket, params: &JobParams) -> Exchange<SubmitOutcome> {
+        let exchange = self.submit_unmetered(params);
+        let retry_after = match exchange.outcome {
+            SubmitOutcome::RateLimited { retry_after } => retry_after,
+            _ => None,
+        };
+        self.meter(&ticket, exchange.http_status, retry_after);
+        exchange
+    }
+
+    fn submit_unmetered(&self, params: &JobParams) -> Exchange<SubmitOutcome> {
         let url = format!("{}{}", self.config.base_url, GENERATE_PATH);
         let mut request = self
             .api
@@ -231,8 +267,23 @@ impl Gateway {
         }
     }
 
-    /// `GET /v2/requests/status/{request_id}`.
+    /// `GET /v2/requests/status/{request_id}`, once the budget has a token for it.
     pub fn status(&self, request_id: &str) -> Exchange<PollOutcome> {
+        self.status_with(self.budget.take(), request_id)
+    }
+
+    /// `GET /v2/requests/status/{request_id}` with a token already taken.
+    pub fn status_with(&self, ticket: Ticket, request_id: &str) -> Exchange<PollOutcome> {
+        let exchange = self.status_unmetered(request_id);
+        let retry_after = match exchange.outcome {
+            PollOutcome::RateLimited { retry_after } => retry_after,
+            _ => None,
+        };
+        self.meter(&ticket, exchange.http_status, retry_after);
+        exchange
+    }
+
+    fn status_unmetered(&self, request_id: &str) -> Exchange<PollOutcome> {
         let url = format!(
             "{}{}{}",
             self.config.base_url,
@@ -395,9 +446,13 @@ impl Gateway {
         if let Some(key) = &self.config.key {
             request = request.header("Ocp-Apim-Subscription-Key", key.expose());
         }
-        let mut response = request.call().ok()?;
-        let status = response.status().as_u16();
-        Some((status, read_answer(&mut response).unwrap_or_default()))
+        let ticket = self.budget.take();
+        let response = request.call();
+        let status = response.as_ref().ok().map(|r| r.status().as_u16());
+        let retry = response.as_ref().ok().and_then(retry_after);
+        self.meter(&ticket, status, retry);
+        let mut response = response.ok()?;
+        Some((status?, read_answer(&mut response).unwrap_or_default()))
     }
 
     /// Streams an output into `sink`, refusing more than the size cap and anything that does

@@ -9,11 +9,13 @@
 //! [`probe`] is the other outgoing HTTP: it reads an input image's header bytes with range
 //! requests, anonymously (no key), to learn its size before the job is sent.
 
+pub mod budget;
 mod client;
 pub mod net;
 pub mod probe;
 mod types;
 
+pub use budget::{RequestBudget, Ticket};
 pub use client::{base_url_fix, request_id_problem, DownloadError, Gateway, GatewayConfig};
 pub use net::{agent_builder, NetConfig};
 pub use types::{

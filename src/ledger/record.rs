@@ -266,6 +266,26 @@ impl Ledger {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Moves the next polls of jobs still at the gateway later, each to its own time (a
+    /// schedule that learned it is too early to ask); no event, as nothing was learned.
+    pub fn defer_polls(&mut self, polls: &[(i64, i64)]) -> Result<()> {
+        if polls.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET next_poll_at = ?2 WHERE id = ?1 AND next_poll_at IS NOT NULL
+                 AND state IN ('queued', 'processing')",
+            )?;
+            for (job_id, at_ms) in polls {
+                stmt.execute(params![job_id, at_ms])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// When the next poll or download falls due, if any.
     pub fn next_due(&self, batch: Option<&str>) -> Result<Option<i64>> {
         Ok(self
@@ -285,6 +305,18 @@ impl Ledger {
              AND (post = 'download' OR state IN ('queued', 'processing'))
              AND (?2 IS NULL OR batch = ?2)",
             params![now_ms, batch],
+        )?)
+    }
+
+    /// At engine start: a job at the gateway (not waiting for callbacks) is polled no later
+    /// than `latest_ms`, one poll interval of this run away, whatever an earlier command with
+    /// another interval scheduled.
+    pub fn bring_polls_forward(&mut self, batch: Option<&str>, latest_ms: i64) -> Result<usize> {
+        Ok(self.conn.execute(
+            "UPDATE jobs SET next_poll_at = ?1 WHERE next_poll_at > ?1
+             AND state IN ('queued', 'processing') AND NOT expects_callbacks
+             AND (?2 IS NULL OR batch = ?2)",
+            params![latest_ms, batch],
         )?)
     }
 

@@ -179,6 +179,10 @@ pub enum Learned {
     Killed,
     /// Still at the gateway after the run's deadline.
     Deadline,
+    /// The gateway answered 404 to its status calls several times in a row: it no longer
+    /// knows the request id. Nothing more can be learned by polling, and it may have been
+    /// charged.
+    Forgotten,
 }
 
 impl Learned {
@@ -200,6 +204,7 @@ impl Learned {
             Learned::OverBudget,
             Learned::Killed,
             Learned::Deadline,
+            Learned::Forgotten,
         ]);
         all
     }
@@ -218,7 +223,8 @@ impl Learned {
             | Learned::HookFailed
             | Learned::OverBudget
             | Learned::Killed
-            | Learned::Deadline => "state",
+            | Learned::Deadline
+            | Learned::Forgotten => "state",
         }
     }
 
@@ -394,7 +400,7 @@ pub fn step(at: At, learned: Learned) -> Step {
         Learned::Killed if state == JobState::Submitting => {
             applied(JobState::Uncertain, Work::Wait, Charge::None, false)
         }
-        Learned::Deadline if state.is_remote_pending() => {
+        Learned::Deadline | Learned::Forgotten if state.is_remote_pending() => {
             applied(JobState::Stalled, Work::Finish, Charge::None, true)
         }
         _ => ignored,

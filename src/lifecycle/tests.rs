@@ -18,7 +18,8 @@ fn listed(learned: Learned) -> bool {
         | Learned::HookFailed
         | Learned::OverBudget
         | Learned::Killed
-        | Learned::Deadline => true,
+        | Learned::Deadline
+        | Learned::Forgotten => true,
     }
 }
 
@@ -27,7 +28,7 @@ fn every_input_and_every_state_is_in_the_table() {
     let all = Learned::all();
     assert_eq!(
         all.len(),
-        SubmitAnswer::ALL.len() + 2 * Reported::ALL.len() + 8
+        SubmitAnswer::ALL.len() + 2 * Reported::ALL.len() + 9
     );
     assert!(all.iter().all(|l| listed(*l)));
     let states: std::collections::HashSet<JobState> = At::all().iter().map(|a| a.state).collect();

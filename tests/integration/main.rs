@@ -3,6 +3,7 @@
 
 mod audits;
 mod batches;
+mod budget;
 mod callbacks;
 mod common;
 mod config;
