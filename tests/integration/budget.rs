@@ -130,14 +130,14 @@ fn no_poll_before_the_low_quantile() {
     let learned_at: String = w
         .db()
         .query_row(
-            "SELECT at FROM events WHERE kind = 'poll' AND remote_status = 'COMPLETED'
+            "SELECT at FROM events_readable WHERE kind = 'poll' AND remote_status = 'COMPLETED'
              ORDER BY id LIMIT 1 OFFSET 4",
             [],
             |r| r.get(0),
         )
         .unwrap();
     let early = w.count(&format!(
-        "SELECT count(*) FROM events e JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
+        "SELECT count(*) FROM events_readable e JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
          WHERE e.kind = 'poll' AND a.submitted_at > '{learned_at}'
          AND {} < 1.4",
         seconds("e.at", "a.submitted_at")
