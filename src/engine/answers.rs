@@ -2,7 +2,6 @@
 //! (the job's next state, its work and its charge), to which the answer adds what it
 //! carried (a request id, output URLs, an error text) and when the job is next polled.
 
-use super::dispatch::elapsed_since_sent;
 use super::worker::{Done, TaskResult};
 use super::{backoff, now_ms, Engine, EngineError, StopReason, MAX_RATE_LIMIT_WAIT};
 use crate::clock;
@@ -92,6 +91,15 @@ impl Taken {
             });
         }
     }
+}
+
+/// How long ago a job was sent (zero when unknown).
+pub(super) fn elapsed_since_sent(job: &JobRow) -> Duration {
+    job.submitted_at
+        .as_deref()
+        .and_then(clock::parse_remote)
+        .map(|t| (clock::now() - t).to_std().unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// Where a job stands for the lifecycle.

@@ -2,7 +2,7 @@
 //! judged by `on_submit` hooks, held by a cap, or sent, each pass bounded by the requests
 //! allowed in flight.
 
-use super::answers::at;
+use super::answers::{at, elapsed_since_sent};
 use super::control::{InFlight, Pass};
 use super::schedule;
 use super::worker::{Task, Workers};
@@ -22,15 +22,6 @@ use std::time::Duration;
 
 /// Due jobs read beyond the room in flight, so that a short budget can pick among them.
 const DUE_LOOKAHEAD: usize = 64;
-
-/// How long ago a job was sent (zero when unknown).
-pub(super) fn elapsed_since_sent(job: &JobRow) -> Duration {
-    job.submitted_at
-        .as_deref()
-        .and_then(clock::parse_remote)
-        .map(|t| (clock::now() - t).to_std().unwrap_or_default())
-        .unwrap_or_default()
-}
 
 /// The callback URL one attempt is sent with: a URL ending in `/callback/TOKEN` (the path
 /// `listen` serves) gets the attempt's own path `/callback/TOKEN/a/<job>-<attempt>`, so that a

@@ -187,7 +187,7 @@ fn carry_out(shared: &Shared, req: &Request, bucket: &str, key: &str) -> Result<
 
 fn etag(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    format!("\"{}\"", &crate::engine::hex(&Sha256::digest(bytes))[..32])
+    format!("\"{}\"", &crate::digest::hex(&Sha256::digest(bytes))[..32])
 }
 
 /// The presigned query of a request, checked by signing the same request again.

@@ -107,7 +107,7 @@ pub fn read_file(
         folder,
         relative,
         bytes,
-        sha256: crate::engine::hex(&hasher.finalize()),
+        sha256: crate::digest::hex(&hasher.finalize()),
         ext,
         size: (size.width as u32, size.height as u32),
     })

@@ -321,7 +321,7 @@ impl Storage {
                     path.display()
                 ))
             })?;
-        let actual = crate::engine::hex(&Sha256::digest(&bytes));
+        let actual = crate::digest::hex(&Sha256::digest(&bytes));
         if actual != sha256 {
             return Err(StorageError::File(format!(
                 "{}: changed since it was recorded (sha256 {actual}, recorded {sha256}); restore it, or submit it again as a new job",
