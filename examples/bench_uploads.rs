@@ -120,15 +120,15 @@ fn measure(
         String::from_utf8_lossy(&out.stderr)
     );
     let db = rusqlite::Connection::open(&ledger).unwrap();
-    let (first, last, count): (String, String, i64) = db
+    // Event times are unix milliseconds.
+    let (first, last, count): (i64, i64, i64) = db
         .query_row(
             "SELECT min(at), max(at), count(*) FROM events WHERE kind = 'upload'",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
-    let span = (t(&last) - t(&first)).as_seconds_f64().max(0.001);
+    let span = ((last - first) as f64 / 1000.0).max(0.001);
     let mb = total as f64 / 1e6;
     println!("  --concurrency {concurrency}");
     println!("    PUTs at the server    {}", s3.requests("PUT").len());
