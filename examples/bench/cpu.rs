@@ -6,7 +6,6 @@
 
 use crate::util::{self, note, thousands, Res};
 use crate::{verdict, Opts, Row};
-use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,18 +94,7 @@ fn start_sandbox(opts: &Opts, images: &Path, out: &Path) -> Res<(libc::pid_t, St
     let stdout = child.stdout.take().ok_or("no stdout")?;
     // The child is reaped by `wait_bounded`; std must not wait for it.
     std::mem::forget(child);
-    let (mut base, mut files) = (None, None);
-    for line in std::io::BufReader::new(stdout).lines().take(20) {
-        let line = line?;
-        if let Some(url) = line.strip_prefix("PIXAZO_BASE_URL=") {
-            base = Some(url.trim().to_string());
-        } else if let Some(url) = line.strip_prefix("SANDBOX_STATIC_URL=") {
-            files = Some(url.trim().trim_end_matches('/').to_string());
-        }
-        if base.is_some() && files.is_some() {
-            break;
-        }
-    }
+    let (base, files) = util::sandbox_urls(stdout)?;
     match (base, files) {
         (Some(b), Some(f)) => Ok((pid, b, f)),
         _ => {
@@ -153,7 +141,7 @@ fn run_batch(
     let child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
     std::mem::forget(child);
-    let (status, usage) = wait_usage(pid, start, opts.secs(600))?;
+    let (status, usage) = util::wait_usage(pid, start, opts.secs(600))?;
     if status != 0 {
         return Err(format!("#10: `batch` exited {status}").into());
     }
@@ -163,31 +151,6 @@ fn run_batch(
         wall: start.elapsed(),
         switches: (usage.ru_nvcsw, usage.ru_nivcsw),
     })
-}
-
-/// Waits for the child `pid` (killing it after `limit`); its exit code and resource usage.
-fn wait_usage(pid: libc::pid_t, start: Instant, limit: Duration) -> Res<(i32, libc::rusage)> {
-    loop {
-        let mut status = 0;
-        // SAFETY: wait4 on our own child, writing into structs we own.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            let code = if libc::WIFEXITED(status) {
-                libc::WEXITSTATUS(status)
-            } else {
-                128 + libc::WTERMSIG(status)
-            };
-            return Ok((code, usage));
-        }
-        if r < 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        if start.elapsed() > limit {
-            util::signal(pid, libc::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn tv(t: libc::timeval) -> Duration {

@@ -262,7 +262,6 @@ pub fn throughput(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
 /// process, so that everything this process spends (engine thread, HTTP workers and the
 /// threads they start) is the client's: (all threads, engine thread).
 fn external_cpu(opts: &Opts, n: usize, concurrency: usize) -> Res<(f64, f64)> {
-    use std::io::BufRead;
     let dir = tempfile::tempdir_in(&opts.work)?;
     let images = dir.path().join("images");
     std::fs::create_dir_all(&images)?;
@@ -287,18 +286,7 @@ fn external_cpu(opts: &Opts, n: usize, concurrency: usize) -> Res<(f64, f64)> {
         .spawn()?;
     let pid = child.id() as libc::pid_t;
     let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (mut base, mut files) = (None, None);
-    for line in std::io::BufReader::new(stdout).lines().take(20) {
-        let line = line?;
-        if let Some(url) = line.strip_prefix("PIXAZO_BASE_URL=") {
-            base = Some(url.trim().to_string());
-        } else if let Some(url) = line.strip_prefix("SANDBOX_STATIC_URL=") {
-            files = Some(url.trim().trim_end_matches('/').to_string());
-        }
-        if base.is_some() && files.is_some() {
-            break;
-        }
-    }
+    let (base, files) = util::sandbox_urls(stdout)?;
     let result = (|| -> Res<(f64, f64)> {
         let (base, files) = (base.ok_or("no base URL")?, files.ok_or("no static URL")?);
         let gateway = Gateway::new(GatewayConfig::new(&base, None));

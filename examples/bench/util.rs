@@ -126,6 +126,13 @@ pub fn run_child(
 
 /// Waits for `pid` until `start + limit`, then kills it; returns its exit status and peak RSS.
 pub fn wait_bounded(pid: libc::pid_t, start: Instant, limit: Duration) -> Res<(i32, u64)> {
+    let (code, usage) = wait_usage(pid, start, limit)?;
+    Ok((code, usage.ru_maxrss as u64))
+}
+
+/// Waits for `pid` until `start + limit`, then kills it; returns its exit status and its
+/// resource usage.
+pub fn wait_usage(pid: libc::pid_t, start: Instant, limit: Duration) -> Res<(i32, libc::rusage)> {
     loop {
         let mut status = 0;
         // SAFETY: wait4 on our own child, writing into structs we own.
@@ -137,7 +144,7 @@ pub fn wait_bounded(pid: libc::pid_t, start: Instant, limit: Duration) -> Res<(i
             } else {
                 128 + libc::WTERMSIG(status)
             };
-            return Ok((code, usage.ru_maxrss as u64));
+            return Ok((code, usage));
         }
         if r < 0 {
             return Err(std::io::Error::last_os_error().into());
@@ -147,6 +154,25 @@ pub fn wait_bounded(pid: libc::pid_t, start: Instant, limit: Duration) -> Res<(i
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The API base URL and the static URL a `sandbox` process prints first (from its first 20
+/// lines), whichever it printed.
+pub fn sandbox_urls(stdout: impl std::io::Read) -> Res<(Option<String>, Option<String>)> {
+    use std::io::BufRead;
+    let (mut base, mut files) = (None, None);
+    for line in std::io::BufReader::new(stdout).lines().take(20) {
+        let line = line?;
+        if let Some(url) = line.strip_prefix("PIXAZO_BASE_URL=") {
+            base = Some(url.trim().to_string());
+        } else if let Some(url) = line.strip_prefix("SANDBOX_STATIC_URL=") {
+            files = Some(url.trim().trim_end_matches('/').to_string());
+        }
+        if base.is_some() && files.is_some() {
+            break;
+        }
+    }
+    Ok((base, files))
 }
 
 pub fn signal(pid: libc::pid_t, sig: libc::c_int) {
