@@ -73,16 +73,15 @@ pub(super) struct Taken {
     accepted: Vec<String>,
     /// Jobs whose submission's answer was lost: the ghost's callback may already be here.
     ghosts: Vec<i64>,
-    /// The statuses the polls brought, by which the jobs' waiting callbacks are judged.
-    seen: Vec<StatusSeen>,
 }
 
 impl Taken {
     fn poll(&mut self, item: PollItem) {
         let free = item.step.is_some_and(|s| s.charge == Charge::Free);
         let (job_id, attempt) = (item.update.job_id, item.update.attempt);
-        self.seen.extend(item.seen);
         self.writes.push(Write::Update(item.update));
+        // The callbacks this answer confirms or refutes, judged in the same transaction.
+        self.writes.extend(item.seen.map(Write::Confirm));
         if free {
             self.writes.push(Write::NoCharge {
                 job_id,
@@ -149,11 +148,7 @@ impl<'a> Engine<'a> {
         for request_id in taken.accepted {
             self.ledger.adopt_orphans(&request_id)?;
         }
-        // Only now, with the answers recorded: the callbacks they confirm or refute, and the
-        // callbacks of lost submissions' ghosts.
-        if !taken.seen.is_empty() {
-            self.ledger.confirm_deliveries(&taken.seen)?;
-        }
+        // Only now, with the answers recorded: the callbacks of lost submissions' ghosts.
         for job_id in taken.ghosts {
             self.ledger.adopt_ghosts(Some(job_id))?;
         }

@@ -366,7 +366,7 @@ impl Ledger {
 }
 
 /// Judges one status answer's waiting callbacks; how many.
-fn confirm_in(tx: &Transaction<'_>, seen: &StatusSeen, now: &str) -> Result<usize> {
+pub(super) fn confirm_in(tx: &Transaction<'_>, seen: &StatusSeen, now: &str) -> Result<usize> {
     let waiting: Vec<(i64, String, String, Option<i64>)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT d.id, d.outcome, d.body, a.attempt FROM deliveries d

@@ -2,6 +2,7 @@
 //! in one transaction, and many of them can share one transaction (group commit).
 
 use super::change::{apply_change, Change, Field, InputSize, JobUpdate, Post, Submitted};
+use super::deliveries::{confirm_in, StatusSeen};
 use super::events::{
     charge_detail, download_detail, insert_event, write_out_download_details, Event,
 };
@@ -71,6 +72,9 @@ pub enum Write {
         attempt: i64,
         why: &'static str,
     },
+    /// A status answer judging the callbacks that wait on it ([`Ledger::confirm_deliveries`]);
+    /// it follows the poll's own update in the same group.
+    Confirm(StatusSeen),
 }
 
 /// A hook call as recorded.
@@ -249,6 +253,9 @@ impl Ledger {
                     attempt,
                     why,
                 } => no_charge_in(&tx, job_id, attempt, why, &now)?,
+                Write::Confirm(seen) => {
+                    confirm_in(&tx, &seen, &now)?;
+                }
             }
         }
         tx.commit()?;
