@@ -502,6 +502,11 @@ impl<'a> Engine<'a> {
         if step.work != Work::PollLater {
             self.failures.remove(&job.id);
         }
+        if step.work == Work::Poll {
+            self.last_polled.insert((job.id, job.attempt), elapsed);
+        } else {
+            self.last_polled.remove(&(job.id, job.attempt));
+        }
         match step.work {
             Work::Poll => {
                 let delay = self.next_poll_delay(job, elapsed, job.polls as u32 + 1);

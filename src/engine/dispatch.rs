@@ -20,8 +20,15 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-/// Due jobs read beyond the room in flight, so that a short budget can pick among them.
+/// Due jobs read beyond the room in flight, so that a short budget can pick among them (more
+/// when the budget is what limits: a request is worth reading a few hundred rows).
 const DUE_LOOKAHEAD: usize = 64;
+const DUE_LOOKAHEAD_SHORT: usize = 1024;
+/// A due poll this many poll intervals overdue goes before waiting submissions, whatever
+/// else says.
+const STARVED: u32 = 2;
+/// How often the durations estimate learns which jobs are still running.
+const ESTIMATE_EVERY: Duration = Duration::from_millis(250);
 
 /// The callback URL one attempt is sent with: a URL ending in `/callback/TOKEN` (the path
 /// `listen` serves) gets the attempt's own path `/callback/TOKEN/a/<job>-<attempt>`, so that a
@@ -89,10 +96,14 @@ impl<'a> Engine<'a> {
         if free == 0 {
             return Ok(false);
         }
+        let lookahead = match self.gateway.budget().limiting_rate() {
+            Some(_) => DUE_LOOKAHEAD_SHORT,
+            None => DUE_LOOKAHEAD,
+        };
         let due = self.ledger.due(
             self.scope(),
             now_ms(),
-            free + self.in_flight.len() + DUE_LOOKAHEAD,
+            free + self.in_flight.len() + lookahead,
         )?;
         let mut dispatched = false;
         let mut polls = Vec::new();
@@ -118,11 +129,20 @@ impl<'a> Engine<'a> {
         workers: &Workers,
     ) -> Result<bool, EngineError> {
         let now = now_ms();
-        let keys: Vec<(Duration, i64)> = polls
+        let keys: Vec<schedule::DuePoll> = polls
             .iter()
-            .map(|j| (elapsed_since_sent(j), j.next_poll_at.unwrap_or(now)))
+            .map(|j| schedule::DuePoll {
+                elapsed: elapsed_since_sent(j),
+                last: self.last_polled.get(&(j.id, j.attempt)).copied(),
+                due_at: j.next_poll_at.unwrap_or(now),
+            })
             .collect();
-        let short = self.gateway.budget().limiting_rate().is_some();
+        let rate = self.gateway.budget().limiting_rate();
+        if self.last_estimate.elapsed() >= ESTIMATE_EVERY {
+            self.last_estimate = std::time::Instant::now();
+            self.schedule
+                .still_running(self.last_polled.values().copied());
+        }
         let mut deferred = Vec::new();
         let mut dispatched = false;
         for i in schedule::poll_order(&self.schedule, &keys) {
@@ -130,11 +150,18 @@ impl<'a> Engine<'a> {
             if self.in_flight.len() >= self.limit {
                 break;
             }
-            if let Some(wait) = self.too_early(job, keys[i].0) {
+            if let Some(wait) = self.too_early(job, keys[i].elapsed) {
                 deferred.push((job.id, now + wait.as_millis() as i64));
                 continue;
             }
-            if !schedule::poll_next(self.polls_since_send, true, short && self.sends_waiting) {
+            let sends_wait = rate.is_some() && self.sends_waiting;
+            if let Some(rate) = rate.filter(|_| sends_wait) {
+                if !self.poll_goes_first(&keys[i], now, rate) {
+                    // It waits with the submissions.
+                    continue;
+                }
+            }
+            if !schedule::poll_next(self.polls_since_send, true, sends_wait) {
                 break;
             }
             let ticket = match self.gateway.budget().try_take() {
@@ -154,6 +181,24 @@ impl<'a> Engine<'a> {
         }
         self.ledger.defer_polls(&deferred)?;
         Ok(dispatched)
+    }
+
+    /// Whether a due poll goes before the submissions that wait for a short budget (`rate`
+    /// requests a second; see `schedule::polls_first`): when polls come first and its job is
+    /// likely done (which takes a few completions to tell) or it is a poll interval overdue;
+    /// and in any case once it is [`STARVED`] poll intervals overdue.
+    fn poll_goes_first(&self, poll: &schedule::DuePoll, now: i64, rate: f64) -> bool {
+        let overdue = Duration::from_millis((now - poll.due_at).max(0) as u64);
+        if overdue >= self.options.poll_interval * STARVED {
+            return true;
+        }
+        let long = self.schedule.long_job();
+        if !long.is_some_and(|long| schedule::polls_first(self.at_gateway, rate, long)) {
+            return false;
+        }
+        let likely = self.schedule.learned()
+            && self.schedule.p_done(poll.elapsed, poll.last) >= schedule::LIKELY;
+        likely || overdue >= self.options.poll_interval
     }
 
     /// How much later a due poll should come, when the learned schedule says it is too early:

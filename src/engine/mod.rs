@@ -343,6 +343,13 @@ struct Engine<'a> {
     token_wait: Option<Duration>,
     /// Status calls answered 404 in a row, per job.
     not_found: HashMap<i64, u32>,
+    /// How long after it was sent each job's (and attempt's) last poll in this run found it
+    /// still at the gateway: a short budget weighs its next poll by it.
+    last_polled: HashMap<(i64, i64), Duration>,
+    /// When the schedule last learned which jobs are still running.
+    last_estimate: Instant,
+    /// Jobs queued or processing at the gateway, at the last progress count.
+    at_gateway: u64,
 }
 
 impl<'a> Engine<'a> {
@@ -386,6 +393,9 @@ impl<'a> Engine<'a> {
             sends_waiting: false,
             token_wait: None,
             not_found: HashMap::new(),
+            last_polled: HashMap::new(),
+            last_estimate: Instant::now(),
+            at_gateway: 0,
         })
     }
 
@@ -420,6 +430,7 @@ impl<'a> Engine<'a> {
             )?;
         }
         self.ledger.reschedule_owed(self.scope(), now_ms())?;
+        self.learn_from_history()?;
         let interval = self.options.poll_interval.as_millis() as i64;
         self.ledger
             .bring_polls_forward(self.scope(), now_ms() + interval)?;
@@ -657,6 +668,7 @@ impl<'a> Engine<'a> {
             .map(|s| get(*s))
             .sum();
         let done_at_start = *self.done_at_start.get_or_insert(done);
+        self.at_gateway = get(JobState::Queued) + get(JobState::Processing);
         let rate_limited = self
             .rate_limited_until
             .map(|u| u.saturating_duration_since(Instant::now()))
@@ -688,7 +700,41 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// Starts the schedule from the durations the last run against this gateway learned.
+    fn learn_from_history(&mut self) -> Result<(), EngineError> {
+        let gateway = &self.gateway.config().base_url;
+        if let Some(ms) = self.ledger.learned_durations(gateway)? {
+            let durations: Vec<Duration> = ms.into_iter().map(Duration::from_millis).collect();
+            self.schedule.seed(&durations);
+        }
+        Ok(())
+    }
+
+    /// Records the durations this run learned, for the next run against this gateway.
+    fn remember_durations(&mut self) -> Result<(), EngineError> {
+        let Some(points) = self.schedule.summary() else {
+            return Ok(());
+        };
+        let secs = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64());
+        let detail = format!(
+            "job durations at {}: low quantile {:.1} s, median {:.1} s, high quantile {:.1} s ({} completions in this run); the next run starts its poll schedule from them",
+            crate::ledger::history_origin(&self.gateway.config().base_url),
+            secs(self.schedule.quantile(schedule::LOW_QUANTILE)),
+            secs(self.schedule.quantile(0.5)),
+            secs(self.schedule.quantile(schedule::HIGH_QUANTILE)),
+            self.schedule.seen,
+        );
+        let ms = points.iter().map(|d| d.as_millis() as u64).collect();
+        self.ledger.append(vec![crate::ledger::durations_event(
+            &self.gateway.config().base_url,
+            ms,
+            detail,
+        )])?;
+        Ok(())
+    }
+
     fn finish(mut self) -> Result<RunSummary, EngineError> {
+        self.remember_durations()?;
         let mut stop = self.mode.stop_reason().cloned();
         if matches!(stop, Some(StopReason::InsufficientBalance { .. })) {
             self.hold_unsent_after_402()?;

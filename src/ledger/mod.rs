@@ -19,6 +19,7 @@ mod compact;
 mod deliveries;
 mod events;
 mod files;
+mod history;
 mod jobs;
 mod lock;
 pub mod migrations;
@@ -41,6 +42,7 @@ pub use deliveries::{
 };
 pub use events::{cap_body, Event};
 pub use files::APPLICATION_ID;
+pub use history::{durations_event, origin as history_origin};
 pub use jobs::{EnqueueReport, Enqueued};
 pub use lock::EngineLock;
 pub use reconcile::{AttemptRef, Billed, Finding, FindingKind, Reconcile, Tally, Totals};

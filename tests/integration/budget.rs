@@ -251,3 +251,119 @@ fn a_forgotten_request_id_stops_being_polled() {
         text(&report)
     );
 }
+
+/// With a short budget and fewer jobs at the gateway than the budget serves while a long job
+/// runs (here 10 requests a second against jobs of 2-3 s: 30 jobs never outnumber that),
+/// submissions go first: the batch's end is its last submission plus its run time. Polls
+/// wait for them (only one two poll intervals overdue goes first), and every job finishes.
+#[test]
+fn a_short_budget_sends_first_while_the_gateway_holds_fewer_jobs_than_a_long_job_of_requests() {
+    let w = world(
+        SandboxConfig {
+            queue_ms: 0,
+            processing_ms: (2_000, 3_000),
+            ..SandboxConfig::default()
+        },
+        30,
+    );
+    run(&w, &["--max-rps", "10", "--poll-interval", "1s"]);
+    let last_send =
+        w.count("SELECT max(id) FROM events WHERE kind = 'submit_answer' AND http_status = 202");
+    let polls_before = w.count(&format!(
+        "SELECT count(*) FROM events WHERE kind = 'poll' AND id < {last_send}"
+    ));
+    // Polling first would have put about three polls before each of the later submissions.
+    assert!(
+        polls_before <= 6,
+        "{polls_before} polls before the last of 30 submissions"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'submit_answer'"),
+        30
+    );
+}
+
+/// A run records the job durations it learned at its gateway (a `durations` event), and the
+/// next run against that gateway starts its schedule from them: its jobs are not polled
+/// before the low quantile from their first poll on, where the first run, knowing nothing,
+/// polled every job at the poll interval.
+#[test]
+fn a_second_run_starts_its_poll_schedule_from_the_first_runs_durations() {
+    let w = world(
+        SandboxConfig {
+            queue_ms: 0,
+            processing_ms: (1_500, 2_000),
+            seed: 11,
+            ..SandboxConfig::default()
+        },
+        12,
+    );
+    run(&w, &["--poll-interval", "1s"]);
+    let (detail, body): (String, String) = w
+        .db()
+        .query_row(
+            "SELECT detail, body FROM events WHERE kind = 'durations'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let learned: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(learned["gateway"], w.sandbox.base_url().as_str(), "{body}");
+    let points = learned["durations_ms"].as_array().unwrap();
+    assert_eq!(points.len(), 32, "{body}");
+    assert!(
+        points
+            .iter()
+            .all(|p| (1_400..=2_100).contains(&p.as_u64().unwrap())),
+        "{body}"
+    );
+    assert!(detail.contains("median"), "{detail}");
+
+    let urls: Vec<String> = (0..12)
+        .map(|i| w.png(&format!("c{i:03}.png"), 40 + i as u32, 8))
+        .collect();
+    let manifest = w.manifest("c.txt", &urls);
+    let out = w.cli(&[
+        "batch",
+        manifest.to_str().unwrap(),
+        "--name",
+        "c",
+        "--enqueue-only",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out_dir = w.out_dir();
+    let out = w.cli(&[
+        "run",
+        "--quiet",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+        "--batch",
+        "c",
+        "--poll-interval",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let early = |batch: &str| {
+        w.count(&format!(
+            "SELECT count(*) FROM events_readable e
+             JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
+             JOIN jobs j ON j.id = e.job_id
+             WHERE e.kind = 'poll' AND j.batch = '{batch}'
+             AND (julianday(e.at) - julianday(a.submitted_at)) * 86400.0 < 1.4"
+        ))
+    };
+    assert!(early("b") >= 6, "the first run polled at the interval");
+    assert_eq!(
+        early("c"),
+        0,
+        "polls before the low quantile the first run learned"
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE batch = 'c' AND state = 'completed'"),
+        12
+    );
+    assert_eq!(
+        w.count("SELECT count(*) FROM events WHERE kind = 'durations'"),
+        2
+    );
+}
