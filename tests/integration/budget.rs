@@ -11,19 +11,30 @@ fn world(config: SandboxConfig, count: usize) -> World {
         render: false,
         ..config
     });
-    let urls: Vec<String> = (0..count)
-        .map(|i| w.png(&format!("b{i:03}.png"), 8 + i as u32, 8))
-        .collect();
-    let manifest = w.manifest("b.txt", &urls);
-    let out = w.cli(&["batch", manifest.to_str().unwrap(), "--enqueue-only"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    enqueue(&w, "b", count, 8);
     w
 }
 
+/// Enqueues `count` small images (widths from `width` up) as batch `batch`.
+fn enqueue(w: &World, batch: &str, count: usize, width: u32) {
+    let urls: Vec<String> = (0..count)
+        .map(|i| w.png(&format!("{batch}{i:03}.png"), width + i as u32, 8))
+        .collect();
+    let manifest = w.manifest(&format!("{batch}.txt"), &urls);
+    let manifest = manifest.to_str().unwrap();
+    let out = w.cli(&["batch", manifest, "--name", batch, "--enqueue-only"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
 fn run(w: &World, extra: &[&str]) {
+    run_batch(w, "b", extra);
+}
+
+/// Runs batch `batch` to the end: every job of the ledger completed.
+fn run_batch(w: &World, batch: &str, extra: &[&str]) {
     let out_dir = w.out_dir();
     let mut args = vec!["run", "--quiet", "--out-dir", out_dir.to_str().unwrap()];
-    args.extend_from_slice(&["--batch", "b", "--concurrency", "4"]);
+    args.extend_from_slice(&["--batch", batch, "--concurrency", "4"]);
     if !extra.contains(&"--poll-interval") {
         args.extend_from_slice(&["--poll-interval", "50ms"]);
     }
@@ -319,30 +330,8 @@ fn a_second_run_starts_its_poll_schedule_from_the_first_runs_durations() {
     );
     assert!(detail.contains("median"), "{detail}");
 
-    let urls: Vec<String> = (0..12)
-        .map(|i| w.png(&format!("c{i:03}.png"), 40 + i as u32, 8))
-        .collect();
-    let manifest = w.manifest("c.txt", &urls);
-    let out = w.cli(&[
-        "batch",
-        manifest.to_str().unwrap(),
-        "--name",
-        "c",
-        "--enqueue-only",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let out_dir = w.out_dir();
-    let out = w.cli(&[
-        "run",
-        "--quiet",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-        "--batch",
-        "c",
-        "--poll-interval",
-        "1s",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    enqueue(&w, "c", 12, 40);
+    run_batch(&w, "c", &["--poll-interval", "1s"]);
     let early = |batch: &str| {
         w.count(&format!(
             "SELECT count(*) FROM events_readable e
