@@ -93,6 +93,13 @@ pub enum LedgerError {
         found: i64,
         supported: i64,
     },
+    /// A ledger of an older schema that a read-only command could not migrate first.
+    #[error("{path} has ledger schema version {found}, older than this program's {supported}, and could not be migrated to it ({reason}); give this program write access to the file and its folder once, or read it with the version that wrote it", supported = migrations::CURRENT)]
+    NotMigrated {
+        path: PathBuf,
+        found: i64,
+        reason: String,
+    },
     /// A read-only command was pointed at a ledger that does not exist.
     #[error("no ledger at {0}: submit or batch a job first, or pass --ledger PATH")]
     Missing(PathBuf),
@@ -158,21 +165,37 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Opens an existing ledger for reading; never creates or migrates anything.
+    /// Opens an existing ledger for reading; never creates anything. A ledger of an older
+    /// schema is migrated first (as any writing command would), since the queries of this
+    /// program name tables and columns an old one lacks; one that cannot be migrated is
+    /// refused, naming why.
     pub fn open_read_only(path: &Path) -> Result<Ledger> {
         if !path.exists() {
             return Err(LedgerError::Missing(path.to_path_buf()));
         }
         let path = files::resolve(path)?;
-        let (conn, handle) = files::open_checked(&path, check_files, |path| {
+        let ledger = Ledger::open_read_only_as_is(&path)?;
+        let version = migrations::check_readable(&ledger.conn, &path)?;
+        if version == migrations::CURRENT {
+            return Ok(ledger);
+        }
+        drop(ledger);
+        Ledger::open(&path).map_err(|e| LedgerError::NotMigrated {
+            path: path.clone(),
+            found: version,
+            reason: e.to_string(),
+        })?;
+        Ledger::open_read_only_as_is(&path)
+    }
+
+    fn open_read_only_as_is(path: &Path) -> Result<Ledger> {
+        let (conn, handle) = files::open_checked(path, check_files, |path| {
             Ok(Connection::open_with_flags(
                 path,
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?)
         })?;
-        let ledger = Ledger::configure(conn, handle, &path)?;
-        migrations::check_readable(&ledger.conn, &path)?;
-        Ok(ledger)
+        Ledger::configure(conn, handle, path)
     }
 
     fn configure(mut conn: Connection, handle: files::OpenHandle, path: &Path) -> Result<Ledger> {

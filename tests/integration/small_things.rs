@@ -189,6 +189,58 @@ fn a_version_1_ledger_migrates_to_the_schema_of_a_new_one() {
     );
 }
 
+/// The commands that only read (`report`, `show`, `jobs`, `verify`) on a ledger an older
+/// version wrote: it is migrated first, so their queries find the tables and columns they name.
+#[test]
+fn reading_commands_migrate_an_old_ledger_before_reading_it() {
+    let w = World::new();
+    let old = w.dir.path().join("v1.db");
+    {
+        let db = rusqlite::Connection::open(&old).unwrap();
+        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
+            .unwrap();
+        db.execute_batch(
+            "INSERT INTO batches (name, created_at) VALUES ('old', '2026-01-01T00:00:00.000Z');
+             INSERT INTO jobs (id, key, batch, image_url, fidelity, upscale, background_enhance,
+                               face_upsample, input_width, input_height, state, created_at, updated_at)
+             VALUES (1, 'k1', 'old', 'https://example.com/a.png', '0.5', 2, 1, 1, 1000, 500,
+                     'planned', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+             INSERT INTO attempts (job_id, attempt, state, price_per_mp, estimated_cost)
+             VALUES (1, 1, 'planned', '0.0021', '0.0042');
+             INSERT INTO events (job_id, attempt, at, kind, detail)
+             VALUES (1, 1, '2026-01-01T00:00:00.000Z', 'planned', 'recorded in an old version');
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let ledger = old.to_str().unwrap();
+    for args in [
+        &["report", "--by", "batch", "--format", "json"][..],
+        &["show", "1"],
+        &["jobs", "--batch", "old"],
+        &["verify"],
+    ] {
+        let out = w.cli(&[&["--ledger", ledger][..], args].concat());
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out));
+    }
+    let out = w.cli(&["--ledger", ledger, "show", "1"]);
+    assert!(
+        text(&out).contains("recorded in an old version"),
+        "{}",
+        text(&out)
+    );
+    let out = w.cli(&[
+        "--ledger", ledger, "report", "--by", "batch", "--format", "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.to_string().contains("\"old\""), "{report}");
+    let version: i64 = rusqlite::Connection::open(&old)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, codeformer_ledger::ledger::migrations::CURRENT);
+}
+
 #[test]
 fn estimate_csv_works_and_show_offers_no_csv() {
     let w = World::new();
