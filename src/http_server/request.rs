@@ -5,7 +5,7 @@
 //! complete once [`body`] says so. A head of at most [`MAX_HEAD_BYTES`] and 64 header fields
 //! (431).
 
-use super::chunked::dechunk;
+use super::chunked::Dechunk;
 use super::{too_big, Refusal, MAX_HEAD_BYTES};
 
 /// Most header fields in one request.
@@ -116,13 +116,21 @@ pub fn framing(head: &Head, max: usize) -> Result<Framing, Refusal> {
     Ok(framing)
 }
 
-/// The whole body once it has arrived (`Ok(None)`: not yet), from the bytes after the head.
-/// A chunked body is refused as soon as it passes `max`.
-pub fn body(framing: Framing, bytes: &[u8], max: usize) -> Result<Option<Vec<u8>>, Refusal> {
+/// The whole body once it has arrived (`Ok(None)`: not yet), from the bytes after the head
+/// received so far; `chunks` keeps a chunked body's decoding from one call to the next. A
+/// chunked body is refused as soon as it passes `max`.
+pub fn body(
+    framing: Framing,
+    chunks: &mut Dechunk,
+    bytes: &[u8],
+    max: usize,
+) -> Result<Option<Vec<u8>>, Refusal> {
     match framing {
         Framing::Length(n) if bytes.len() >= n => Ok(Some(bytes[..n].to_vec())),
         Framing::Length(_) => Ok(None),
-        Framing::Chunked => Ok(dechunk(bytes, max)?.map(|(body, _)| body)),
+        Framing::Chunked => Ok(chunks
+            .feed(bytes, max)?
+            .map(|_| std::mem::take(chunks).into_body())),
     }
 }
 

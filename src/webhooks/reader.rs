@@ -17,6 +17,7 @@
 //!   this thread too, so refusals never hold a worker either.
 
 use super::{Delivery, ListenConfig, ListenStats, CALLBACK_PREFIX};
+use crate::http_server::chunked::Dechunk;
 use crate::http_server::request::{self, Framing, Head};
 use crate::http_server::{self as http, Refusal, REQUEST_TIMEOUT};
 use crate::ledger::CallbackPath;
@@ -68,6 +69,8 @@ enum Phase {
         head: Head,
         at: usize,
         framing: Framing,
+        /// A chunked body's decoding so far.
+        chunks: Dechunk,
     },
     /// Answered and refused: what arrives is dropped until EOF or `until`.
     Draining { until: Instant, left: usize },
@@ -298,6 +301,7 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
                     head,
                     at: len,
                     framing,
+                    chunks: Dechunk::default(),
                 };
             }
             Err(refusal) => {
@@ -306,7 +310,13 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
             }
         }
     }
-    let Phase::Body { head, at, framing } = &conn.phase else {
+    let Phase::Body {
+        head,
+        at,
+        framing,
+        chunks,
+    } = &mut conn.phase
+    else {
         return Next::Keep;
     };
     // Chunk framing and trailers around a body within the limit fit in this much more.
@@ -315,7 +325,7 @@ fn advance(conn: &mut Conn, shared: &Shared) -> Next {
     let body = if received.len() > most {
         Err(http::too_big(shared.config.max_body))
     } else {
-        request::body(*framing, received, shared.config.max_body)
+        request::body(*framing, chunks, received, shared.config.max_body)
     };
     match body {
         Ok(None) => Next::Keep,
