@@ -69,7 +69,8 @@ CREATE TABLE jobs (
     next_poll_at           INTEGER,                -- unix milliseconds of the next status poll; NULL when not polled
     polls                  INTEGER NOT NULL DEFAULT 0, -- status polls of the current attempt
     post                   TEXT,                   -- post-processing still owed: download | hooks | NULL (nothing)
-    output_urls            TEXT,                   -- JSON array of output.media_url of the completed attempt
+    output_urls            TEXT,                   -- JSON array of output.media_url of the completed attempt;
+                                                   -- NULL once downloaded: `outputs` holds them, in order
     expects_callbacks      INTEGER NOT NULL DEFAULT 0, -- 1 when the gateway was asked to call back
     reason                 TEXT,                   -- why a job is held, skipped, rejected, uncertain or stalled
     error                  TEXT,                   -- the gateway's or the download's error text
@@ -96,7 +97,7 @@ CREATE TABLE attempts (
     submitted_at    TEXT,                   -- when the submission was sent
     finished_at     TEXT,                   -- when a final state was recorded
     PRIMARY KEY (job_id, attempt)
-);
+) WITHOUT ROWID;
 
 -- The append-only record. Never updated, never deleted, with two exceptions: `ledger compact`
 -- drops the raw `body` of old gateway answers (see `compactions`), after making sure their

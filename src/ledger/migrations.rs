@@ -119,10 +119,11 @@ LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.
     // the `submit_intent` detail and body repeat facts that `jobs`, `attempts` and `tags`
     // already hold, so they are stored by reference (both NULL) when the view `event_texts`
     // rebuilds them exactly, and triggers write them out whole before one of those rows
-    // changes; `events_readable` reads its texts from that view. `tags` and `outputs` become
-    // WITHOUT ROWID tables (their key is their primary key, so it is stored once instead of in
-    // the table and again in an index): their rows are copied, the views dropped first so that
-    // the renames leave them alone. Existing events are kept as they are. The text is
+    // changes; `events_readable` reads its texts from that view. `tags`, `outputs` and
+    // `attempts` become WITHOUT ROWID tables (their key is their primary key, so it is stored
+    // once instead of in the table and again in an index, and a report reads attempts in key
+    // order without a second lookup per row): their rows are copied, the views dropped first
+    // so that the renames leave them alone. Existing events are kept as they are. The text is
     // schema.sql's, byte for byte, but for the copies.
     r#"DROP VIEW events_readable;
 ALTER TABLE tags RENAME TO tags_with_rowid;
@@ -150,6 +151,27 @@ CREATE TABLE outputs (
 INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
 SELECT job_id, attempt, idx, url, path, bytes, sha256, width, height FROM outputs_with_rowid;
 DROP TABLE outputs_with_rowid;
+ALTER TABLE attempts RENAME TO attempts_with_rowid;
+CREATE TABLE attempts (
+    job_id          INTEGER NOT NULL REFERENCES jobs(id),
+    attempt         INTEGER NOT NULL,
+    request_id      TEXT,                   -- the gateway's id, once accepted
+    state           TEXT NOT NULL,          -- the job state this attempt ended in (or is in)
+    price_per_mp    TEXT,                   -- USD per output megapixel in force when it was submitted
+    estimated_cost  TEXT,                   -- USD, from the input size before sending
+    actual_cost     TEXT,                   -- USD, from the downloaded output; set once
+    output_width    INTEGER,
+    output_height   INTEGER,
+    submitted_at    TEXT,                   -- when the submission was sent
+    finished_at     TEXT,                   -- when a final state was recorded
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost,
+                      output_width, output_height, submitted_at, finished_at)
+SELECT job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost,
+       output_width, output_height, submitted_at, finished_at FROM attempts_with_rowid;
+DROP TABLE attempts_with_rowid;
+
 -- The texts of the events, whole: `detail` and `body` as stored, or, for an event stored by
 -- reference, rebuilt from the rows that hold its facts (see `events`): download and charge
 -- details from `outputs` and `attempts`; the `planned` body (what was asked: key, batch,
