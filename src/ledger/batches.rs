@@ -85,7 +85,8 @@ pub(super) fn planned_params(
     };
     let body: Option<String> = conn
         .prepare_cached(
-            "SELECT body FROM events WHERE job_id = ?1 AND kind = 'planned' ORDER BY id LIMIT 1",
+            "SELECT t.body FROM events e JOIN event_texts t ON t.id = e.id
+             WHERE e.job_id = ?1 AND e.kind = 'planned' ORDER BY e.id LIMIT 1",
         )?
         .query_row([row.id], |r| r.get(0))
         .optional()?

@@ -244,7 +244,19 @@ mod tests {
         std::fs::copy(dir.path().join("l.db"), &copy).unwrap();
         std::fs::copy(dir.path().join("l.db-wal"), dir.path().join("copy.db-wal")).unwrap();
         let mut expanded = Ledger::open(&copy).unwrap();
-        assert_eq!(expanded.expand_references().unwrap(), 3);
+        let by_reference = "SELECT count(*) FROM events WHERE detail IS NULL AND body IS NULL
+                            AND kind IN ('planned', 'estimate', 'submit_intent')";
+        let texts: i64 = expanded
+            .conn
+            .query_row(by_reference, [], |r| r.get(0))
+            .unwrap();
+        assert!(texts >= 1, "the planned body is stored by reference");
+        assert_eq!(expanded.expand_references().unwrap(), 3 + texts as u64);
+        let left: i64 = expanded
+            .conn
+            .query_row(by_reference, [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0);
         assert_eq!(polls(&expanded), want);
 
         // Compacting May drops the QUEUED body and the PROCESSING ones stored by reference,

@@ -161,11 +161,8 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
             reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
             error = CASE WHEN ?12 THEN ?13 ELSE error END,
             output_urls = coalesce(?14, output_urls),
-            input_width = coalesce(?15, input_width),
-            input_height = coalesce(?16, input_height),
-            size_source = coalesce(?17, size_source),
-            updated_at = ?18
-         WHERE id = ?1 AND (?19 IS NULL OR (state = ?19 AND attempt = ?20))",
+            updated_at = ?15
+         WHERE id = ?1 AND (?16 IS NULL OR (state = ?16 AND attempt = ?17))",
         )?
         .execute(params![
             job_id,
@@ -182,13 +179,18 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
             c.error.touches(),
             c.error.value(),
             urls,
-            c.input_size.map(|s| s.width),
-            c.input_size.map(|s| s.height),
-            c.input_size.map(|s| s.source),
             now,
             c.expect.map(|e| e.state.as_str()),
             c.expect.map(|e| e.attempt),
         ])?;
+    // The input size in a statement of its own, so that the others (every poll's) do not
+    // touch the columns whose change makes the `jobs` trigger write event texts out.
+    if let (true, Some(size)) = (changed > 0, c.input_size) {
+        tx.prepare_cached(
+            "UPDATE jobs SET input_width = ?2, input_height = ?3, size_source = ?4 WHERE id = ?1",
+        )?
+        .execute(params![job_id, size.width, size.height, size.source])?;
+    }
     Ok(changed > 0)
 }
 
@@ -200,18 +202,12 @@ fn update_attempt(
     c: &Change,
     now: &str,
 ) -> Result<()> {
-    let (price, estimate) = match c.submitted {
-        Some(s) => (Some(money::exact(s.price)), s.estimate.map(money::exact)),
-        None => (None, None),
-    };
     tx.prepare_cached(
         "UPDATE attempts SET
             state = coalesce(?3, state),
             request_id = coalesce(?4, request_id),
-            price_per_mp = coalesce(?5, price_per_mp),
-            estimated_cost = coalesce(?6, estimated_cost),
-            submitted_at = CASE WHEN ?7 THEN ?9 ELSE submitted_at END,
-            finished_at = CASE WHEN ?8 THEN ?9 ELSE finished_at END
+            submitted_at = CASE WHEN ?5 THEN ?7 ELSE submitted_at END,
+            finished_at = CASE WHEN ?6 THEN ?7 ELSE finished_at END
          WHERE job_id = ?1 AND attempt = ?2",
     )?
     .execute(params![
@@ -219,11 +215,22 @@ fn update_attempt(
         attempt,
         c.state.map(JobState::as_str),
         c.request_id,
-        price,
-        estimate,
         c.submitted.is_some(),
         c.finished,
         now,
     ])?;
+    // The price and estimate in a statement of their own, as the input size above.
+    if let Some(s) = c.submitted {
+        tx.prepare_cached(
+            "UPDATE attempts SET price_per_mp = ?3, estimated_cost = coalesce(?4, estimated_cost)
+             WHERE job_id = ?1 AND attempt = ?2",
+        )?
+        .execute(params![
+            job_id,
+            attempt,
+            money::exact(s.price),
+            s.estimate.map(money::exact)
+        ])?;
+    }
     Ok(())
 }

@@ -68,7 +68,8 @@ impl Ledger {
     }
 
     /// Stores every body kept as a reference whole again, as ledgers stored them before
-    /// `repeated_bodies`: for measuring what references save. Returns the bodies rewritten.
+    /// `repeated_bodies`, and the `planned`, `estimate` and `submit_intent` texts rebuilt by
+    /// `event_texts`: for measuring what references save. Returns the events rewritten.
     #[doc(hidden)]
     pub fn expand_references(&mut self) -> Result<u64> {
         let tx = self.conn.transaction()?;
@@ -81,8 +82,14 @@ impl Ledger {
             [],
         )?;
         tx.execute("DELETE FROM repeated_bodies", [])?;
+        let texts = tx.execute(
+            "UPDATE events SET detail = t.detail, body = t.body FROM event_texts t
+             WHERE t.id = events.id AND events.kind IN ('planned', 'estimate', 'submit_intent')
+               AND events.detail IS NULL AND events.body IS NULL",
+            [],
+        )?;
         tx.commit()?;
-        Ok(n as u64)
+        Ok((n + texts) as u64)
     }
 
     /// Rewrites the file without its free pages (after a compaction).

@@ -96,6 +96,8 @@ pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Res
         _ => None,
     };
     let (detail, output) = detail_or_reference(tx, &event)?;
+    let body = if reference.is_some() { None } else { body };
+    let rebuildable = rebuildable_from_rows(&event, detail, body.as_deref());
     tx.prepare_cached(
         "INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body, output)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -108,12 +110,47 @@ pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Res
         event.http_status,
         event.remote_status,
         event.latency_ms.map(|l| l as i64),
-        detail,
-        if reference.is_some() { None } else { body },
+        if rebuildable { None } else { detail },
+        if rebuildable { None } else { body.as_deref() },
         output
     ])?;
+    let id = tx.last_insert_rowid();
     if let Some(reference) = reference {
-        super::bodies::store_reference(tx, tx.last_insert_rowid(), &reference)?;
+        super::bodies::store_reference(tx, id, &reference)?;
+    }
+    if rebuildable {
+        keep_reference_if_equal(tx, id, detail, body.as_deref())?;
+    }
+    Ok(())
+}
+
+/// Whether the event is of a kind whose texts `event_texts` rebuilds from the rows of its job,
+/// attempt and tags (`planned`: its body; `estimate`: its detail; `submit_intent`: both), so
+/// that it may be stored with both NULL.
+fn rebuildable_from_rows(event: &Event, detail: Option<&str>, body: Option<&str>) -> bool {
+    if event.job_id.is_none() || event.attempt.is_none() {
+        return false;
+    }
+    matches!(
+        (event.kind, detail.is_some(), body.is_some()),
+        ("planned", false, true) | ("estimate", true, false) | ("submit_intent", true, true)
+    )
+}
+
+/// Keeps event `id` (inserted with detail and body NULL) as a reference when `event_texts`
+/// rebuilds exactly the texts it was given; writes them whole otherwise.
+fn keep_reference_if_equal(
+    tx: &Transaction<'_>,
+    id: i64,
+    detail: Option<&str>,
+    body: Option<&str>,
+) -> Result<()> {
+    let (rebuilt_detail, rebuilt_body): (Option<String>, Option<String>) = tx
+        .prepare_cached("SELECT detail, body FROM event_texts WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if rebuilt_detail.as_deref() != detail || rebuilt_body.as_deref() != body {
+        tx.prepare_cached("UPDATE events SET detail = ?2, body = ?3 WHERE id = ?1")?
+            .execute(params![id, detail, body])?;
     }
     Ok(())
 }
@@ -226,4 +263,153 @@ pub fn cap_body(body: &str) -> String {
         end -= 1;
     }
     format!("{}…[{} bytes cut]", &body[..end], body.len() - end)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ledger::{Ledger, NewJob, ProbedJob, SubmitRecord};
+    use crate::params::{JobParams, WebhookMode};
+    use rust_decimal::Decimal;
+
+    const TEXTS: &str = "('planned', 'estimate', 'submit_intent')";
+
+    /// The texts of a job's `planned`, `estimate` and `submit_intent` events as `show` reads
+    /// them, and as `events_readable` does.
+    fn texts(ledger: &Ledger, id: i64) -> Vec<(String, Option<String>, Option<String>)> {
+        let shown: Vec<_> = ledger
+            .events_of(id)
+            .unwrap()
+            .into_iter()
+            .filter(|e| TEXTS.contains(&format!("'{}'", e.kind)))
+            .map(|e| (e.kind, e.detail, e.body))
+            .collect();
+        let readable: Vec<_> = {
+            let mut stmt = ledger
+                .conn
+                .prepare(&format!(
+                    "SELECT kind, detail, body FROM events_readable WHERE job_id = ?1
+                     AND kind IN {TEXTS} ORDER BY id"
+                ))
+                .unwrap();
+            stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        assert_eq!(shown, readable);
+        shown
+    }
+
+    fn stored_by_reference(ledger: &Ledger, id: i64) -> i64 {
+        ledger
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM events WHERE job_id = ?1 AND kind IN {TEXTS}
+                     AND detail IS NULL AND body IS NULL"
+                ),
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn job(image: &str, webhooks: bool) -> NewJob {
+        let mut params = JobParams::new(image);
+        if webhooks {
+            params.webhook = Some("https://hooks.test/cb".into());
+            params.webhook_events_filter = Some(vec!["completed".into(), "failed".into()]);
+            params.webhook_mode = Some(WebhookMode::Terminal);
+            params.webhook_url = Some("https://hooks.test/cb".into());
+        }
+        let mut job = NewJob::new(params);
+        job.batch = None;
+        job.size = Some((640, 480));
+        job.size_source = Some("manifest");
+        job.tags = vec![
+            ("client".into(), "acme \"west\"".into()),
+            ("a".into(), "1".into()),
+        ];
+        job
+    }
+
+    /// What the job's rows already say is not copied into its `planned`, `estimate` and
+    /// `submit_intent` events, the texts read back exactly, and they still read the same after
+    /// the rows they were rebuilt from changed (tags added, parameters changed, size probed).
+    #[test]
+    fn event_texts_are_references_to_the_rows_and_survive_their_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("l.db")).unwrap();
+        let jobs = [
+            job("https://x.test/a.png", false),
+            job("https://x.test/b.png", true),
+        ];
+        let ids: Vec<i64> = ledger
+            .enqueue(&jobs)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let price = Decimal::new(21, 4);
+        let records: Vec<SubmitRecord> = jobs
+            .iter()
+            .zip(&ids)
+            .map(|(job, &id)| SubmitRecord {
+                job_id: id,
+                attempt: 1,
+                body: crate::gateway::Gateway::submit_body(&job.params),
+                price,
+                estimate: Some(Decimal::new(258_048, 8)),
+            })
+            .collect();
+        ledger.mark_submitting(&records).unwrap();
+        for (job, &id) in jobs.iter().zip(&ids) {
+            let before = texts(&ledger, id);
+            assert_eq!(before.len(), 3);
+            assert_eq!(stored_by_reference(&ledger, id), 3, "{before:?}");
+            let planned: serde_json::Value =
+                serde_json::from_str(before[0].2.as_deref().unwrap()).unwrap();
+            assert_eq!(planned["tags"]["client"], "acme \"west\"");
+            assert_eq!(
+                before[2].2.as_deref(),
+                Some(crate::gateway::Gateway::submit_body(&job.params).as_str())
+            );
+            assert_eq!(
+                before[2].1.as_deref(),
+                Some("sending at 0.0021 USD/MP, estimate 0.00258048")
+            );
+
+            ledger
+                .conn
+                .execute(
+                    "INSERT OR REPLACE INTO tags (job_id, key, value) VALUES (?1, 'client', 'other')",
+                    [id],
+                )
+                .unwrap();
+            assert_eq!(texts(&ledger, id), before);
+            assert_eq!(stored_by_reference(&ledger, id), 2);
+
+            let mut params = job.params.clone();
+            params.fidelity = Decimal::new(7, 1);
+            ledger.update_params(id, 1, &params, "a hook").unwrap();
+            assert_eq!(texts(&ledger, id), before);
+
+            ledger
+                .record_probe(
+                    &job.params.image,
+                    (1024, 768),
+                    "png",
+                    33,
+                    Some(ProbedJob {
+                        job_id: id,
+                        attempt: 1,
+                        upscale: 2,
+                    }),
+                )
+                .unwrap();
+            let after = texts(&ledger, id);
+            assert_eq!(after[..3], before[..], "{after:?}");
+            assert_eq!(stored_by_reference(&ledger, id), 0);
+        }
+    }
 }

@@ -400,18 +400,25 @@ fn record_planned(
 
 /// The query of [`Ledger::events_of`] for this ledger's layout: a ledger opened read-only is
 /// not migrated, and one from before `repeated_bodies` has every body whole, one from before
-/// `events.output` every detail whole.
+/// `events.output` every detail whole, one from before `event_texts` every `planned`,
+/// `estimate` and `submit_intent` text whole.
 fn events_query(conn: &rusqlite::Connection) -> Result<String> {
-    let (references, outputs): (bool, bool) = conn.query_row(
+    let (references, outputs, texts): (bool, bool, bool) = conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'repeated_bodies'),
-                EXISTS (SELECT 1 FROM pragma_table_info('events') WHERE name = 'output')",
+                EXISTS (SELECT 1 FROM pragma_table_info('events') WHERE name = 'output'),
+                EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'event_texts')",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
     let mut sql = String::from(
         "SELECT e.id, e.job_id, e.attempt, e.at, e.kind, e.http_status, e.remote_status,
-                e.latency_ms, e.detail, e.body, ",
+                e.latency_ms, ",
     );
+    sql.push_str(if texts {
+        "t.detail, t.body, "
+    } else {
+        "e.detail, e.body, "
+    });
     sql.push_str(if references {
         "r.same_as, b.body, r.prefix, r.suffix, r.middle, "
     } else {
@@ -423,6 +430,9 @@ fn events_query(conn: &rusqlite::Connection) -> Result<String> {
     } else {
         "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM events e"
     });
+    if texts {
+        sql.push_str(" JOIN event_texts t ON t.id = e.id");
+    }
     if references {
         sql.push_str(
             " LEFT JOIN repeated_bodies r ON r.event_id = e.id

@@ -115,6 +115,167 @@ LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.
     "ALTER TABLE deliveries ADD COLUMN path_job INTEGER;
      ALTER TABLE deliveries ADD COLUMN path_attempt INTEGER;
      CREATE INDEX deliveries_by_path ON deliveries(path_job);",
+    // Ledgers that stay small, the texts' part: the `planned` body, the `estimate` detail and
+    // the `submit_intent` detail and body repeat facts that `jobs`, `attempts` and `tags`
+    // already hold, so they are stored by reference (both NULL) when the view `event_texts`
+    // rebuilds them exactly, and triggers write them out whole before one of those rows
+    // changes; `events_readable` reads its texts from that view. `tags`, `outputs` and
+    // `attempts` become WITHOUT ROWID tables (their key is their primary key, so it is stored
+    // once instead of in the table and again in an index, and a report reads attempts in key
+    // order without a second lookup per row): their rows are copied, the views dropped first
+    // so that the renames leave them alone. Existing events are kept as they are. The text is
+    // schema.sql's, byte for byte, but for the copies.
+    r#"DROP VIEW events_readable;
+ALTER TABLE tags RENAME TO tags_with_rowid;
+CREATE TABLE tags (
+    job_id  INTEGER NOT NULL REFERENCES jobs(id),
+    key     TEXT NOT NULL,
+    value   TEXT NOT NULL,
+    PRIMARY KEY (job_id, key)
+) WITHOUT ROWID;
+INSERT INTO tags (job_id, key, value) SELECT job_id, key, value FROM tags_with_rowid;
+DROP TABLE tags_with_rowid;
+ALTER TABLE outputs RENAME TO outputs_with_rowid;
+CREATE TABLE outputs (
+    job_id      INTEGER NOT NULL REFERENCES jobs(id),
+    attempt     INTEGER NOT NULL,
+    idx         INTEGER NOT NULL,           -- position in output.media_url
+    url         TEXT NOT NULL,
+    path        TEXT NOT NULL,              -- where the file was written
+    bytes       INTEGER NOT NULL,
+    sha256      TEXT NOT NULL,
+    width       INTEGER,
+    height      INTEGER,
+    PRIMARY KEY (job_id, attempt, idx)
+) WITHOUT ROWID;
+INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+SELECT job_id, attempt, idx, url, path, bytes, sha256, width, height FROM outputs_with_rowid;
+DROP TABLE outputs_with_rowid;
+ALTER TABLE attempts RENAME TO attempts_with_rowid;
+CREATE TABLE attempts (
+    job_id          INTEGER NOT NULL REFERENCES jobs(id),
+    attempt         INTEGER NOT NULL,
+    request_id      TEXT,                   -- the gateway's id, once accepted
+    state           TEXT NOT NULL,          -- the job state this attempt ended in (or is in)
+    price_per_mp    TEXT,                   -- USD per output megapixel in force when it was submitted
+    estimated_cost  TEXT,                   -- USD, from the input size before sending
+    actual_cost     TEXT,                   -- USD, from the downloaded output; set once
+    output_width    INTEGER,
+    output_height   INTEGER,
+    submitted_at    TEXT,                   -- when the submission was sent
+    finished_at     TEXT,                   -- when a final state was recorded
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID;
+INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost,
+                      output_width, output_height, submitted_at, finished_at)
+SELECT job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost,
+       output_width, output_height, submitted_at, finished_at FROM attempts_with_rowid;
+DROP TABLE attempts_with_rowid;
+
+-- The texts of the events, whole: `detail` and `body` as stored, or, for an event stored by
+-- reference, rebuilt from the rows that hold its facts (see `events`): download and charge
+-- details from `outputs` and `attempts`; the `planned` body (what was asked: key, batch,
+-- parameters, input size, tags) from `jobs` and `tags`; the `estimate` detail and the
+-- `submit_intent` detail and body (the request as sent) from `jobs` and `attempts`. The body
+-- of a poll answer stored by reference (`repeated_bodies`) stays NULL here: `show` rebuilds it.
+CREATE VIEW event_texts AS
+SELECT e.id,
+       CASE
+           WHEN e.detail IS NOT NULL THEN e.detail
+           WHEN e.kind = 'download' AND o.idx IS NOT NULL THEN o.url || ' -> ' || o.path || ' (' || o.bytes
+               || ' bytes, ' || coalesce(o.width, 0) || 'x' || coalesce(o.height, 0) || ', sha256 ' || o.sha256 || ')'
+           WHEN e.kind = 'charge' AND a.actual_cost IS NOT NULL THEN a.actual_cost || ' USD for '
+               || coalesce(a.output_width, 0) || 'x' || coalesce(a.output_height, 0) || ' output at '
+               || a.price_per_mp || ' USD/MP'
+           WHEN e.kind = 'estimate' AND e.body IS NULL THEN 'input ' || j.input_width || 'x' || j.input_height
+               || ' (' || j.size_source || ') at upscale ' || j.upscale || ' at ' || a.price_per_mp
+               || ' USD/MP: ' || a.estimated_cost || ' USD'
+           WHEN e.kind = 'submit_intent' AND e.body IS NULL THEN 'sending at ' || a.price_per_mp
+               || ' USD/MP, estimate ' || coalesce(a.estimated_cost, 'unknown')
+       END AS detail,
+       CASE
+           WHEN e.body IS NOT NULL THEN e.body
+           WHEN e.kind = 'planned' AND e.detail IS NULL THEN json_object(
+               'batch', j.batch,
+               'key', j.key,
+               'params', json_object(
+                   'background_enhance', json(CASE WHEN j.background_enhance THEN 'true' ELSE 'false' END),
+                   'face_upsample', json(CASE WHEN j.face_upsample THEN 'true' ELSE 'false' END),
+                   'fidelity', j.fidelity,
+                   'image', j.image_url,
+                   'upscale', j.upscale,
+                   'webhook', j.webhook,
+                   'webhook_events_filter', json(j.webhook_events_filter),
+                   'webhook_mode', j.webhook_mode,
+                   'webhook_url', j.webhook_url),
+               'size', json(CASE WHEN j.input_width IS NOT NULL THEN json_array(j.input_width, j.input_height) END),
+               'tags', json((SELECT json_group_object(g.key, g.value) FROM
+                   (SELECT key, value FROM tags WHERE tags.job_id = e.job_id ORDER BY key) g)))
+           WHEN e.kind = 'submit_intent' AND e.detail IS NULL THEN json_patch(json_object(
+               'background_enhance', json(CASE WHEN j.background_enhance THEN 'true' ELSE 'false' END),
+               'codeformer_fidelity', CAST(j.fidelity AS REAL),
+               'face_upsample', json(CASE WHEN j.face_upsample THEN 'true' ELSE 'false' END),
+               'image', j.image_url,
+               'upscale', j.upscale),
+               json_object('webhook', j.webhook, 'webhook_events_filter', json(j.webhook_events_filter)))
+       END AS body
+FROM events e
+LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id AND o.attempt = e.attempt AND o.idx = e.output
+LEFT JOIN attempts a ON e.kind IN ('charge', 'estimate', 'submit_intent') AND e.detail IS NULL
+    AND a.job_id = e.job_id AND a.attempt = e.attempt
+LEFT JOIN jobs j ON e.kind IN ('planned', 'estimate', 'submit_intent') AND e.detail IS NULL AND e.body IS NULL
+    AND j.id = e.job_id;
+-- The events as text, for any SQLite tool: `at` as RFC 3339 UTC with milliseconds, and the
+-- detail and body of events stored by reference from `event_texts`.
+CREATE VIEW events_readable AS
+SELECT e.id, e.job_id, e.attempt, strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 'unixepoch') AS at,
+       e.kind, e.http_status, e.remote_status, e.latency_ms, t.detail, t.body
+FROM events e JOIN event_texts t ON t.id = e.id;
+-- Before a row that an event stored by reference is rebuilt from changes, the event's texts
+-- are written out whole into its row (as they read before the change).
+CREATE TRIGGER jobs_write_out_event_texts
+BEFORE UPDATE OF key, batch, image_url, fidelity, upscale, background_enhance, face_upsample, webhook,
+    webhook_events_filter, webhook_url, webhook_mode, input_width, input_height, size_source ON jobs
+WHEN OLD.key IS NOT NEW.key OR OLD.batch IS NOT NEW.batch OR OLD.image_url IS NOT NEW.image_url
+    OR OLD.fidelity IS NOT NEW.fidelity OR OLD.upscale IS NOT NEW.upscale
+    OR OLD.background_enhance IS NOT NEW.background_enhance OR OLD.face_upsample IS NOT NEW.face_upsample
+    OR OLD.webhook IS NOT NEW.webhook OR OLD.webhook_events_filter IS NOT NEW.webhook_events_filter
+    OR OLD.webhook_url IS NOT NEW.webhook_url OR OLD.webhook_mode IS NOT NEW.webhook_mode
+    OR OLD.input_width IS NOT NEW.input_width OR OLD.input_height IS NOT NEW.input_height
+    OR OLD.size_source IS NOT NEW.size_source
+BEGIN
+    UPDATE events SET detail = t.detail, body = t.body FROM event_texts t
+    WHERE t.id = events.id AND events.job_id = OLD.id
+      AND events.kind IN ('planned', 'estimate', 'submit_intent')
+      AND events.detail IS NULL AND events.body IS NULL;
+END;
+CREATE TRIGGER attempts_write_out_event_texts
+BEFORE UPDATE OF price_per_mp, estimated_cost ON attempts
+WHEN OLD.price_per_mp IS NOT NEW.price_per_mp OR OLD.estimated_cost IS NOT NEW.estimated_cost
+BEGIN
+    UPDATE events SET detail = t.detail, body = t.body FROM event_texts t
+    WHERE t.id = events.id AND events.job_id = OLD.job_id AND events.attempt = OLD.attempt
+      AND events.kind IN ('estimate', 'submit_intent')
+      AND events.detail IS NULL AND events.body IS NULL;
+END;
+CREATE TRIGGER tags_insert_write_out_event_texts BEFORE INSERT ON tags
+BEGIN
+    UPDATE events SET body = t.body FROM event_texts t
+    WHERE t.id = events.id AND events.job_id = NEW.job_id AND events.kind = 'planned'
+      AND events.detail IS NULL AND events.body IS NULL;
+END;
+CREATE TRIGGER tags_update_write_out_event_texts BEFORE UPDATE ON tags
+BEGIN
+    UPDATE events SET body = t.body FROM event_texts t
+    WHERE t.id = events.id AND events.job_id IN (OLD.job_id, NEW.job_id) AND events.kind = 'planned'
+      AND events.detail IS NULL AND events.body IS NULL;
+END;
+CREATE TRIGGER tags_delete_write_out_event_texts BEFORE DELETE ON tags
+BEGIN
+    UPDATE events SET body = t.body FROM event_texts t
+    WHERE t.id = events.id AND events.job_id = OLD.job_id AND events.kind = 'planned'
+      AND events.detail IS NULL AND events.body IS NULL;
+END;"#,
 ];
 
 /// The version this program writes.

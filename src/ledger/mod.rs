@@ -216,6 +216,9 @@ impl Ledger {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Statement journals and the sorts of `report` in memory rather than in temporary
+        // files: each multi-row UPDATE (a trigger's, a group commit's) opens one.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         // Tests stand in for a full disk by capping the file's size in pages.
         if let Some(pages) = std::env::var(MAX_PAGES_ENV)
             .ok()

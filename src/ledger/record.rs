@@ -828,6 +828,13 @@ fn download_in(
         )?;
     }
     let charge = charge_once(tx, job_id, attempt, files, now)?;
+    // The URLs are now in `outputs`, in order: the job's copy goes when it says the same.
+    tx.prepare_cached(
+        "UPDATE jobs SET output_urls = NULL WHERE id = ?1 AND attempt = ?2
+         AND output_urls = (SELECT json_group_array(url) FROM (SELECT url FROM outputs
+             WHERE job_id = ?1 AND attempt = ?2 ORDER BY idx))",
+    )?
+    .execute(params![job_id, attempt])?;
     apply_change(
         tx,
         job_id,

@@ -223,6 +223,13 @@ fn plus(a: Decimal, b: Decimal) -> Result<Decimal, MoneyError> {
 /// million attempts); amounts are shown through money::exact or money::display, which
 /// normalise.
 fn add_exact(a: Decimal, b: Decimal) -> Option<Decimal> {
+    // Most of the buckets an attempt adds to are zero (nothing unknown, nothing not sent).
+    if b.is_zero() {
+        return Some(a);
+    }
+    if a.is_zero() {
+        return Some(b);
+    }
     let scale = a.scale().max(b.scale());
     let widen = |d: Decimal| {
         d.mantissa()

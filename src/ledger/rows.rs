@@ -157,7 +157,8 @@ pub(super) const JOB_COLUMNS: &str = "j.id, j.key, j.batch, j.state, j.attempt, 
     j.fidelity, j.upscale, j.background_enhance, j.face_upsample, j.webhook, \
     j.webhook_events_filter, j.webhook_url, j.webhook_mode, j.input_width, j.input_height, \
     j.size_source, j.request_id, j.remote_status, j.next_poll_at, j.polls, j.post, j.reason, \
-    j.error, j.output_urls, j.expects_callbacks, a.price_per_mp, a.estimated_cost, \
+    j.error, coalesce(j.output_urls, (SELECT json_group_array(url) FROM (SELECT url FROM outputs o \
+    WHERE o.job_id = j.id AND o.attempt = j.attempt ORDER BY o.idx))), j.expects_callbacks, a.price_per_mp, a.estimated_cost, \
     a.actual_cost, a.output_width, a.output_height, a.submitted_at, a.finished_at, \
     j.created_at, j.updated_at";
 

@@ -767,6 +767,7 @@ fn an_old_ledgers_events_read_the_same_after_migrating() {
                VALUES (1, 1, 'r-1', 'completed', '0.0021', '0.000084', 200, 200);
              INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
                VALUES (1, 1, 0, 'https://cdn.test/r-1/out.png', '/out/a.png', 1000, 'ab12', 200, 200);
+             INSERT INTO tags (job_id, key, value) VALUES (1, 'client', 'acme');
              INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
                VALUES (1, 1, '2026-05-22T13:17:00.000Z', 'planned', NULL, NULL, NULL, NULL, '{{}}'),
                       (1, 1, '2026-05-22T13:17:30.007Z', 'poll', 200, 'COMPLETED', 9, NULL, '{{\"status\":\"COMPLETED\"}}'),
@@ -815,6 +816,22 @@ fn an_old_ledgers_events_read_the_same_after_migrating() {
     assert_eq!(
         readable("SELECT detail FROM events_readable WHERE kind = 'charge'"),
         charge
+    );
+    // The old planned body is kept as written, and the rows copied into the WITHOUT ROWID
+    // tables are all there.
+    assert_eq!(
+        readable("SELECT body FROM events_readable WHERE kind = 'planned'"),
+        "{}"
+    );
+    assert_eq!(
+        readable(
+            "SELECT (SELECT group_concat(job_id || ' ' || attempt || ' ' || request_id || ' ' || state || ' '
+                         || price_per_mp || ' ' || actual_cost || ' ' || output_width || 'x' || output_height) FROM attempts)
+                 || ' | ' || (SELECT group_concat(job_id || ' ' || key || '=' || value) FROM tags)
+                 || ' | ' || (SELECT group_concat(job_id || ' ' || attempt || ' ' || idx || ' ' || url || ' ' || path
+                         || ' ' || bytes || ' ' || sha256 || ' ' || width || 'x' || height) FROM outputs)"
+        ),
+        "1 1 r-1 completed 0.0021 0.000084 200x200 | 1 client=acme | 1 1 0 https://cdn.test/r-1/out.png /out/a.png 1000 ab12 200x200"
     );
 }
 

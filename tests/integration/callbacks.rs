@@ -181,7 +181,8 @@ fn a_forged_callback_changes_nothing(forge: impl FnOnce(&World, &Receiver, Strin
     assert_eq!(trap.hits(), 0, "the forged media URL was fetched");
     let (state, urls, cost): (String, String, String) = db
         .query_row(
-            "SELECT j.state, j.output_urls, a.actual_cost FROM jobs j
+            "SELECT j.state, coalesce(j.output_urls, (SELECT json_group_array(o.url) FROM outputs o
+                 WHERE o.job_id = j.id AND o.attempt = j.attempt)), a.actual_cost FROM jobs j
              JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt WHERE j.id = 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
