@@ -491,7 +491,6 @@ impl Builder {
             GroupBy::Folder => a.tag.unwrap_or_else(|| "(not a local file)".into()),
             GroupBy::Ledger => src.label.to_string(),
         };
-        self.report.total.add(&row)?;
         match self.groups.get_mut(&key) {
             Some(group) => group.add(&row)?,
             None => {
@@ -551,7 +550,6 @@ impl Builder {
 
     /// A job that joined `batch` from an earlier one: a count, with no money.
     fn add_reused(&mut self, batch: String) {
-        self.report.total.reused += 1;
         self.groups
             .entry(batch.clone())
             .or_insert_with(|| ReportRow {
@@ -561,11 +559,19 @@ impl Builder {
             .reused += 1;
     }
 
-    fn finish(mut self) -> Report {
-        self.report.total.group = "total".into();
+    /// The report, its total the sum of its groups (each attempt and reuse is in one group).
+    fn finish(mut self) -> Result<Report> {
+        let mut total = ReportRow {
+            group: "total".into(),
+            ..ReportRow::default()
+        };
+        for group in self.groups.values() {
+            total.add(group)?;
+        }
+        self.report.total = total;
         self.report.rows = self.groups.into_values().collect();
         self.report.spend_by_day = self.days.into_values().collect();
-        self.report
+        Ok(self.report)
     }
 }
 
@@ -640,7 +646,7 @@ impl Ledger {
             self.add_memberships(&mut builder, since, until)?;
         }
         let shared = seen.shared;
-        let mut report = builder.finish();
+        let mut report = builder.finish()?;
         if *by == GroupBy::Batch {
             for schema in schemas.iter().rev() {
                 report.budgets.extend(self.batch_budgets_in(schema)?);
