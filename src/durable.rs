@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-/// fsyncs the file at `path`, then its folder (which holds the rename that named it).
-pub fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path)?.sync_all()?;
+/// fsyncs the folder `dir`, which holds the renames that named its files (their data is
+/// synced on their own handles before the rename).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
-    if let Some(dir) = path.parent() {
+    {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {
@@ -15,5 +15,7 @@ pub fn sync_file_and_dir(path: &Path) -> std::io::Result<()> {
         };
         std::fs::File::open(dir)?.sync_all()?;
     }
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! `sandbox` command in its own process making real PNG outputs (decoded input, upscaled,
 //! encoded), at concurrency 8. The figure is the command's user + system time from wait4(2),
 //! so the sandbox's work is not in it. With `BENCH_STRACE=1` (and strace installed) the same
-//! batch runs once more under `strace -f -c`, and the system calls per job are printed.
+//! batch runs once more under `strace -f -c`, and the system calls per job are printed. The
+//! TCP connections the sandbox accepted during the batch are printed too (a client that keeps
+//! its connections opens a few per worker, not one per request).
 
 use crate::util::{self, note, thousands, Res};
 use crate::{verdict, Opts, Row};
@@ -41,16 +43,20 @@ pub fn cpu(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
         note(format!(
             "#10 `batch` of {n} jobs against the sandbox process, real PNG outputs, concurrency 8"
         ));
+        let before = connections_accepted(&base)?;
         let spent = run_batch(opts, dir.path(), &manifest, &base, "a", None)?;
+        // The reading of the count is a connection of its own.
+        let connections = connections_accepted(&base)?.saturating_sub(before + 1);
         let per_k = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
         let total = per_k(spent.user + spent.sys);
         note(format!(
-            "   {total:.3} CPU-s per 1,000 jobs (user {:.3}, sys {:.3}), {:.1} s wall, {:.1} voluntary / {:.1} involuntary context switches per job",
+            "   {total:.3} CPU-s per 1,000 jobs (user {:.3}, sys {:.3}), {:.1} s wall, {:.1} voluntary / {:.1} involuntary context switches per job, {:.0} connections per 1,000 jobs",
             per_k(spent.user),
             per_k(spent.sys),
             spent.wall.as_secs_f64(),
             spent.switches.0 as f64 / n as f64,
-            spent.switches.1 as f64 / n as f64
+            spent.switches.1 as f64 / n as f64,
+            connections as f64 * 1000.0 / n as f64
         ));
         rows.push(Row::new(
             "10",
@@ -67,6 +73,14 @@ pub fn cpu(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
             "≤ 0.6",
             verdict(total <= 0.6),
         ));
+        rows.push(Row::new(
+            "10",
+            "  same batch: TCP connections the sandbox accepted",
+            "connections per 1,000 jobs (each job makes ≥ 4 requests, and the sandbox fetches its input)",
+            format!("{:.0}", connections as f64 * 1000.0 / n as f64),
+            "—",
+            "report".into(),
+        ));
         if std::env::var("BENCH_STRACE").is_ok_and(|v| v == "1") {
             syscalls(opts, dir.path(), &manifest, &base, n, rows)?;
         }
@@ -75,6 +89,17 @@ pub fn cpu(opts: &Opts, rows: &mut Vec<Row>) -> Res<()> {
     util::signal(pid, libc::SIGTERM);
     let _ = util::wait_bounded(pid, Instant::now(), Duration::from_secs(10));
     result
+}
+
+/// The TCP connections the sandbox process has accepted so far (its own input fetches
+/// included), from `GET /sandbox/stats`.
+fn connections_accepted(base: &str) -> Res<u64> {
+    let text = ureq::get(format!("{base}/sandbox/stats"))
+        .call()?
+        .body_mut()
+        .read_to_string()?;
+    let stats: codeformer_ledger::sandbox::SandboxStats = serde_json::from_str(&text)?;
+    Ok(stats.connections)
 }
 
 /// Starts `codeformer-ledger sandbox` (real rendering, no delays) on a free loopback port;

@@ -53,10 +53,11 @@ pub fn run(global: &Global, args: EstimateArgs) -> CmdResult {
         (_, Some(size)) => (size, "given".to_string()),
         (Some(url), None) => {
             params::validate_image_url(url).map_err(|e| CliError::usage(e.to_string()))?;
-            let gateway = Gateway::new(
-                codeformer_ledger::gateway::GatewayConfig::new(&global.base_url, None)
-                    .with_net(global.net()?),
-            );
+            let gateway = Gateway::new(codeformer_ledger::gateway::GatewayConfig::with_setup(
+                &global.base_url,
+                None,
+                global.net()?,
+            ));
             let probe = codeformer_ledger::gateway::probe::probe_url(gateway.file_agent(), url)
                 .map_err(|e| CliError::error(format!("{url}: {e}")))?;
             let size = (probe.size.width, probe.size.height);

@@ -214,6 +214,8 @@ pub struct Global {
     /// Whether outputs are fsynced before they are recorded.
     pub fsync_outputs: bool,
     pub fsync_from_flag: bool,
+    /// The trust store and proxy, read once on first use and shared by every agent.
+    net: std::sync::OnceLock<NetConfig>,
 }
 
 impl Global {
@@ -271,6 +273,7 @@ impl Global {
                 base_url: base_source,
             },
             api_key_file: cli.api_key_file.clone(),
+            net: std::sync::OnceLock::new(),
         })
     }
 
@@ -298,12 +301,18 @@ impl Global {
     }
 
     /// The trust store and proxy every outgoing request uses.
+    /// Read once per process: the machine's store is a few hundred certificates to parse.
     pub fn net(&self) -> Result<NetConfig, CliError> {
-        NetConfig::from_env(self.ca_cert.as_deref()).map_err(|e| CliError::usage(e.to_string()))
+        if let Some(net) = self.net.get() {
+            return Ok(net.clone());
+        }
+        let net = NetConfig::from_env(self.ca_cert.as_deref())
+            .map_err(|e| CliError::usage(e.to_string()))?;
+        Ok(self.net.get_or_init(|| net).clone())
     }
 
     pub fn gateway(&self) -> Result<Gateway, CliError> {
-        let mut config = GatewayConfig::new(&self.base_url, self.api_key()?).with_net(self.net()?);
+        let mut config = GatewayConfig::with_setup(&self.base_url, self.api_key()?, self.net()?);
         config.fsync_outputs = self.fsync_outputs;
         let gateway = Gateway::new(config);
         // Every command's API calls draw from the budget; the config file's quota bounds it.
@@ -317,7 +326,7 @@ impl Global {
         let Some(config) = &self.upload else {
             return Ok(None);
         };
-        let agent = Gateway::new(GatewayConfig::new(&self.base_url, None).with_net(self.net()?))
+        let agent = Gateway::new(GatewayConfig::with_setup(&self.base_url, None, self.net()?))
             .file_agent()
             .clone();
         codeformer_ledger::storage::Storage::new(config.clone(), agent)

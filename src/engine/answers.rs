@@ -110,25 +110,38 @@ impl<'a> Engine<'a> {
     /// Records one result on its own.
     pub(super) fn handle(&mut self, done: Done) -> Result<(), EngineError> {
         let mut taken = Taken::default();
-        let result = self.take(done, &mut taken);
+        let job = self.ledger.job(done.job_id)?;
+        let result = self.take(done, job, &mut taken);
         let committed = self.commit_taken(taken);
         result.and(committed)
     }
 
-    /// Turns one result into the writes it owes, added to `taken`.
-    pub(super) fn take(&mut self, done: Done, taken: &mut Taken) -> Result<(), EngineError> {
+    /// Turns one result into the writes it owes, added to `taken`. `job` is the result's job
+    /// as the ledger holds it (read before any of the step's writes; `None` if it is gone).
+    pub(super) fn take(
+        &mut self,
+        done: Done,
+        job: Option<JobRow>,
+        taken: &mut Taken,
+    ) -> Result<(), EngineError> {
         self.in_flight.remove(&done.job_id);
-        let (job_id, attempt) = (done.job_id, done.attempt);
+        if matches!(done.result, TaskResult::Poll(_)) {
+            self.summary.polls += 1;
+        }
+        let Some(job) = job else {
+            return Ok(());
+        };
+        let attempt = done.attempt;
         match done.result {
-            TaskResult::Probe(result) => self.on_probe(job_id, attempt, result, taken),
-            TaskResult::Submit(exchange) => self.on_submit(job_id, attempt, exchange, taken),
+            TaskResult::Probe(result) => self.on_probe(job, attempt, result, taken),
+            TaskResult::Submit(exchange) => self.on_submit(job, attempt, exchange, taken),
             TaskResult::Poll(exchange) => {
-                if let Some(item) = self.poll_record(job_id, attempt, exchange)? {
+                if let Some(item) = self.poll_record(job, attempt, exchange)? {
                     taken.poll(item);
                 }
                 Ok(())
             }
-            TaskResult::Download(result) => self.on_download(job_id, attempt, result, taken),
+            TaskResult::Download(result) => self.on_download(job, attempt, result, taken),
         }
     }
 
@@ -157,14 +170,12 @@ impl<'a> Engine<'a> {
 
     fn on_probe(
         &mut self,
-        job_id: i64,
+        job: JobRow,
         attempt: i64,
         result: Result<crate::gateway::probe::Probe, crate::gateway::probe::ProbeError>,
         taken: &mut Taken,
     ) -> Result<(), EngineError> {
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(());
-        };
+        let job_id = job.id;
         taken.writes.push(match result {
             Ok(probe) => Write::Probe(Probed {
                 size: (probe.size.width, probe.size.height),
@@ -215,14 +226,12 @@ impl<'a> Engine<'a> {
 
     fn on_submit(
         &mut self,
-        job_id: i64,
+        job: JobRow,
         attempt: i64,
         exchange: Exchange<SubmitOutcome>,
         taken: &mut Taken,
     ) -> Result<(), EngineError> {
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(());
-        };
+        let job_id = job.id;
         let step = lifecycle::step(
             at(&job),
             Learned::Submit(SubmitAnswer::of(&exchange.outcome)),
@@ -382,14 +391,11 @@ impl<'a> Engine<'a> {
 
     pub(super) fn poll_record(
         &mut self,
-        job_id: i64,
+        job: JobRow,
         attempt: i64,
         exchange: Exchange<PollOutcome>,
     ) -> Result<Option<PollItem>, EngineError> {
-        self.summary.polls += 1;
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(None);
-        };
+        let job_id = job.id;
         let learned = self.poll_learned(&job, attempt, &exchange.outcome);
         let step = lifecycle::step(at(&job), learned);
         let seen = seen_of(&job, &exchange);
@@ -618,14 +624,12 @@ impl<'a> Engine<'a> {
 
     fn on_download(
         &mut self,
-        job_id: i64,
+        job: JobRow,
         attempt: i64,
         result: Result<Vec<OutputRow>, DownloadError>,
         taken: &mut Taken,
     ) -> Result<(), EngineError> {
-        let Some(job) = self.ledger.job(job_id)? else {
-            return Ok(());
-        };
+        let job_id = job.id;
         let learned = match result {
             Ok(_) => Learned::Downloaded,
             Err(_) => Learned::DownloadFailed,

@@ -495,16 +495,25 @@ impl<'a> Engine<'a> {
     }
 
     /// Takes `first` and every result already back, and commits them in one transaction
-    /// (group commit) before the step goes on to send anything. Bounded: only the tasks in
-    /// flight can bring results.
+    /// (group commit) before the step goes on to send anything. Their jobs are read in one
+    /// statement first: taking a result writes nothing until the commit, so each job reads as
+    /// it would have just before its own take. Bounded: only the tasks in flight can bring
+    /// results.
     fn drain(&mut self, first: Option<Done>, rx: &mpsc::Receiver<Done>) -> Result<(), EngineError> {
-        let mut taken = answers::Taken::default();
-        let mut result = Ok(());
-        for done in first
+        let results: Vec<Done> = first
             .into_iter()
             .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            result = self.take(done, &mut taken);
+            .collect();
+        if results.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i64> = results.iter().map(|done| done.job_id).collect();
+        let jobs = self.ledger.jobs_by_id(&ids)?;
+        let mut taken = answers::Taken::default();
+        let mut result = Ok(());
+        for done in results {
+            let job = jobs.get(&done.job_id).cloned();
+            result = self.take(done, job, &mut taken);
             if result.is_err() {
                 break;
             }

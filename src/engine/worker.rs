@@ -148,18 +148,29 @@ fn download_all(
                 .map_err(|e| e.in_folder(dir))?,
         );
     }
+    // Each file's data was synced before its rename; one sync of the folder keeps the names.
+    if gateway.config().fsync_outputs {
+        crate::durable::sync_dir(dir).map_err(|e| DownloadError::from(e).in_folder(dir))?;
+    }
     Ok(rows)
 }
+
+/// The bytes of a download kept in memory besides the file: enough for the header of most
+/// images, so the size is read without reading the file back.
+const HEAD_BYTES: usize = 4096;
 
 struct HashingWriter<'a> {
     file: &'a mut std::fs::File,
     hasher: Sha256,
+    head: Vec<u8>,
 }
 
 impl Write for HashingWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.hasher.update(&buf[..n]);
+        let keep = (HEAD_BYTES - self.head.len()).min(n);
+        self.head.extend_from_slice(&buf[..keep]);
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -168,7 +179,9 @@ impl Write for HashingWriter<'_> {
 }
 
 /// Downloads to a temporary file in `dir` and renames it into place, never over a different
-/// file: a crash leaves either nothing or a whole file.
+/// file: a crash leaves either nothing or a whole file. The file is opened once: written,
+/// read back only when its header lies past [`HEAD_BYTES`], and synced (with
+/// `fsync_outputs`) before the rename; the caller syncs the folder.
 fn download_one(
     gateway: &Gateway,
     url: &str,
@@ -180,32 +193,35 @@ fn download_one(
     let mut temp = tempfile::Builder::new()
         .prefix(&format!("{PARTIAL_PREFIX}{}-", std::process::id()))
         .tempfile_in(dir)?;
-    let (bytes, sha) = {
+    let (bytes, sha, head) = {
         let mut writer = HashingWriter {
             file: temp.as_file_mut(),
             hasher: Sha256::new(),
+            head: Vec::with_capacity(HEAD_BYTES),
         };
         let bytes = gateway.download(url, &mut writer)?;
         writer.flush()?;
-        (bytes, hex(&writer.hasher.finalize()))
+        (bytes, hex(&writer.hasher.finalize()), writer.head)
     };
-    let size = imagesize::size(temp.path())
-        .map_err(|e| DownloadError::NotAnImage(format!("its header cannot be read: {e}")))?;
-    // The first bytes say the format; the file may be many megabytes.
-    let mut head = Vec::with_capacity(64);
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(std::fs::File::open(temp.path())?, 64),
-        &mut head,
-    )?;
+    let size = match imagesize::blob_size(&head) {
+        Ok(size) => size,
+        Err(_) => {
+            let file = temp.as_file_mut();
+            std::io::Seek::seek(file, std::io::SeekFrom::Start(0))?;
+            imagesize::reader_size(std::io::BufReader::new(file))
+                .map_err(|e| DownloadError::NotAnImage(format!("its header cannot be read: {e}")))?
+        }
+    };
     let ext = match imagesize::image_type(&head) {
         Ok(imagesize::ImageType::Jpeg) => "jpg",
         Ok(imagesize::ImageType::Webp) => "webp",
         _ => "png",
     };
-    let path = place(temp, dir, name, ext, &sha)?;
-    if gateway.config().fsync_outputs {
-        crate::durable::sync_file_and_dir(&path)?;
+    let fsync = gateway.config().fsync_outputs;
+    if fsync {
+        temp.as_file().sync_all()?;
     }
+    let path = place(temp, dir, name, ext, &sha, fsync)?;
     Ok(OutputRow {
         attempt,
         idx,
@@ -227,6 +243,7 @@ fn place(
     name: &str,
     ext: &str,
     sha: &str,
+    fsync: bool,
 ) -> Result<PathBuf, DownloadError> {
     let mut temp = temp;
     for n in 1..1000 {
@@ -241,6 +258,10 @@ fn place(
             Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
                 temp = e.file;
                 if file_sha(&target).ok().as_deref() == Some(sha) {
+                    // That file's run may have stopped before syncing it.
+                    if fsync {
+                        std::fs::File::open(&target)?.sync_all()?;
+                    }
                     return Ok(target);
                 }
             }
@@ -401,6 +422,55 @@ pub fn stem_of(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gateway::GatewayConfig;
+    use crate::sandbox::{Sandbox, SandboxConfig};
+
+    /// A JPEG whose frame header lies behind an 8 KiB APP1 segment, past [`HEAD_BYTES`].
+    fn jpeg_with_long_app1(width: u32, height: u32) -> Vec<u8> {
+        let img =
+            image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 90]));
+        let mut jpeg = Vec::new();
+        img.write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+        let payload = vec![b'x'; 8 * 1024];
+        let mut out = jpeg[..2].to_vec();
+        out.extend([0xFF, 0xE1]);
+        out.extend(((payload.len() + 2) as u16).to_be_bytes());
+        out.extend(payload);
+        out.extend(&jpeg[2..]);
+        out
+    }
+
+    #[test]
+    fn a_download_whose_header_lies_past_the_kept_head_reads_it_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = dir.path().join("static");
+        std::fs::create_dir_all(&files).unwrap();
+        let jpeg = jpeg_with_long_app1(33, 21);
+        assert!(imagesize::blob_size(&jpeg[..HEAD_BYTES]).is_err());
+        std::fs::write(files.join("long.jpg"), &jpeg).unwrap();
+        let sandbox = Sandbox::start(SandboxConfig {
+            static_dir: Some(files),
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let gateway = Gateway::new(GatewayConfig::new(&sandbox.base_url(), None));
+        let out = dir.path().join("out");
+        let urls = [sandbox.static_url("long.jpg")];
+        let rows = download_all(&gateway, &urls, &out, "photo", 1).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].width, rows[0].height), (Some(33), Some(21)));
+        assert_eq!(rows[0].bytes, jpeg.len() as i64);
+        assert_eq!(rows[0].path, out.join("photo.jpg").to_string_lossy());
+        assert_eq!(std::fs::read(out.join("photo.jpg")).unwrap(), jpeg);
+        // Again into the same name: the identical file is taken as this download's own.
+        let again = download_all(&gateway, &urls, &out, "photo", 1).unwrap();
+        assert_eq!(again[0].path, rows[0].path);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    }
 
     #[test]
     fn stems_are_safe() {

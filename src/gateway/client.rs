@@ -30,7 +30,15 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The defaults, trusting and routing as the environment says ([`NetConfig::from_env_only`],
+    /// which reads the machine's trust store: a program that builds several configs builds
+    /// one [`NetConfig`] and passes it to [`GatewayConfig::with_setup`]).
     pub fn new(base_url: &str, key: Option<ApiKey>) -> Self {
+        Self::with_setup(base_url, key, NetConfig::from_env_only())
+    }
+
+    /// The defaults, with the trust and proxy setup given (shared, not read again).
+    pub fn with_setup(base_url: &str, key: Option<ApiKey>, net: NetConfig) -> Self {
         GatewayConfig {
             base_url: base_url.trim_end_matches('/').to_string(),
             key,
@@ -38,7 +46,7 @@ impl GatewayConfig {
             connect_timeout: Duration::from_secs(10),
             download_timeout: Duration::from_secs(300),
             max_output_bytes: 512 * 1024 * 1024,
-            net: NetConfig::from_env_only(),
+            net,
             fsync_outputs: true,
         }
     }

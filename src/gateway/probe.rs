@@ -7,7 +7,8 @@
 //! APPn (EXIF, ICC) segments in front of the frame header are jumped over, not downloaded.
 //! Whatever the server does, no more than [`MAX_PROBE_BYTES`] are read in total: a server that
 //! ignores `Range` and answers `200` with the whole file is read as a stream only as far as the
-//! header, and then the connection is dropped.
+//! header, and then the connection is dropped. A ranged (`206`) answer is read to its end, so
+//! that its connection goes back to the agent's pool for the next request.
 //!
 //! The caller passes the [`ureq::Agent`] (and so chooses its timeouts). No API key is ever sent
 //! here: the image is fetched as the gateway would fetch it, anonymously.
@@ -36,6 +37,10 @@ pub const MAX_PROBE_BYTES: u64 = 64 * 1024;
 /// The most requests made for one URL, so that a file of many tiny segments cannot turn a
 /// probe into a long conversation.
 pub const MAX_PROBE_REQUESTS: u32 = 16;
+
+/// The most bytes read past a ranged answer's wanted bytes to reach its end (and so keep its
+/// connection).
+const FINISH_BYTES: u64 = 512;
 
 /// How many leading bytes an error quotes.
 const QUOTED_BYTES: usize = 24;
@@ -433,8 +438,9 @@ impl<'a> Fetcher<'a> {
             206 => {
                 let range = content_range.as_deref().and_then(parse_content_range);
                 let start = range.map_or(offset, |r| r.0);
-                let mut body = response.into_body().into_reader().take(want);
-                let bytes = read_counted(&mut body, want, &mut self.bytes_read)?;
+                let mut body = response.into_body().into_reader();
+                let bytes = read_counted(&mut (&mut body).take(want), want, &mut self.bytes_read)?;
+                finish(body);
                 let got = bytes.len() as u64;
                 if chunks.length.is_none() {
                     chunks.length = match range.and_then(|r| r.1) {
@@ -454,6 +460,7 @@ impl<'a> Fetcher<'a> {
             }
             416 if offset > 0 => {
                 let length = content_range.as_deref().and_then(parse_unsatisfied_length);
+                finish(response.into_body().into_reader());
                 chunks.length = Some(length.unwrap_or(offset).min(offset));
                 Ok(())
             }
@@ -511,6 +518,15 @@ fn read_counted(
     *counter += bytes.len() as u64;
     result.map_err(|e| ProbeError::Network(ureq::Error::from(e)))?;
     Ok(bytes)
+}
+
+/// Reads a ranged answer's body on to its end if only a few bytes are left, so that ureq returns
+/// the connection to its pool for the next request; a body that goes on longer (a server
+/// sending more than the range asked for) is dropped with its connection. What it reads is
+/// not image bytes and is not counted in [`Probe::bytes_read`].
+fn finish(body: ureq::BodyReader<'static>) {
+    // An error or a longer body only costs the connection.
+    let _ = io::copy(&mut body.take(FINISH_BYTES + 1), &mut io::sink());
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL unless `*`).

@@ -119,6 +119,23 @@ impl Ledger {
             .optional()?)
     }
 
+    /// The jobs of these ids that exist, by id, read in one statement (so in one read
+    /// transaction: the engine reads the jobs of all the results a loop step takes at once).
+    pub fn jobs_by_id(&self, ids: &[i64]) -> Result<std::collections::HashMap<i64, JobRow>> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id IN (SELECT value FROM json_each(?1))"
+        );
+        let list = serde_json::to_string(ids).expect("integers serialise");
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([list], job_from_row)?;
+        rows.map(|row| row.map(|job| (job.id, job)))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(Into::into)
+    }
+
     /// A job named by id, key or request id.
     pub fn find_job(&self, reference: &str) -> Result<JobRow> {
         let sql = format!(
@@ -477,4 +494,36 @@ fn referred_detail(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<String>> 
         },
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::JobParams;
+
+    #[test]
+    fn jobs_by_id_reads_the_jobs_that_exist_each_as_job_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let jobs: Vec<NewJob> = (0..3)
+            .map(|i| NewJob::new(JobParams::new(format!("https://x.test/{i}.png"))))
+            .collect();
+        let ids: Vec<i64> = ledger
+            .enqueue(&jobs)
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert!(ledger.jobs_by_id(&[]).unwrap().is_empty());
+        let found = ledger.jobs_by_id(&[ids[2], 999, ids[0]]).unwrap();
+        let mut keys: Vec<i64> = found.keys().copied().collect();
+        keys.sort();
+        assert_eq!(keys, vec![ids[0], ids[2]]);
+        for id in [ids[0], ids[2]] {
+            let one = ledger.job(id).unwrap().unwrap();
+            assert_eq!(found[&id].image_url, one.image_url);
+            assert_eq!(found[&id].key, one.key);
+            assert_eq!(found[&id].state, one.state);
+        }
+    }
 }

@@ -162,6 +162,8 @@ struct Connections {
     queued: AtomicUsize,
     /// Most connections open and queued; beyond, a new one is answered 503.
     cap: usize,
+    /// Every connection accepted, refused ones included.
+    accepted: Arc<AtomicU64>,
 }
 
 pub struct Server {
@@ -173,12 +175,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// Serves `listener` with `workers` threads; `accepted` counts the connections accepted.
     pub fn spawn(
         listener: TcpListener,
         workers: usize,
         limits: Limits,
         stop: Arc<AtomicBool>,
         handler: Handler,
+        accepted: Arc<AtomicU64>,
     ) -> io::Result<Server> {
         let addr = listener.local_addr()?;
         let connections = Arc::new(Connections {
@@ -186,6 +190,7 @@ impl Server {
             next_id: AtomicU64::new(0),
             queued: AtomicUsize::new(0),
             cap: limits.max_connections,
+            accepted,
         });
         let (tx, rx) = mpsc::channel::<TcpStream>();
         let rx = Arc::new(Mutex::new(rx));
@@ -257,6 +262,7 @@ fn accept_loop(
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
+        connections.accepted.fetch_add(1, Ordering::Relaxed);
         let open =
             connections.queued.load(Ordering::SeqCst) + connections.open.lock().unwrap().len();
         if open >= connections.cap {
@@ -789,7 +795,8 @@ mod tests {
             let text = format!("{} {} {}", req.method, req.path, req.body.len());
             Outcome::Respond(Response::new(200).bytes(text.into_bytes()))
         });
-        let server = Server::spawn(listener, 2, limits, stop.clone(), handler).unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        let server = Server::spawn(listener, 2, limits, stop.clone(), handler, accepted).unwrap();
         (server, addr, stop)
     }
 

@@ -264,6 +264,8 @@ pub(crate) struct Shared {
     pub output_dir: PathBuf,
     pub stop: Arc<AtomicBool>,
     pub stats: Arc<Mutex<stats::Counters>>,
+    /// TCP connections the server accepted.
+    pub connections: Arc<AtomicU64>,
     pub wallet: Mutex<jobs::Wallet>,
     pub jobs: jobs::JobTable,
     pub bucket: Option<Mutex<faults::TokenBucket>>,
@@ -333,6 +335,7 @@ impl Sandbox {
             output_dir,
             stop: stop.clone(),
             stats: Arc::new(Mutex::new(stats::Counters::default())),
+            connections: Arc::new(AtomicU64::new(0)),
             wallet: Mutex::new(jobs::Wallet::new(config.wallet_usd)),
             jobs: jobs::JobTable::default(),
             bucket: config
@@ -359,6 +362,7 @@ impl Sandbox {
             http::Limits::default(),
             stop,
             handler,
+            shared.connections.clone(),
         )
         .map_err(SandboxError::Thread)?;
         sandbox.server = Some(server);

@@ -46,7 +46,9 @@ pub fn handle(shared: &Shared, req: &Request) -> Outcome {
 /// A snapshot of the counters and the wallet.
 pub fn snapshot(shared: &Shared) -> SandboxStats {
     let balance = shared.wallet.lock().unwrap().balance();
-    shared.stats.lock().unwrap().snapshot(balance)
+    let mut stats = shared.stats.lock().unwrap().snapshot(balance);
+    stats.connections = shared.connections.load(Ordering::Relaxed);
+    stats
 }
 
 fn api(shared: &Shared, req: &Request) -> Outcome {

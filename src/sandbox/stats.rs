@@ -28,6 +28,9 @@ pub struct SandboxStats {
     pub answered_by_code: BTreeMap<u16, u64>,
     /// API requests whose connection was closed without an answer (`drop_rate`).
     pub connections_dropped: u64,
+    /// TCP connections accepted, for any path (the sandbox's own input fetches included). A
+    /// client that keeps its connections makes far fewer of these than requests.
+    pub connections: u64,
     pub completed: u64,
     pub failed: u64,
     pub errored: u64,

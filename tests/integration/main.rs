@@ -7,6 +7,7 @@ mod budget;
 mod callbacks;
 mod common;
 mod config;
+mod connections;
 mod cost;
 mod examples_run;
 mod fuzz;
