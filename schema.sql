@@ -77,7 +77,7 @@ CREATE TABLE jobs (
     created_at             TEXT NOT NULL,
     updated_at             TEXT NOT NULL
 );
-CREATE INDEX jobs_by_state ON jobs(state, id);
+CREATE INDEX jobs_by_state ON jobs(state);   -- entries end with the row id: a state's jobs in id order
 CREATE INDEX jobs_by_batch ON jobs(batch, state);
 CREATE INDEX jobs_due ON jobs(next_poll_at) WHERE next_poll_at IS NOT NULL;
 CREATE INDEX jobs_post ON jobs(post) WHERE post IS NOT NULL;
@@ -127,7 +127,7 @@ CREATE TABLE events (
     body           TEXT,                    -- the answer's body (capped), or a JSON payload
     output         INTEGER                  -- a download event's `outputs.idx` when its detail is that row's
 );
-CREATE INDEX events_by_job ON events(job_id, id);
+CREATE INDEX events_by_job ON events(job_id);  -- entries end with the row id: a job's events in id order
 
 -- Tags (`--tag KEY=VALUE`) attributing jobs to clients or projects.
 CREATE TABLE tags (

@@ -276,6 +276,13 @@ BEGIN
     WHERE t.id = events.id AND events.job_id = OLD.job_id AND events.kind = 'planned'
       AND events.detail IS NULL AND events.body IS NULL;
 END;"#,
+    // Indexes that named the row id as their last column stored it twice: an index entry
+    // already ends with the row id, so an index on `job_id` alone reads a job's events (and
+    // one on `state` a state's jobs) in the same id order, one integer per entry smaller.
+    "DROP INDEX events_by_job;
+CREATE INDEX events_by_job ON events(job_id);
+DROP INDEX jobs_by_state;
+CREATE INDEX jobs_by_state ON jobs(state);",
 ];
 
 /// The version this program writes.
