@@ -261,14 +261,14 @@ impl ReportRow {
     }
 }
 
-/// One attempt as the report reads it.
-struct Attempt {
+/// One attempt as the report reads it, its texts borrowed from the query's row.
+struct Attempt<'r> {
     job_id: i64,
     attempt: i64,
-    state: String,
-    at: String,
-    batch: Option<String>,
-    tag: Option<String>,
+    state: &'r str,
+    at: &'r str,
+    batch: Option<&'r str>,
+    tag: Option<&'r str>,
     estimated: Option<Decimal>,
     charged: Option<Decimal>,
     output: Option<(u32, u32)>,
@@ -349,25 +349,37 @@ fn report_sql(schema: &str, request_ids: bool, folder: bool) -> String {
     )
 }
 
-fn amount(what: &'static str, text: Option<String>) -> Result<Option<Decimal>> {
-    text.map(|t| money::parse_exact(&t).map_err(|_| LedgerError::Corrupt { what, value: t }))
-        .transpose()
+fn amount(what: &'static str, text: Option<&str>) -> Result<Option<Decimal>> {
+    text.map(|t| {
+        money::parse_exact(t).map_err(|_| LedgerError::Corrupt {
+            what,
+            value: t.to_string(),
+        })
+    })
+    .transpose()
 }
 
-fn read_attempt(r: &rusqlite::Row<'_>) -> Result<Attempt> {
+/// Column `i` of the row as text borrowed from it (NULL: `None`).
+fn text_at<'r>(r: &'r rusqlite::Row<'_>, i: usize) -> Result<Option<&'r str>> {
+    Ok(r.get_ref(i)?.as_str_or_null().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })?)
+}
+
+fn read_attempt<'r>(r: &'r rusqlite::Row<'_>) -> Result<Attempt<'r>> {
     let pair = |a: Option<u32>, b: Option<u32>| a.zip(b);
     Ok(Attempt {
         job_id: r.get(0)?,
         attempt: r.get(1)?,
-        state: r.get(2)?,
-        at: r.get(3)?,
-        batch: r.get(4)?,
-        estimated: amount("attempts.estimated_cost", r.get(5)?)?,
-        charged: amount("attempts.actual_cost", r.get(6)?)?,
+        state: text_at(r, 2)?.unwrap_or_default(),
+        at: text_at(r, 3)?.unwrap_or_default(),
+        batch: text_at(r, 4)?,
+        estimated: amount("attempts.estimated_cost", text_at(r, 5)?)?,
+        charged: amount("attempts.actual_cost", text_at(r, 6)?)?,
         output: pair(r.get(7)?, r.get(8)?),
         input: pair(r.get(9)?, r.get(10)?),
         upscale: r.get(11)?,
-        tag: r.get(12)?,
+        tag: text_at(r, 12)?,
         resent: r.get(13)?,
         outputs: r.get(14)?,
     })
@@ -454,9 +466,9 @@ struct Builder {
 }
 
 impl Builder {
-    fn add(&mut self, ledger: &Ledger, a: Attempt, by: &GroupBy, src: &Read<'_>) -> Result<()> {
+    fn add(&mut self, ledger: &Ledger, a: Attempt<'_>, by: &GroupBy, src: &Read<'_>) -> Result<()> {
         let estimated = a.estimated.unwrap_or_default();
-        let placed = place(&a.state, estimated, a.charged);
+        let placed = place(a.state, estimated, a.charged);
         let mut row = ReportRow {
             jobs: 1,
             estimated,
@@ -464,7 +476,7 @@ impl Builder {
             charge_unknown: placed.charge_unknown,
             ..ReportRow::default()
         };
-        match a.state.as_str() {
+        match a.state {
             "completed" => row.completed = 1,
             "failed" => row.failed = 1,
             "error" => row.errored = 1,
@@ -480,26 +492,26 @@ impl Builder {
             self.report.possible_double_charges += 1;
         }
         self.reconcile(&a, &placed, estimated, src)?;
-        self.add_day(&a.at, &row)?;
+        self.add_day(a.at, &row)?;
         let key = match by {
-            GroupBy::Day => a.at.get(..10).unwrap_or(&a.at).to_string(),
-            GroupBy::Month => a.at.get(..7).unwrap_or(&a.at).to_string(),
-            GroupBy::Batch => a.batch.unwrap_or_else(|| "(none)".into()),
+            GroupBy::Day => a.at.get(..10).unwrap_or(a.at),
+            GroupBy::Month => a.at.get(..7).unwrap_or(a.at),
+            GroupBy::Batch => a.batch.unwrap_or("(none)"),
             GroupBy::State => a.state,
-            GroupBy::Tag(_) => a.tag.unwrap_or_else(|| "(untagged)".into()),
+            GroupBy::Tag(_) => a.tag.unwrap_or("(untagged)"),
             // The grouping column holds the local input's folder for this grouping.
-            GroupBy::Folder => a.tag.unwrap_or_else(|| "(not a local file)".into()),
-            GroupBy::Ledger => src.label.to_string(),
+            GroupBy::Folder => a.tag.unwrap_or("(not a local file)"),
+            GroupBy::Ledger => src.label,
         };
-        match self.groups.get_mut(&key) {
+        match self.groups.get_mut(key) {
             Some(group) => group.add(&row)?,
             None => {
                 let mut group = ReportRow {
-                    group: key.clone(),
+                    group: key.to_string(),
                     ..ReportRow::default()
                 };
                 group.add(&row)?;
-                self.groups.insert(key, group);
+                self.groups.insert(key.to_string(), group);
             }
         }
         Ok(())
@@ -508,7 +520,7 @@ impl Builder {
     /// What the attempt adds to the reconciliation of estimates and charges.
     fn reconcile(
         &mut self,
-        a: &Attempt,
+        a: &Attempt<'_>,
         placed: &Placed,
         estimated: Decimal,
         src: &Read<'_>,
@@ -576,7 +588,7 @@ impl Builder {
 }
 
 /// Why an attempt's charge differs from its estimate, as far as the ledger can tell.
-fn reason(a: &Attempt) -> String {
+fn reason(a: &Attempt<'_>) -> String {
     if a.estimated.is_none() {
         return "there was no estimate: the input size was not known when it was sent".into();
     }
@@ -595,7 +607,7 @@ fn reason(a: &Attempt) -> String {
             );
         }
     }
-    if matches!(a.state.as_str(), "error" | "rejected") {
+    if matches!(a.state, "error" | "rejected") {
         return format!("a charge was recorded although {} is not billed", a.state);
     }
     format!(
@@ -765,7 +777,7 @@ impl Ledger {
         let mut budgets = BTreeMap::new();
         while let Some(r) = rows.next()? {
             let name: String = r.get(0)?;
-            if let Some(budget) = amount("batches.budget", r.get(1)?)? {
+            if let Some(budget) = amount("batches.budget", text_at(r, 1)?)? {
                 budgets.insert(name, budget);
             }
         }
@@ -774,7 +786,7 @@ impl Ledger {
 
     /// Megapixels of an attempt's outputs: the recorded size, or every file's when the gateway
     /// returned more than one.
-    fn output_megapixels(&self, schema: &str, a: &Attempt) -> Result<Decimal> {
+    fn output_megapixels(&self, schema: &str, a: &Attempt<'_>) -> Result<Decimal> {
         if a.outputs <= 1 {
             return Ok(a
                 .output
