@@ -241,6 +241,79 @@ fn reading_commands_migrate_an_old_ledger_before_reading_it() {
     assert_eq!(version, codeformer_ledger::ledger::migrations::CURRENT);
 }
 
+/// A batch that an older version left half done: `run` with this version migrates the ledger,
+/// sends the planned job (its events stored against the migrated rows), downloads and charges
+/// it exactly, and leaves the job that was already completed as it was.
+#[test]
+fn a_run_finishes_a_batch_an_older_version_left_half_done() {
+    let w = World::new();
+    let url = w.png("old.png", 200, 100);
+    let earlier = w.dir.path().join("done-1.png");
+    std::fs::write(&earlier, "x").unwrap();
+    {
+        let db = rusqlite::Connection::open(w.ledger()).unwrap();
+        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
+            .unwrap();
+        db.execute_batch(&format!(
+            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
+             VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');
+             INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample,
+                               input_width, input_height, size_source, state, attempt, request_id,
+                               remote_status, created_at, updated_at)
+             VALUES (1, 'done', 'https://x.test/done.png', '0.5', 2, 1, 1, 100, 100, 'given',
+                     'completed', 1, 'r-old', 'COMPLETED', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:05.000Z'),
+                    (2, 'todo', '{url}', '0.7', 2, 1, 1, 200, 100, 'given',
+                     'planned', 1, NULL, NULL, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+             INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, estimated_cost,
+                                   actual_cost, output_width, output_height, submitted_at, finished_at)
+             VALUES (1, 1, 'r-old', 'completed', '0.0021', '0.000084', '0.000084', 200, 200,
+                     '2026-01-01T00:00:01.000Z', '2026-01-01T00:00:05.000Z'),
+                    (2, 1, NULL, 'planned', '0.0021', '0.000168', NULL, NULL, NULL, NULL, NULL);
+             INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+             VALUES (1, 1, 0, 'https://x.test/out/done.png', '{earlier}', 1,
+                     '2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881', 200, 200);
+             INSERT INTO events (job_id, attempt, at, kind, detail)
+             VALUES (1, 1, '2026-01-01T00:00:05.000Z', 'charge', '0.000084 USD for 200x200 output at 0.0021 USD/MP'),
+                    (2, 1, '2026-01-01T00:00:00.000Z', 'planned', 'recorded by an older version');
+             PRAGMA user_version = 1;",
+            earlier = earlier.display()
+        ))
+        .unwrap();
+    }
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        w.count("SELECT count(*) FROM jobs WHERE state = 'completed' AND post IS NULL"),
+        2
+    );
+    let cost = |job: i64| -> String {
+        w.db()
+            .query_row(
+                "SELECT actual_cost FROM attempts WHERE job_id = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(cost(1), "0.000084");
+    assert_eq!(cost(2), "0.000168");
+    assert_eq!(w.count("SELECT count(*) FROM outputs WHERE job_id = 2"), 1);
+    assert_eq!(
+        w.count("SELECT count(*) FROM outputs WHERE job_id = 1 AND bytes = 1"),
+        1
+    );
+    let out = w.cli(&["show", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for said in ["recorded by an older version", "submit_intent", "0.000168"] {
+        assert!(text(&out).contains(said), "{said}: {}", text(&out));
+    }
+    let out = w.cli(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = w.cli(&["report", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["total"]["charged"], "0.000252", "{report}");
+}
+
 #[test]
 fn estimate_csv_works_and_show_offers_no_csv() {
     let w = World::new();
