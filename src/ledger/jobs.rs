@@ -195,7 +195,7 @@ impl Ledger {
     /// Every event of a job, in order, each whole: bodies stored by reference rebuilt, and
     /// download and charge details rebuilt from the rows they refer to.
     pub fn events_of(&self, job_id: i64) -> Result<Vec<EventRow>> {
-        let mut stmt = self.conn.prepare(&events_query(&self.conn)?)?;
+        let mut stmt = self.conn.prepare_cached(EVENTS_QUERY)?;
         let rows = stmt.query_map([job_id], |row| {
             let mut event = event_from_row(row)?;
             event.same_as = row.get(10)?;
@@ -415,61 +415,26 @@ fn record_planned(
     Ok(())
 }
 
-/// The query of [`Ledger::events_of`] for this ledger's layout: a ledger opened read-only is
-/// not migrated, and one from before `repeated_bodies` has every body whole, one from before
-/// `events.output` every detail whole, one from before `event_texts` every `planned`,
-/// `estimate` and `submit_intent` text whole.
-fn events_query(conn: &rusqlite::Connection) -> Result<String> {
-    let (references, outputs, texts): (bool, bool, bool) = conn.query_row(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'repeated_bodies'),
-                EXISTS (SELECT 1 FROM pragma_table_info('events') WHERE name = 'output'),
-                EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'event_texts')",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    let mut sql = String::from(
-        "SELECT e.id, e.job_id, e.attempt, e.at, e.kind, e.http_status, e.remote_status,
-                e.latency_ms, ",
-    );
-    sql.push_str(if texts {
-        "t.detail, t.body, "
-    } else {
-        "e.detail, e.body, "
-    });
-    sql.push_str(if references {
-        "r.same_as, b.body, r.prefix, r.suffix, r.middle, "
-    } else {
-        "NULL, NULL, NULL, NULL, NULL, "
-    });
-    sql.push_str(if outputs {
-        "e.kind, o.url, o.path, o.bytes, o.width, o.height, o.sha256,
-         a.actual_cost, a.output_width, a.output_height, a.price_per_mp FROM events e"
-    } else {
-        "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM events e"
-    });
-    if texts {
-        sql.push_str(" JOIN event_texts t ON t.id = e.id");
-    }
-    if references {
-        sql.push_str(
-            " LEFT JOIN repeated_bodies r ON r.event_id = e.id
-              LEFT JOIN events b ON b.id = r.same_as",
-        );
-    }
-    if outputs {
-        sql.push_str(
-            " LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id
-                  AND o.attempt = e.attempt AND o.idx = e.output
-              LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL
-                  AND a.job_id = e.job_id AND a.attempt = e.attempt",
-        );
-    }
-    sql.push_str(" WHERE e.job_id = ?1 ORDER BY e.id");
-    Ok(sql)
-}
+/// The query of [`Ledger::events_of`]: each event with its texts from `event_texts`, the
+/// answer a repeated body refers to, and the `outputs` or `attempts` row a download or charge
+/// detail is rebuilt from. Every open ledger has this layout: an older one is migrated first.
+const EVENTS_QUERY: &str = "SELECT e.id, e.job_id, e.attempt, e.at, e.kind, e.http_status,
+        e.remote_status, e.latency_ms, t.detail, t.body,
+        r.same_as, b.body, r.prefix, r.suffix, r.middle,
+        e.kind, o.url, o.path, o.bytes, o.width, o.height, o.sha256,
+        a.actual_cost, a.output_width, a.output_height, a.price_per_mp
+    FROM events e
+    JOIN event_texts t ON t.id = e.id
+    LEFT JOIN repeated_bodies r ON r.event_id = e.id
+    LEFT JOIN events b ON b.id = r.same_as
+    LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id
+        AND o.attempt = e.attempt AND o.idx = e.output
+    LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL
+        AND a.job_id = e.job_id AND a.attempt = e.attempt
+    WHERE e.job_id = ?1 ORDER BY e.id";
 
 /// The detail of a download or charge event stored as a reference, from the columns of its
-/// `outputs` or `attempts` row in [`events_query`].
+/// `outputs` or `attempts` row in [`EVENTS_QUERY`].
 fn referred_detail(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<String>> {
     use super::events::{charge_detail, download_detail};
     Ok(match row.get::<_, Option<String>>(15)?.as_deref() {

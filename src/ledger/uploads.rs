@@ -166,16 +166,6 @@ impl Ledger {
 
     /// Every upload row of a job, oldest first.
     pub fn uploads_of(&self, job_id: i64) -> Result<Vec<UploadRow>> {
-        // A ledger opened read-only is not migrated: one from before `uploads` has no local
-        // inputs.
-        let has_uploads: bool = self.conn.query_row(
-            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'uploads')",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_uploads {
-            return Ok(Vec::new());
-        }
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE job_id = ?1 ORDER BY id"
         ))?;
