@@ -692,24 +692,17 @@ fn a_version_1_ledger_keeps_every_poll_body_through_its_migration() {
     let w = World::new();
     let old = w.dir.path().join("v1.db");
     let body = r#"{"request_id":"r-1","status":"PROCESSING","updated_at":"2026-05-22 13:17:32"}"#;
-    {
-        let db = rusqlite::Connection::open(&old).unwrap();
-        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
-            .unwrap();
-        db.execute_batch(&format!(
-            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
-               VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
-             INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
-               request_id, created_at, updated_at)
-               VALUES (1, 'k', 'https://x.test/a.png', '0.5', 2, 1, 1, 'processing', 'r-1', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:00.000Z');
-             INSERT INTO attempts (job_id, attempt, request_id, state) VALUES (1, 1, 'r-1', 'processing');
-             INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, body)
-               VALUES (1, 1, '2026-05-22T13:17:30.000Z', 'poll', 200, 'PROCESSING', 9, '{body}'),
-                      (1, 1, '2026-05-22T13:17:35.000Z', 'poll', 200, 'PROCESSING', 8, '{body}');
-             PRAGMA user_version = 1;"
-        ))
-        .unwrap();
-    }
+    v1_ledger(&old, &format!(
+        "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
+           VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+         INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
+           request_id, created_at, updated_at)
+           VALUES (1, 'k', 'https://x.test/a.png', '0.5', 2, 1, 1, 'processing', 'r-1', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:00.000Z');
+         INSERT INTO attempts (job_id, attempt, request_id, state) VALUES (1, 1, 'r-1', 'processing');
+         INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, body)
+           VALUES (1, 1, '2026-05-22T13:17:30.000Z', 'poll', 200, 'PROCESSING', 9, '{body}'),
+                  (1, 1, '2026-05-22T13:17:35.000Z', 'poll', 200, 'PROCESSING', 8, '{body}');"
+    ));
     let bodies = |w: &World| -> Vec<Value> {
         let (code, doc) = cli_json(
             w,
@@ -753,30 +746,23 @@ fn an_old_ledgers_events_read_the_same_after_migrating() {
     let old = w.dir.path().join("v1.db");
     let download = "https://cdn.test/r-1/out.png -> /out/a.png (1000 bytes, 200x200, sha256 ab12)";
     let charge = "0.000084 USD for 200x200 output at 0.0021 USD/MP";
-    {
-        let db = rusqlite::Connection::open(&old).unwrap();
-        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
-            .unwrap();
-        db.execute_batch(&format!(
-            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
-               VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
-             INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
-               request_id, created_at, updated_at)
-               VALUES (1, 'k', 'https://x.test/a.png', '0.5', 2, 1, 1, 'completed', 'r-1', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:41.999Z');
-             INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, actual_cost, output_width, output_height)
-               VALUES (1, 1, 'r-1', 'completed', '0.0021', '0.000084', 200, 200);
-             INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
-               VALUES (1, 1, 0, 'https://cdn.test/r-1/out.png', '/out/a.png', 1000, 'ab12', 200, 200);
-             INSERT INTO tags (job_id, key, value) VALUES (1, 'client', 'acme');
-             INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
-               VALUES (1, 1, '2026-05-22T13:17:00.000Z', 'planned', NULL, NULL, NULL, NULL, '{{}}'),
-                      (1, 1, '2026-05-22T13:17:30.007Z', 'poll', 200, 'COMPLETED', 9, NULL, '{{\"status\":\"COMPLETED\"}}'),
-                      (1, 1, '2026-05-22T13:17:41.999Z', 'download', NULL, NULL, NULL, '{download}', NULL),
-                      (1, 1, '2026-05-22T13:17:41.999Z', 'charge', NULL, NULL, NULL, '{charge}', NULL);
-             PRAGMA user_version = 1;"
-        ))
-        .unwrap();
-    }
+    v1_ledger(&old, &format!(
+        "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
+           VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+         INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
+           request_id, created_at, updated_at)
+           VALUES (1, 'k', 'https://x.test/a.png', '0.5', 2, 1, 1, 'completed', 'r-1', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:41.999Z');
+         INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, actual_cost, output_width, output_height)
+           VALUES (1, 1, 'r-1', 'completed', '0.0021', '0.000084', 200, 200);
+         INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+           VALUES (1, 1, 0, 'https://cdn.test/r-1/out.png', '/out/a.png', 1000, 'ab12', 200, 200);
+         INSERT INTO tags (job_id, key, value) VALUES (1, 'client', 'acme');
+         INSERT INTO events (job_id, attempt, at, kind, http_status, remote_status, latency_ms, detail, body)
+           VALUES (1, 1, '2026-05-22T13:17:00.000Z', 'planned', NULL, NULL, NULL, NULL, '{{}}'),
+                  (1, 1, '2026-05-22T13:17:30.007Z', 'poll', 200, 'COMPLETED', 9, NULL, '{{\"status\":\"COMPLETED\"}}'),
+                  (1, 1, '2026-05-22T13:17:41.999Z', 'download', NULL, NULL, NULL, '{download}', NULL),
+                  (1, 1, '2026-05-22T13:17:41.999Z', 'charge', NULL, NULL, NULL, '{charge}', NULL);"
+    ));
     let events = |w: &World| -> Value {
         let args = [
             "--ledger",

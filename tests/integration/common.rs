@@ -164,3 +164,14 @@ pub fn wait_for(what: &str, limit: std::time::Duration, mut ready: impl FnMut() 
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Writes at `path` a ledger as version 1 of this program made it (its schema, then `rows`),
+/// for the tests of migrating old ledgers.
+pub fn v1_ledger(path: &Path, rows: &str) {
+    let db = rusqlite::Connection::open(path).expect("create the old ledger");
+    db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
+        .expect("version 1 schema");
+    db.execute_batch(rows).expect("old ledger rows");
+    db.pragma_update(None, "user_version", 1)
+        .expect("version 1");
+}

@@ -1,7 +1,7 @@
 //! Small things a user trips on: formats that are offered work, a number is a budget, prices
 //! can be superseded and removed on the record, the demo's hints run, the repository is tidy.
 
-use crate::common::{text, World, BIN};
+use crate::common::{text, v1_ledger, World, BIN};
 use std::path::Path;
 
 fn stdout(out: &std::process::Output) -> String {
@@ -146,17 +146,10 @@ fn normalized_sql(sql: &str) -> String {
 fn a_version_1_ledger_migrates_to_the_schema_of_a_new_one() {
     let w = World::new();
     let old = w.dir.path().join("v1.db");
-    {
-        let db = rusqlite::Connection::open(&old).unwrap();
-        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
-            .unwrap();
-        db.execute_batch(
-            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
-             VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');
-             PRAGMA user_version = 1;",
-        )
-        .unwrap();
-    }
+    v1_ledger(&old,
+        "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
+         VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');",
+    );
     let out = w.cli(&["--ledger", old.to_str().unwrap(), "prices", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = w.cli(&["prices", "list"]);
@@ -195,24 +188,18 @@ fn a_version_1_ledger_migrates_to_the_schema_of_a_new_one() {
 fn reading_commands_migrate_an_old_ledger_before_reading_it() {
     let w = World::new();
     let old = w.dir.path().join("v1.db");
-    {
-        let db = rusqlite::Connection::open(&old).unwrap();
-        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
-            .unwrap();
-        db.execute_batch(
-            "INSERT INTO batches (name, created_at) VALUES ('old', '2026-01-01T00:00:00.000Z');
-             INSERT INTO jobs (id, key, batch, image_url, fidelity, upscale, background_enhance,
-                               face_upsample, input_width, input_height, state, created_at, updated_at)
-             VALUES (1, 'k1', 'old', 'https://example.com/a.png', '0.5', 2, 1, 1, 1000, 500,
-                     'planned', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
-             INSERT INTO attempts (job_id, attempt, state, price_per_mp, estimated_cost)
-             VALUES (1, 1, 'planned', '0.0021', '0.0042');
-             INSERT INTO events (job_id, attempt, at, kind, detail)
-             VALUES (1, 1, '2026-01-01T00:00:00.000Z', 'planned', 'recorded in an old version');
-             PRAGMA user_version = 1;",
-        )
-        .unwrap();
-    }
+    v1_ledger(
+        &old,
+        "INSERT INTO batches (name, created_at) VALUES ('old', '2026-01-01T00:00:00.000Z');
+         INSERT INTO jobs (id, key, batch, image_url, fidelity, upscale, background_enhance,
+                           face_upsample, input_width, input_height, state, created_at, updated_at)
+         VALUES (1, 'k1', 'old', 'https://example.com/a.png', '0.5', 2, 1, 1, 1000, 500,
+                 'planned', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+         INSERT INTO attempts (job_id, attempt, state, price_per_mp, estimated_cost)
+         VALUES (1, 1, 'planned', '0.0021', '0.0042');
+         INSERT INTO events (job_id, attempt, at, kind, detail)
+         VALUES (1, 1, '2026-01-01T00:00:00.000Z', 'planned', 'recorded in an old version');",
+    );
     let ledger = old.to_str().unwrap();
     for args in [
         &["report", "--by", "batch", "--format", "json"][..],
@@ -250,36 +237,29 @@ fn a_run_finishes_a_batch_an_older_version_left_half_done() {
     let url = w.png("old.png", 200, 100);
     let earlier = w.dir.path().join("done-1.png");
     std::fs::write(&earlier, "x").unwrap();
-    {
-        let db = rusqlite::Connection::open(w.ledger()).unwrap();
-        db.execute_batch(include_str!("../fixtures/schema-v1.sql"))
-            .unwrap();
-        db.execute_batch(&format!(
-            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
-             VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');
-             INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample,
-                               input_width, input_height, size_source, state, attempt, request_id,
-                               remote_status, created_at, updated_at)
-             VALUES (1, 'done', 'https://x.test/done.png', '0.5', 2, 1, 1, 100, 100, 'given',
-                     'completed', 1, 'r-old', 'COMPLETED', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:05.000Z'),
-                    (2, 'todo', '{url}', '0.7', 2, 1, 1, 200, 100, 'given',
-                     'planned', 1, NULL, NULL, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
-             INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, estimated_cost,
-                                   actual_cost, output_width, output_height, submitted_at, finished_at)
-             VALUES (1, 1, 'r-old', 'completed', '0.0021', '0.000084', '0.000084', 200, 200,
-                     '2026-01-01T00:00:01.000Z', '2026-01-01T00:00:05.000Z'),
-                    (2, 1, NULL, 'planned', '0.0021', '0.000168', NULL, NULL, NULL, NULL, NULL);
-             INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
-             VALUES (1, 1, 0, 'https://x.test/out/done.png', '{earlier}', 1,
-                     '2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881', 200, 200);
-             INSERT INTO events (job_id, attempt, at, kind, detail)
-             VALUES (1, 1, '2026-01-01T00:00:05.000Z', 'charge', '0.000084 USD for 200x200 output at 0.0021 USD/MP'),
-                    (2, 1, '2026-01-01T00:00:00.000Z', 'planned', 'recorded by an older version');
-             PRAGMA user_version = 1;",
-            earlier = earlier.display()
-        ))
-        .unwrap();
-    }
+    v1_ledger(&w.ledger(), &format!(
+        "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
+         VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');
+         INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample,
+                           input_width, input_height, size_source, state, attempt, request_id,
+                           remote_status, created_at, updated_at)
+         VALUES (1, 'done', 'https://x.test/done.png', '0.5', 2, 1, 1, 100, 100, 'given',
+                 'completed', 1, 'r-old', 'COMPLETED', '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:05.000Z'),
+                (2, 'todo', '{url}', '0.7', 2, 1, 1, 200, 100, 'given',
+                 'planned', 1, NULL, NULL, '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+         INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, estimated_cost,
+                               actual_cost, output_width, output_height, submitted_at, finished_at)
+         VALUES (1, 1, 'r-old', 'completed', '0.0021', '0.000084', '0.000084', 200, 200,
+                 '2026-01-01T00:00:01.000Z', '2026-01-01T00:00:05.000Z'),
+                (2, 1, NULL, 'planned', '0.0021', '0.000168', NULL, NULL, NULL, NULL, NULL);
+         INSERT INTO outputs (job_id, attempt, idx, url, path, bytes, sha256, width, height)
+         VALUES (1, 1, 0, 'https://x.test/out/done.png', '{earlier}', 1,
+                 '2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881', 200, 200);
+         INSERT INTO events (job_id, attempt, at, kind, detail)
+         VALUES (1, 1, '2026-01-01T00:00:05.000Z', 'charge', '0.000084 USD for 200x200 output at 0.0021 USD/MP'),
+                (2, 1, '2026-01-01T00:00:00.000Z', 'planned', 'recorded by an older version');",
+        earlier = earlier.display()
+    ));
     let out = w.run(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
