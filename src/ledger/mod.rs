@@ -94,7 +94,7 @@ pub enum LedgerError {
         supported: i64,
     },
     /// A ledger of an older schema that a read-only command could not migrate first.
-    #[error("{path} has ledger schema version {found}, older than this program's {supported}, and could not be migrated to it ({reason}); give this program write access to the file and its folder once, or read it with the version that wrote it", supported = migrations::CURRENT)]
+    #[error("{path} has ledger schema version {found}, older than this program's {supported}, and could not be migrated to it ({reason}); nothing in it was changed. Make it writable (write access to the file and its folder, room on its disk) and run again, or read it with the version that wrote it", supported = migrations::CURRENT)]
     NotMigrated {
         path: PathBuf,
         found: i64,

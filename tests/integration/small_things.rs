@@ -228,6 +228,45 @@ fn reading_commands_migrate_an_old_ledger_before_reading_it() {
     assert_eq!(version, codeformer_ledger::ledger::migrations::CURRENT);
 }
 
+/// An old ledger that cannot be migrated (here its disk is full) is not read half-migrated:
+/// the reading command stops with exit 1 naming the ledger, its version and why, and the file
+/// is still the old version, whole.
+#[test]
+fn a_reading_command_names_an_old_ledger_it_cannot_migrate_and_leaves_it_as_it_was() {
+    let w = World::new();
+    let old = w.dir.path().join("v1.db");
+    v1_ledger(
+        &old,
+        "INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample,
+                           state, created_at, updated_at)
+         VALUES (1, 'k1', 'https://example.com/a.png', '0.5', 2, 1, 1, 'planned',
+                 '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');",
+    );
+    let pages: i64 = rusqlite::Connection::open(&old)
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    let cap = pages.to_string();
+    let out = w.cli_env(
+        &["--ledger", old.to_str().unwrap(), "report"],
+        &[("CODEFORMER_LEDGER_MAX_PAGES", cap.as_str())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    for part in [old.to_str().unwrap(), "version 1", "could not be migrated"] {
+        assert!(said.contains(part), "{part}: {said}");
+    }
+    let db = rusqlite::Connection::open(&old).unwrap();
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    let jobs: i64 = db
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 1);
+}
+
 /// A batch that an older version left half done: `run` with this version migrates the ledger,
 /// sends the planned job (its events stored against the migrated rows), downloads and charges
 /// it exactly, and leaves the job that was already completed as it was.
