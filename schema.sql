@@ -4,7 +4,9 @@
 -- the program did and learned; `jobs` and `attempts` hold the current state, and change only in
 -- the same transaction as the event that explains the change. Money is stored as exact decimal
 -- text in US dollars (e.g. '0.0084'); timestamps as RFC 3339 UTC text with milliseconds, except
--- `events.at`: unix milliseconds (the view `events_readable` shows it as text).
+-- the times of the tables with a row per job or more (`jobs`, `attempts`, `events`): unix
+-- milliseconds, which the views `jobs_readable`, `attempts_readable` and `events_readable` show
+-- as text.
 -- Shipped versions of this file are never edited: an upgrade adds a numbered migration in
 -- src/ledger/migrations.rs.
 
@@ -74,8 +76,8 @@ CREATE TABLE jobs (
     expects_callbacks      INTEGER NOT NULL DEFAULT 0, -- 1 when the gateway was asked to call back
     reason                 TEXT,                   -- why a job is held, skipped, rejected, uncertain or stalled
     error                  TEXT,                   -- the gateway's or the download's error text
-    created_at             TEXT NOT NULL,
-    updated_at             TEXT NOT NULL
+    created_at             INTEGER NOT NULL,       -- unix milliseconds, UTC
+    updated_at             INTEGER NOT NULL        -- unix milliseconds, UTC
 );
 CREATE INDEX jobs_by_state ON jobs(state);   -- entries end with the row id: a state's jobs in id order
 CREATE INDEX jobs_by_batch ON jobs(batch, state);
@@ -94,8 +96,8 @@ CREATE TABLE attempts (
     actual_cost     TEXT,                   -- USD, from the downloaded output; set once
     output_width    INTEGER,
     output_height   INTEGER,
-    submitted_at    TEXT,                   -- when the submission was sent
-    finished_at     TEXT,                   -- when a final state was recorded
+    submitted_at    INTEGER,                -- when the submission was sent, unix milliseconds, UTC
+    finished_at     INTEGER,                -- when a final state was recorded, unix milliseconds, UTC
     PRIMARY KEY (job_id, attempt)
 ) WITHOUT ROWID;
 
@@ -312,6 +314,26 @@ CREATE VIEW events_readable AS
 SELECT e.id, e.job_id, e.attempt, strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 'unixepoch') AS at,
        e.kind, e.http_status, e.remote_status, e.latency_ms, t.detail, t.body
 FROM events e JOIN event_texts t ON t.id = e.id;
+-- Jobs and attempts as text, for any SQLite tool: their times as RFC 3339 UTC with milliseconds
+-- (a time kept as text by the migration that made them numbers, as it was).
+CREATE VIEW jobs_readable AS
+SELECT id, key, batch, image_url, fidelity, upscale, background_enhance, face_upsample, webhook,
+       webhook_events_filter, webhook_url, webhook_mode, input_width, input_height, size_source, state,
+       attempt, request_id, remote_status, next_poll_at, polls, post, output_urls, expects_callbacks,
+       reason, error,
+       CASE typeof(created_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', created_at / 1000.0, 'unixepoch')
+           ELSE created_at END AS created_at,
+       CASE typeof(updated_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', updated_at / 1000.0, 'unixepoch')
+           ELSE updated_at END AS updated_at
+FROM jobs;
+CREATE VIEW attempts_readable AS
+SELECT job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost, output_width,
+       output_height,
+       CASE typeof(submitted_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', submitted_at / 1000.0, 'unixepoch')
+           ELSE submitted_at END AS submitted_at,
+       CASE typeof(finished_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', finished_at / 1000.0, 'unixepoch')
+           ELSE finished_at END AS finished_at
+FROM attempts;
 -- Before a row that an event stored by reference is rebuilt from changes, the event's texts
 -- are written out whole into its row (as they read before the change).
 CREATE TRIGGER jobs_write_out_event_texts

@@ -61,6 +61,53 @@ pub fn now_stamp() -> String {
     stamp(now())
 }
 
+/// A moment as the ledger records it, in both its forms: unix milliseconds, which the times
+/// of `jobs`, `attempts` and `events` hold, and RFC 3339 text, which the other tables' times
+/// hold. Bound as an SQL parameter it is the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    millis: i64,
+    text: String,
+}
+
+impl Stamp {
+    pub fn at(t: DateTime<Utc>) -> Stamp {
+        Stamp {
+            millis: t.timestamp_millis(),
+            text: stamp(t),
+        }
+    }
+
+    /// [`now`], in both forms.
+    pub fn now() -> Stamp {
+        Stamp::at(now())
+    }
+
+    pub fn millis(&self) -> i64 {
+        self.millis
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl rusqlite::ToSql for Stamp {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        self.text.to_sql()
+    }
+}
+
+/// A time column of `jobs` or `attempts` as a ledger timestamp: unix milliseconds, or text
+/// kept as it was by the migration that made them integers (text that was not RFC 3339).
+pub fn stamp_of_column(value: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    match value {
+        rusqlite::types::ValueRef::Integer(ms) => Some(stamp_of_millis(ms)),
+        rusqlite::types::ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        _ => None,
+    }
+}
+
 /// Parses a timestamp as the gateway writes it: RFC 3339 (`2026-05-22T13:17:32.110Z`) or
 /// the plain form (`2026-05-22 13:19:23`, taken as UTC).
 pub fn parse_remote(text: &str) -> Option<DateTime<Utc>> {
@@ -98,5 +145,14 @@ mod tests {
         assert_ne!(other, t);
         pin_thread(None);
         assert_ne!(now(), t);
+    }
+
+    #[test]
+    fn a_stamp_holds_the_same_moment_in_both_forms() {
+        let t = parse_remote("2026-03-31T10:00:00.250Z").unwrap();
+        let s = Stamp::at(t);
+        assert_eq!(s.text(), "2026-03-31T10:00:00.250Z");
+        assert_eq!(stamp_millis(s.text()), Some(s.millis()));
+        assert_eq!(stamp_of_millis(s.millis()), s.text());
     }
 }

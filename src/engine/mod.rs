@@ -620,7 +620,9 @@ impl<'a> Engine<'a> {
         }
         self.last_deadline_check = Instant::now();
         let cutoff = clock::now() - chrono::Duration::from_std(deadline).unwrap_or_default();
-        let overdue = self.ledger.overdue(&clock::stamp(cutoff), self.scope())?;
+        let overdue = self
+            .ledger
+            .overdue(cutoff.timestamp_millis(), self.scope())?;
         let mut items = Vec::new();
         for job in overdue {
             if self.in_flight.contains_key(&job.id) {

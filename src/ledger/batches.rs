@@ -126,7 +126,7 @@ pub(super) fn join(
     tx: &rusqlite::Transaction<'_>,
     job_id: i64,
     job: &NewJob,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<(bool, Vec<TagConflict>)> {
     let current: Option<String> = tx
         .prepare_cached("SELECT batch FROM jobs WHERE id = ?1")?
@@ -166,7 +166,7 @@ fn add_tags(
     tx: &rusqlite::Transaction<'_>,
     job_id: i64,
     job: &NewJob,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<Vec<TagConflict>> {
     let mut conflicts = Vec::new();
     for (key, value) in &job.tags {
@@ -258,7 +258,7 @@ impl Ledger {
             return Ok(false);
         }
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         tx.execute(
             "INSERT INTO batches (name, created_at, budget) VALUES (?1, ?2, ?3)
              ON CONFLICT(name) DO UPDATE SET budget = ?3",
@@ -347,7 +347,7 @@ impl Ledger {
         copies: &[PlacedCopy],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         for c in copies {
             tx.prepare_cached(
                 "INSERT OR IGNORE INTO member_outputs (batch, job_id, attempt, idx, path, bytes, sha256, placed_at)

@@ -135,7 +135,7 @@ pub(super) fn apply_change(
     job_id: i64,
     attempt: i64,
     c: &Change,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<()> {
     if update_job(tx, job_id, c, now)? {
         update_attempt(tx, job_id, attempt, c, now)?;
@@ -144,7 +144,12 @@ pub(super) fn apply_change(
 }
 
 /// The job's row; whether it changed (not when `expect` does not hold).
-fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Result<bool> {
+fn update_job(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    c: &Change,
+    now: &crate::clock::Stamp,
+) -> Result<bool> {
     let urls = c
         .output_urls
         .as_ref()
@@ -179,7 +184,7 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
             c.error.touches(),
             c.error.value(),
             urls,
-            now,
+            now.millis(),
             c.expect.map(|e| e.state.as_str()),
             c.expect.map(|e| e.attempt),
         ])?;
@@ -200,7 +205,7 @@ fn update_attempt(
     job_id: i64,
     attempt: i64,
     c: &Change,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<()> {
     tx.prepare_cached(
         "UPDATE attempts SET
@@ -217,7 +222,7 @@ fn update_attempt(
         c.request_id,
         c.submitted.is_some(),
         c.finished,
-        now,
+        now.millis(),
     ])?;
     // The price and estimate in a statement of their own, as the input size above.
     if let Some(s) = c.submitted {

@@ -159,7 +159,7 @@ fn drop_references_to(tx: &Transaction<'_>, chosen: &str, before: i64) -> Result
 
 /// Records the run, in `compactions` and as a `compact` event.
 fn record_compaction(tx: &Transaction<'_>, before: &str, events: i64, bytes: i64) -> Result<()> {
-    let now = clock::now_stamp();
+    let now = clock::Stamp::now();
     tx.execute(
         "INSERT INTO compactions (at, before, events, bytes) VALUES (?1, ?2, ?3, ?4)",
         params![now, before, events, bytes],

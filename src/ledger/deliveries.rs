@@ -220,7 +220,7 @@ impl Ledger {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(LedgerError::from)?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let outcome = record_in(&tx, &remote, body, &now, path)?;
         tx.commit().map_err(LedgerError::from)?;
         Ok(outcome)
@@ -298,7 +298,7 @@ impl Ledger {
     /// received before its call was sent), in one transaction. Returns how many it judged.
     pub fn confirm_deliveries(&mut self, seen: &[StatusSeen]) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let mut judged = 0;
         for answer in seen {
             judged += confirm_in(&tx, answer, &now)?;
@@ -311,11 +311,11 @@ impl Ledger {
     /// drops it and stays uncertain, and the callbacks that brought it are `unconfirmed`.
     pub fn refuse_adoption(&mut self, job_id: i64, attempt: i64, request_id: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         tx.execute(
             "UPDATE jobs SET request_id = NULL, next_poll_at = NULL, updated_at = ?4
              WHERE id = ?1 AND attempt = ?2 AND state = 'uncertain' AND request_id = ?3",
-            params![job_id, attempt, request_id, now],
+            params![job_id, attempt, request_id, now.millis()],
         )?;
         tx.execute(
             "UPDATE attempts SET request_id = NULL
@@ -366,7 +366,11 @@ impl Ledger {
 }
 
 /// Judges one status answer's waiting callbacks; how many.
-pub(super) fn confirm_in(tx: &Transaction<'_>, seen: &StatusSeen, now: &str) -> Result<usize> {
+pub(super) fn confirm_in(
+    tx: &Transaction<'_>,
+    seen: &StatusSeen,
+    now: &crate::clock::Stamp,
+) -> Result<usize> {
     let waiting: Vec<(i64, String, String, Option<i64>)> = {
         let mut stmt = tx.prepare_cached(
             "SELECT d.id, d.outcome, d.body, a.attempt FROM deliveries d
@@ -441,7 +445,7 @@ fn record_in(
     tx: &Transaction<'_>,
     remote: &RemoteJob,
     body: &str,
-    now: &str,
+    now: &crate::clock::Stamp,
     path: Option<CallbackPath>,
 ) -> Result<DeliveryOutcome> {
     let status = &remote.status;
@@ -472,7 +476,7 @@ fn record_in(
 fn decide(
     tx: &Transaction<'_>,
     remote: &RemoteJob,
-    now: &str,
+    now: &crate::clock::Stamp,
     path: Option<CallbackPath>,
 ) -> Result<Decision> {
     let owner = find_owner(tx, &remote.request_id)?;
@@ -515,7 +519,7 @@ fn insert_delivery(
     tx: &Transaction<'_>,
     remote: &RemoteJob,
     body: &str,
-    now: &str,
+    now: &crate::clock::Stamp,
     path: Option<CallbackPath>,
     job_id: Option<i64>,
     kind: DeliveryKind,
@@ -552,7 +556,7 @@ fn on_attempt_path(
     tx: &Transaction<'_>,
     path: CallbackPath,
     request_id: &str,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<(DeliveryKind, String)> {
     let job: Option<(i64, String, Option<String>)> = tx
         .prepare_cached("SELECT attempt, state, request_id FROM jobs WHERE id = ?1")?
@@ -704,7 +708,7 @@ fn classify(owner: &Owner, status: &RemoteStatus, already: bool) -> (DeliveryKin
 }
 
 /// A final status: only the job's status call is made due now.
-fn confirm_now(tx: &Transaction<'_>, owner: &Owner, now: &str) -> Result<()> {
+fn confirm_now(tx: &Transaction<'_>, owner: &Owner, now: &crate::clock::Stamp) -> Result<()> {
     let change = Change {
         next_poll_at: Field::Set(now_ms()),
         expect: Some(Expect {
@@ -718,7 +722,12 @@ fn confirm_now(tx: &Transaction<'_>, owner: &Owner, now: &str) -> Result<()> {
 
 /// A status that moves the job forward without ending it (QUEUED to PROCESSING): written
 /// as said; the fallback poll stays scheduled as it was.
-fn apply(tx: &Transaction<'_>, owner: &Owner, remote: &RemoteJob, now: &str) -> Result<()> {
+fn apply(
+    tx: &Transaction<'_>,
+    owner: &Owner,
+    remote: &RemoteJob,
+    now: &crate::clock::Stamp,
+) -> Result<()> {
     let step = callback_step(owner, &remote.status);
     if step.verdict != Verdict::Applied || step.work != Work::Keep {
         return Ok(());

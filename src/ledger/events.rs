@@ -79,11 +79,12 @@ pub fn charge_detail(cost: &str, size: (Option<u32>, Option<u32>), per_mp: &str)
     )
 }
 
-pub(super) fn insert_event(tx: &Transaction<'_>, event: Event, now: &str) -> Result<()> {
-    let at = crate::clock::stamp_millis(now).ok_or_else(|| super::LedgerError::Corrupt {
-        what: "event time",
-        value: now.to_string(),
-    })?;
+pub(super) fn insert_event(
+    tx: &Transaction<'_>,
+    event: Event,
+    now: &crate::clock::Stamp,
+) -> Result<()> {
+    let at = now.millis();
     let body = event.body.as_deref().map(cap_body);
     let reference = match (&body, event.kind, event.job_id, event.attempt) {
         (Some(body), "poll", Some(job_id), Some(attempt)) => super::bodies::repeat_of(

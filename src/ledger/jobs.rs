@@ -38,8 +38,8 @@ impl Ledger {
     /// ledger joins its batch ([`Enqueued::joined`]) and adds its new tags.
     pub fn enqueue_reporting(&mut self, jobs: &[NewJob]) -> Result<EnqueueReport> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
-        let price = super::prices::price_in_force(&tx, &now)?;
+        let now = clock::Stamp::now();
+        let price = super::prices::price_in_force(&tx, now.text())?;
         let mut report = EnqueueReport {
             items: Vec::with_capacity(jobs.len()),
             tag_conflicts: Vec::new(),
@@ -278,7 +278,7 @@ impl Ledger {
 fn enqueue_one(
     tx: &rusqlite::Transaction<'_>,
     job: &NewJob,
-    now: &str,
+    now: &crate::clock::Stamp,
     price: &crate::money::Price,
     tag_conflicts: &mut Vec<super::batches::TagConflict>,
 ) -> Result<Enqueued> {
@@ -314,7 +314,12 @@ fn enqueue_one(
 }
 
 /// The new job's row; its id.
-fn insert_job(tx: &rusqlite::Transaction<'_>, job: &NewJob, key: &str, now: &str) -> Result<i64> {
+fn insert_job(
+    tx: &rusqlite::Transaction<'_>,
+    job: &NewJob,
+    key: &str,
+    now: &crate::clock::Stamp,
+) -> Result<i64> {
     let p = &job.params;
     let filter = p
         .webhook_events_filter
@@ -343,7 +348,7 @@ fn insert_job(tx: &rusqlite::Transaction<'_>, job: &NewJob, key: &str, now: &str
         job.size.map(|s| s.1),
         job.size.and(job.size_source),
         p.expects_callbacks(),
-        now,
+        now.millis(),
     ])?;
     Ok(tx.last_insert_rowid())
 }
@@ -385,7 +390,7 @@ fn record_planned(
     key: &str,
     estimate: Option<rust_decimal::Decimal>,
     price: &crate::money::Price,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<()> {
     let p = &job.params;
     let body = serde_json::json!({

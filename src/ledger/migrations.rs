@@ -9,16 +9,32 @@ use std::path::Path;
 /// The schema of a new ledger.
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
+/// One upgrade.
+enum Step {
+    /// SQL, run as it is.
+    Sql(&'static str),
+    /// New declared types for columns of existing tables, whose rows stay where they are:
+    /// each table's definition in `sqlite_schema` is replaced by `tables`' text (the same
+    /// columns, in the same order, of other types), the schema's version number is raised so
+    /// that every connection reads the definitions again, and `then` runs under them.
+    Retype {
+        tables: &'static [(&'static str, &'static str)],
+        then: &'static str,
+    },
+}
+
+use Step::Sql;
+
 /// Upgrades, in order: `MIGRATIONS[i]` takes a ledger from version `i + 1` to `i + 2`.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Step] = &[
     // A price recorded by mistake could only be outvoted by a later one; `prices remove`
     // withdraws it instead, as a new row here, so the price table itself is never edited.
     // The text is schema.sql's, byte for byte, so a migrated ledger has the same schema.
-    "CREATE TABLE price_removals (\n    price_id    INTEGER PRIMARY KEY REFERENCES prices(id),\n    removed_at  TEXT NOT NULL,\n    reason      TEXT\n);",
+    Sql("CREATE TABLE price_removals (\n    price_id    INTEGER PRIMARY KEY REFERENCES prices(id),\n    removed_at  TEXT NOT NULL,\n    reason      TEXT\n);"),
     // A manifest row matching a job already in the ledger joins the new batch (and gets its
     // outputs copied into that batch's folder) instead of being left out of it: membership and
     // the copies need their own tables, as a job row names one batch only.
-    "CREATE TABLE batch_members (
+    Sql("CREATE TABLE batch_members (
          batch       TEXT NOT NULL REFERENCES batches(name),
          job_id      INTEGER NOT NULL REFERENCES jobs(id),
          joined_at   TEXT NOT NULL,
@@ -35,16 +51,16 @@ const MIGRATIONS: &[&str] = &[
          sha256      TEXT NOT NULL,
          placed_at   TEXT NOT NULL,
          PRIMARY KEY (batch, job_id, attempt, idx)
-     );",
+     );"),
     // The file's identity in the header (application_id "CFLG"), as `schema.sql` sets it for a
     // new ledger: the open checks that a write-ahead log beside the file carries it before
     // SQLite may replay the log, so another database's log is refused instead of applied.
-    "PRAGMA application_id = 1128680519;",
+    Sql("PRAGMA application_id = 1128680519;"),
     // Ledgers that stay small: a poll answer that repeats the previous one is stored as a
     // reference to it (`repeated_bodies`) instead of a copy, and `ledger compact` records each
     // run (`compactions`) when it drops old answer bodies. Existing rows are kept as they are.
     // The text is schema.sql's, byte for byte.
-    r#"CREATE TABLE repeated_bodies (
+    Sql(r#"CREATE TABLE repeated_bodies (
     event_id  INTEGER PRIMARY KEY,          -- the poll event stored by reference
     same_as   INTEGER NOT NULL,             -- the event whose body it repeats (itself stored whole)
     prefix    INTEGER NOT NULL,             -- bytes kept from the start of that body
@@ -58,11 +74,11 @@ CREATE TABLE compactions (
     before      TEXT NOT NULL,              -- events recorded before this time lost their body
     events      INTEGER NOT NULL,           -- how many bodies were dropped
     bytes       INTEGER NOT NULL            -- their total length
-);"#,
+);"#),
     // Local files and folders reach the gateway through the user's bucket: each upload (the
     // local path as given and resolved, its hash and object, the PUT's status) needs a record,
     // as a job row names only the object. The text is schema.sql's, byte for byte.
-    "CREATE TABLE uploads (\n    id             INTEGER PRIMARY KEY,\n    job_id         INTEGER NOT NULL REFERENCES jobs(id),\n    local_path     TEXT NOT NULL,           -- the path as given (argument, manifest cell, folder entry)\n    resolved_path  TEXT NOT NULL,           -- the same file, absolute and with links resolved\n    folder         TEXT NOT NULL,           -- the input folder it came from (report --by folder)\n    relative_path  TEXT NOT NULL,           -- its path below `folder`, mirrored in the output folder\n    bytes          INTEGER NOT NULL,\n    sha256         TEXT NOT NULL,           -- of the file's bytes; the object is named after it\n    object_key     TEXT NOT NULL,           -- s3://BUCKET/PREFIX/<sha256>.<ext>, the job's image\n    created_at     TEXT NOT NULL,\n    uploaded_at    TEXT,                    -- NULL until the object is known to be in the bucket\n    put_status     INTEGER,                 -- HTTP status of our PUT; NULL if it was already there\n    deleted_at     TEXT                     -- when --delete-uploads or `uploads prune` removed it\n);\nCREATE INDEX uploads_by_job ON uploads(job_id);\nCREATE INDEX uploads_by_object ON uploads(object_key);",
+    Sql("CREATE TABLE uploads (\n    id             INTEGER PRIMARY KEY,\n    job_id         INTEGER NOT NULL REFERENCES jobs(id),\n    local_path     TEXT NOT NULL,           -- the path as given (argument, manifest cell, folder entry)\n    resolved_path  TEXT NOT NULL,           -- the same file, absolute and with links resolved\n    folder         TEXT NOT NULL,           -- the input folder it came from (report --by folder)\n    relative_path  TEXT NOT NULL,           -- its path below `folder`, mirrored in the output folder\n    bytes          INTEGER NOT NULL,\n    sha256         TEXT NOT NULL,           -- of the file's bytes; the object is named after it\n    object_key     TEXT NOT NULL,           -- s3://BUCKET/PREFIX/<sha256>.<ext>, the job's image\n    created_at     TEXT NOT NULL,\n    uploaded_at    TEXT,                    -- NULL until the object is known to be in the bucket\n    put_status     INTEGER,                 -- HTTP status of our PUT; NULL if it was already there\n    deleted_at     TEXT                     -- when --delete-uploads or `uploads prune` removed it\n);\nCREATE INDEX uploads_by_job ON uploads(job_id);\nCREATE INDEX uploads_by_object ON uploads(object_key);"),
     // Ledgers that stay small, the events' part: `at` becomes unix milliseconds (6 bytes
     // instead of 24 of text), and a download event can name its `outputs` row (`output`)
     // instead of copying its URL, path, size and hash. SQLite cannot change a column's type,
@@ -72,7 +88,7 @@ CREATE TABLE compactions (
     // `attempts_by_submitted` goes: no query uses it (reports filter on
     // `coalesce(submitted_at, created_at)`, `overdue` finds its jobs by state), and it cost
     // 34 bytes per job.
-    r#"ALTER TABLE events RENAME TO events_before_millis;
+    Sql(r#"ALTER TABLE events RENAME TO events_before_millis;
 CREATE TABLE events (
     id             INTEGER PRIMARY KEY,
     job_id         INTEGER,
@@ -108,13 +124,13 @@ SELECT e.id, e.job_id, e.attempt, strftime('%Y-%m-%dT%H:%M:%fZ', e.at / 1000.0, 
        e.body
 FROM events e
 LEFT JOIN outputs o ON e.kind = 'download' AND o.job_id = e.job_id AND o.attempt = e.attempt AND o.idx = e.output
-LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.job_id AND a.attempt = e.attempt;"#,
+LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.job_id AND a.attempt = e.attempt;"#),
     // Callbacks are hints confirmed by a status call, and every attempt of a batch with
     // callbacks has its own callback path: a delivery records the attempt whose path it
     // arrived on, so that a ghost submission's callback can be adopted by that attempt.
-    "ALTER TABLE deliveries ADD COLUMN path_job INTEGER;
+    Sql("ALTER TABLE deliveries ADD COLUMN path_job INTEGER;
      ALTER TABLE deliveries ADD COLUMN path_attempt INTEGER;
-     CREATE INDEX deliveries_by_path ON deliveries(path_job);",
+     CREATE INDEX deliveries_by_path ON deliveries(path_job);"),
     // Ledgers that stay small, the texts' part: the `planned` body, the `estimate` detail and
     // the `submit_intent` detail and body repeat facts that `jobs`, `attempts` and `tags`
     // already hold, so they are stored by reference (both NULL) when the view `event_texts`
@@ -125,7 +141,7 @@ LEFT JOIN attempts a ON e.kind = 'charge' AND e.detail IS NULL AND a.job_id = e.
     // order without a second lookup per row): their rows are copied, the views dropped first
     // so that the renames leave them alone. Existing events are kept as they are. The text is
     // schema.sql's, byte for byte, but for the copies.
-    r#"DROP VIEW events_readable;
+    Sql(r#"DROP VIEW events_readable;
 ALTER TABLE tags RENAME TO tags_with_rowid;
 CREATE TABLE tags (
     job_id  INTEGER NOT NULL REFERENCES jobs(id),
@@ -275,15 +291,107 @@ BEGIN
     UPDATE events SET body = t.body FROM event_texts t
     WHERE t.id = events.id AND events.job_id = OLD.job_id AND events.kind = 'planned'
       AND events.detail IS NULL AND events.body IS NULL;
-END;"#,
+END;"#),
     // Indexes that named the row id as their last column stored it twice: an index entry
     // already ends with the row id, so an index on `job_id` alone reads a job's events (and
     // one on `state` a state's jobs) in the same id order, one integer per entry smaller.
-    "DROP INDEX events_by_job;
+    Sql("DROP INDEX events_by_job;
 CREATE INDEX events_by_job ON events(job_id);
 DROP INDEX jobs_by_state;
-CREATE INDEX jobs_by_state ON jobs(state);",
+CREATE INDEX jobs_by_state ON jobs(state);"),
+    // Ledgers that stay small, the times' part: the times of `jobs` and `attempts` become unix
+    // milliseconds (six bytes) instead of RFC 3339 text (24), as `events.at` did before them;
+    // the views `jobs_readable` and `attempts_readable` show them as text. The text of each
+    // existing row is converted; text that is not a time is kept as it was. The tables' and
+    // views' texts are schema.sql's, byte for byte.
+    Step::Retype {
+        tables: &[
+            (
+                "jobs",
+                r#"CREATE TABLE jobs (
+    id                     INTEGER PRIMARY KEY,
+    key                    TEXT NOT NULL UNIQUE,   -- idempotency key: given, or a hash of URL and parameters
+    batch                  TEXT REFERENCES batches(name),
+    image_url              TEXT NOT NULL,
+    fidelity               TEXT NOT NULL,          -- codeformer_fidelity, exact decimal 0..1
+    upscale                INTEGER NOT NULL,
+    background_enhance     INTEGER NOT NULL,       -- 0 or 1
+    face_upsample          INTEGER NOT NULL,       -- 0 or 1
+    webhook                TEXT,                   -- body field `webhook`
+    webhook_events_filter  TEXT,                   -- JSON array, body field `webhook_events_filter`
+    webhook_url            TEXT,                   -- header X-Webhook-URL
+    webhook_mode           TEXT,                   -- header X-Webhook-Mode: terminal | sync
+    input_width            INTEGER,                -- input size, when known
+    input_height           INTEGER,
+    size_source            TEXT,                   -- where the input size came from: given | manifest | header
+    state                  TEXT NOT NULL,          -- planned submitting queued processing completed failed error
+                                                   -- rejected uncertain held stalled skipped
+    attempt                INTEGER NOT NULL DEFAULT 1, -- current attempt number (see `attempts`)
+    request_id             TEXT,                   -- the gateway's id of the current attempt
+    remote_status          TEXT,                   -- last status the gateway reported
+    next_poll_at           INTEGER,                -- unix milliseconds of the next status poll; NULL when not polled
+    polls                  INTEGER NOT NULL DEFAULT 0, -- status polls of the current attempt
+    post                   TEXT,                   -- post-processing still owed: download | hooks | NULL (nothing)
+    output_urls            TEXT,                   -- JSON array of output.media_url of the completed attempt;
+                                                   -- NULL once downloaded: `outputs` holds them, in order
+    expects_callbacks      INTEGER NOT NULL DEFAULT 0, -- 1 when the gateway was asked to call back
+    reason                 TEXT,                   -- why a job is held, skipped, rejected, uncertain or stalled
+    error                  TEXT,                   -- the gateway's or the download's error text
+    created_at             INTEGER NOT NULL,       -- unix milliseconds, UTC
+    updated_at             INTEGER NOT NULL        -- unix milliseconds, UTC
+)"#,
+            ),
+            (
+                "attempts",
+                r#"CREATE TABLE attempts (
+    job_id          INTEGER NOT NULL REFERENCES jobs(id),
+    attempt         INTEGER NOT NULL,
+    request_id      TEXT,                   -- the gateway's id, once accepted
+    state           TEXT NOT NULL,          -- the job state this attempt ended in (or is in)
+    price_per_mp    TEXT,                   -- USD per output megapixel in force when it was submitted
+    estimated_cost  TEXT,                   -- USD, from the input size before sending
+    actual_cost     TEXT,                   -- USD, from the downloaded output; set once
+    output_width    INTEGER,
+    output_height   INTEGER,
+    submitted_at    INTEGER,                -- when the submission was sent, unix milliseconds, UTC
+    finished_at     INTEGER,                -- when a final state was recorded, unix milliseconds, UTC
+    PRIMARY KEY (job_id, attempt)
+) WITHOUT ROWID"#,
+            ),
+        ],
+        then: r#"UPDATE jobs SET
+    created_at = coalesce(CAST(round((julianday(created_at) - 2440587.5) * 86400000.0) AS INTEGER), created_at),
+    updated_at = coalesce(CAST(round((julianday(updated_at) - 2440587.5) * 86400000.0) AS INTEGER), updated_at)
+WHERE typeof(created_at) = 'text' OR typeof(updated_at) = 'text';
+UPDATE attempts SET
+    submitted_at = coalesce(CAST(round((julianday(submitted_at) - 2440587.5) * 86400000.0) AS INTEGER), submitted_at),
+    finished_at = coalesce(CAST(round((julianday(finished_at) - 2440587.5) * 86400000.0) AS INTEGER), finished_at)
+WHERE typeof(submitted_at) = 'text' OR typeof(finished_at) = 'text';
+-- Jobs and attempts as text, for any SQLite tool: their times as RFC 3339 UTC with milliseconds
+-- (a time kept as text by the migration that made them numbers, as it was).
+CREATE VIEW jobs_readable AS
+SELECT id, key, batch, image_url, fidelity, upscale, background_enhance, face_upsample, webhook,
+       webhook_events_filter, webhook_url, webhook_mode, input_width, input_height, size_source, state,
+       attempt, request_id, remote_status, next_poll_at, polls, post, output_urls, expects_callbacks,
+       reason, error,
+       CASE typeof(created_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', created_at / 1000.0, 'unixepoch')
+           ELSE created_at END AS created_at,
+       CASE typeof(updated_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', updated_at / 1000.0, 'unixepoch')
+           ELSE updated_at END AS updated_at
+FROM jobs;
+CREATE VIEW attempts_readable AS
+SELECT job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost, output_width,
+       output_height,
+       CASE typeof(submitted_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', submitted_at / 1000.0, 'unixepoch')
+           ELSE submitted_at END AS submitted_at,
+       CASE typeof(finished_at) WHEN 'integer' THEN strftime('%Y-%m-%dT%H:%M:%fZ', finished_at / 1000.0, 'unixepoch')
+           ELSE finished_at END AS finished_at
+FROM attempts;"#,
+    },
 ];
+
+/// The first version whose `jobs` and `attempts` hold their times as unix milliseconds.
+pub const TIMES_IN_MILLIS: i64 = 11;
 
 /// The version this program writes.
 pub const CURRENT: i64 = 1 + MIGRATIONS.len() as i64;
@@ -300,11 +408,52 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         seed_prices(&tx)?;
     } else {
         for step in &MIGRATIONS[(version - 1) as usize..] {
-            tx.execute_batch(step)?;
+            match step {
+                Sql(sql) => tx.execute_batch(sql)?,
+                Step::Retype { tables, then } => {
+                    retype(&tx, tables)?;
+                    tx.execute_batch(then)?;
+                }
+            }
         }
     }
     tx.pragma_update(None, "user_version", CURRENT)?;
     tx.commit()?;
+    Ok(())
+}
+
+/// Replaces the definitions of `tables` (name, `CREATE TABLE` text) in `sqlite_schema`, as
+/// SQLite's documentation describes for changes that leave the stored rows as they are, then
+/// checks that every table still has the columns it had, in the same order.
+fn retype(tx: &rusqlite::Transaction<'_>, tables: &[(&str, &str)]) -> Result<()> {
+    let columns = |table: &str| -> Result<Vec<String>> {
+        let mut stmt = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let names = stmt.query_map([], |r| r.get(0))?;
+        Ok(names.collect::<rusqlite::Result<_>>()?)
+    };
+    let before = tables
+        .iter()
+        .map(|(name, _)| columns(name))
+        .collect::<Result<Vec<_>>>()?;
+    let version: i64 = tx.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+    tx.pragma_update(None, "writable_schema", true)?;
+    for (name, sql) in tables {
+        tx.execute(
+            "UPDATE sqlite_schema SET sql = ?2 WHERE type = 'table' AND name = ?1",
+            rusqlite::params![name, sql],
+        )?;
+    }
+    tx.pragma_update(None, "schema_version", version + 1)?;
+    tx.pragma_update(None, "writable_schema", false)?;
+    for ((name, _), before) in tables.iter().zip(before) {
+        let after = columns(name)?;
+        if after != before {
+            return Err(LedgerError::Corrupt {
+                what: "a migrated table's columns",
+                value: format!("{name}: {before:?} became {after:?}"),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -397,6 +546,12 @@ mod tests {
             out.push(format!("{kind} {name} on {table}: {}", cols.join("; ")));
         }
         out
+    }
+
+    #[test]
+    fn times_in_millis_is_the_version_the_retyping_step_reaches() {
+        let step = &MIGRATIONS[(TIMES_IN_MILLIS - 2) as usize];
+        assert!(matches!(step, Step::Retype { .. }));
     }
 
     #[test]

@@ -124,7 +124,7 @@ impl Ledger {
                 "it is the only price left; record the right one first (`prices set USD_PER_MP --from DATE`)",
             ));
         }
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         tx.execute(
             "INSERT INTO price_removals (price_id, removed_at, reason) VALUES (?1, ?2, ?3)",
             params![id, now, reason],
@@ -144,7 +144,7 @@ impl Ledger {
     /// Records a new price, in force from its date.
     pub fn set_price(&mut self, price: &Price, note: Option<&str>) -> Result<i64> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         tx.execute(
             "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
              VALUES (?1, ?2, ?3, ?4, ?5)",

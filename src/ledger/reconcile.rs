@@ -239,7 +239,7 @@ fn attempt_ref(r: &rusqlite::Row<'_>, label: &str) -> Result<AttemptRef> {
         job_id: r.get(0)?,
         attempt: r.get(1)?,
         state: r.get(2)?,
-        sent_at: r.get(6)?,
+        sent_at: crate::clock::stamp_of_column(r.get_ref(6)?).unwrap_or_default(),
         estimated: amount("attempts.estimated_cost", r.get(5)?)?,
     })
 }

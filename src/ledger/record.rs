@@ -96,7 +96,7 @@ impl Ledger {
     /// Applies changes, each with its event, in one transaction.
     pub fn record(&mut self, updates: Vec<JobUpdate>) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         for u in updates {
             apply_change(&tx, u.job_id, u.attempt, &u.change, &now)?;
             insert_event(&tx, u.event, &now)?;
@@ -108,7 +108,7 @@ impl Ledger {
     /// Appends events that change no job (e.g. an engine start), in one transaction.
     pub fn append(&mut self, events: Vec<Event>) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         for event in events {
             insert_event(&tx, event, &now)?;
         }
@@ -176,7 +176,7 @@ impl Ledger {
             bytes_read,
             job,
         };
-        let estimate = probe_in(&tx, &probe, &clock::now_stamp())?;
+        let estimate = probe_in(&tx, &probe, &clock::Stamp::now())?;
         tx.commit()?;
         Ok(estimate)
     }
@@ -191,7 +191,14 @@ impl Ledger {
         post_after: Option<Post>,
     ) -> Result<Option<Decimal>> {
         let tx = self.conn.transaction()?;
-        let charge = download_in(&tx, job_id, attempt, files, post_after, &clock::now_stamp())?;
+        let charge = download_in(
+            &tx,
+            job_id,
+            attempt,
+            files,
+            post_after,
+            &clock::Stamp::now(),
+        )?;
         tx.commit()?;
         Ok(charge)
     }
@@ -200,7 +207,7 @@ impl Ledger {
     /// charge each call set, in order.
     pub fn record_downloads(&mut self, items: &[Downloaded]) -> Result<Vec<Option<Decimal>>> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let mut charges = Vec::with_capacity(items.len());
         for d in items {
             charges.push(download_in(
@@ -219,7 +226,7 @@ impl Ledger {
     /// Marks an attempt as not charged (ERROR, rejected), once.
     pub fn record_no_charge(&mut self, job_id: i64, attempt: i64, why: &str) -> Result<()> {
         let tx = self.conn.transaction()?;
-        no_charge_in(&tx, job_id, attempt, why, &clock::now_stamp())?;
+        no_charge_in(&tx, job_id, attempt, why, &clock::Stamp::now())?;
         tx.commit()?;
         Ok(())
     }
@@ -228,7 +235,7 @@ impl Ledger {
     /// commit), in order: the charge each [`Write::Download`] set, in order.
     pub fn write_group(&mut self, writes: Vec<Write>) -> Result<Vec<Option<Decimal>>> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let mut charges = Vec::new();
         for write in writes {
             match write {
@@ -502,7 +509,7 @@ impl Ledger {
         why: &str,
     ) -> Result<usize> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let ids: Vec<(i64, i64, String)> = {
             let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
             let mut stmt = tx.prepare(
@@ -528,7 +535,7 @@ impl Ledger {
                 "UPDATE jobs SET state = 'planned', attempt = ?2, request_id = NULL, remote_status = NULL,
                    next_poll_at = NULL, polls = 0, post = NULL, reason = NULL, error = NULL,
                    output_urls = NULL, updated_at = ?3 WHERE id = ?1",
-                params![id, next, now],
+                params![id, next, now.millis()],
             )?;
             insert_event(
                 &tx,
@@ -580,7 +587,7 @@ impl Ledger {
         files: &[FileOp],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let (job_id, _attempt): (Option<i64>, Option<i64>) = tx
             .prepare_cached("SELECT job_id, attempt FROM hook_runs WHERE id = ?1")?
             .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -682,8 +689,8 @@ impl Ledger {
         )?)
     }
 
-    /// Jobs at the gateway that were sent before `cutoff` (a ledger timestamp).
-    pub fn overdue(&self, cutoff: &str, batch: Option<&str>) -> Result<Vec<JobRow>> {
+    /// Jobs at the gateway that were sent before `cutoff` (unix milliseconds).
+    pub fn overdue(&self, cutoff: i64, batch: Option<&str>) -> Result<Vec<JobRow>> {
         let sql = format!(
             "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.state IN ('queued', 'processing')
              AND a.submitted_at < ?1 AND (?2 IS NULL OR j.batch = ?2) ORDER BY j.id"
@@ -714,7 +721,11 @@ impl Ledger {
 }
 
 /// Caches a probed input size; its job, if any, gets the size, an estimate and its event.
-fn probe_in(tx: &Transaction<'_>, p: &Probed, now: &str) -> Result<Option<Decimal>> {
+fn probe_in(
+    tx: &Transaction<'_>,
+    p: &Probed,
+    now: &crate::clock::Stamp,
+) -> Result<Option<Decimal>> {
     tx.prepare_cached(
         "INSERT OR REPLACE INTO image_sizes (url, width, height, format, bytes_read, probed_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -734,7 +745,7 @@ fn probe_in(tx: &Transaction<'_>, p: &Probed, now: &str) -> Result<Option<Decima
         upscale,
     }) = p.job
     {
-        let price = price_in_force(tx, now)?;
+        let price = price_in_force(tx, now.text())?;
         let (ow, oh) = money::output_size(p.size.0, p.size.1, upscale);
         let cost = price.cost(ow, oh);
         estimate = Some(cost);
@@ -778,7 +789,7 @@ fn no_charge_in(
     job_id: i64,
     attempt: i64,
     why: &str,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<()> {
     let n = tx
         .prepare_cached(
@@ -802,7 +813,7 @@ fn download_in(
     attempt: i64,
     files: &[super::OutputRow],
     post_after: Option<Post>,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<Option<Decimal>> {
     for f in files {
         write_out_download_details(tx, job_id, attempt, f.idx)?;
@@ -855,7 +866,7 @@ fn charge_once(
     job_id: i64,
     attempt: i64,
     files: &[super::OutputRow],
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<Option<Decimal>> {
     let (rate, already): (Option<String>, Option<String>) = tx
         .prepare_cached(
@@ -873,7 +884,7 @@ fn charge_once(
             })?,
             ..Price::default_rate()
         },
-        None => price_in_force(tx, now)?,
+        None => price_in_force(tx, now.text())?,
     };
     let mut cost = money::DecimalSum::new();
     let (mut width, mut height) = (None, None);
@@ -913,7 +924,7 @@ impl Ledger {
         why: &str,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         tx.execute(
             "UPDATE jobs SET fidelity = ?2, upscale = ?3, background_enhance = ?4, face_upsample = ?5,
                updated_at = ?6 WHERE id = ?1",
@@ -923,7 +934,7 @@ impl Ledger {
                 params.upscale,
                 params.background_enhance,
                 params.face_upsample,
-                now
+                now.millis()
             ],
         )?;
         let size: (Option<u32>, Option<u32>) = tx.query_row(
@@ -932,7 +943,7 @@ impl Ledger {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         if let (Some(w), Some(h)) = size {
-            let price = price_in_force(&tx, &now)?;
+            let price = price_in_force(&tx, now.text())?;
             let (ow, oh) = money::output_size(w, h, params.upscale);
             tx.execute(
                 "UPDATE attempts SET estimated_cost = ?3 WHERE job_id = ?1 AND attempt = ?2",

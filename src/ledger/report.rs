@@ -266,7 +266,7 @@ struct Attempt<'r> {
     job_id: i64,
     attempt: i64,
     state: &'r str,
-    at: &'r str,
+    at: At<'r>,
     batch: Option<&'r str>,
     tag: Option<&'r str>,
     estimated: Option<Decimal>,
@@ -277,6 +277,39 @@ struct Attempt<'r> {
     input: Option<(u32, u32)>,
     upscale: u32,
     resent: bool,
+}
+
+/// When an attempt counts: its `submitted_at`, or its job's `created_at` when it was never sent.
+#[derive(Clone, Copy)]
+enum At<'r> {
+    /// Unix milliseconds.
+    Millis(i64),
+    /// Text the migration to integer times kept as it was (it was not RFC 3339).
+    Text(&'r str),
+}
+
+/// The UTC day (`YYYY-MM-DD`) of unix milliseconds, formatted once for each run of rows on
+/// the same day (a report reads a million of them).
+#[derive(Default)]
+struct Days {
+    last: Option<(i64, [u8; 10])>,
+}
+
+impl Days {
+    fn of(&mut self, millis: i64) -> [u8; 10] {
+        let day = millis.div_euclid(86_400_000);
+        match self.last {
+            Some((d, text)) if d == day => text,
+            _ => {
+                let mut text = [b'?'; 10];
+                let stamp = crate::clock::stamp_of_millis(millis);
+                let n = stamp.len().min(10);
+                text[..n].copy_from_slice(&stamp.as_bytes()[..n]);
+                self.last = Some((day, text));
+                text
+            }
+        }
+    }
 }
 
 /// Where one attempt's money goes.
@@ -349,6 +382,18 @@ fn report_sql(schema: &str, request_ids: bool, folder: bool) -> String {
     )
 }
 
+/// A bound of the report's period as the unix milliseconds the times of attempts are in.
+fn millis_of(stamp: Option<&str>) -> Result<Option<i64>> {
+    stamp
+        .map(|s| {
+            crate::clock::stamp_millis(s).ok_or_else(|| LedgerError::Corrupt {
+                what: "a report period bound",
+                value: s.to_string(),
+            })
+        })
+        .transpose()
+}
+
 fn amount(what: &'static str, text: Option<&str>) -> Result<Option<Decimal>> {
     text.map(|t| {
         money::parse_exact(t).map_err(|_| LedgerError::Corrupt {
@@ -372,7 +417,10 @@ fn read_attempt<'r>(r: &'r rusqlite::Row<'_>) -> Result<Attempt<'r>> {
         job_id: r.get(0)?,
         attempt: r.get(1)?,
         state: text_at(r, 2)?.unwrap_or_default(),
-        at: text_at(r, 3)?.unwrap_or_default(),
+        at: match r.get_ref(3)? {
+            rusqlite::types::ValueRef::Integer(ms) => At::Millis(ms),
+            _ => At::Text(text_at(r, 3)?.unwrap_or_default()),
+        },
         batch: text_at(r, 4)?,
         estimated: amount("attempts.estimated_cost", text_at(r, 5)?)?,
         charged: amount("attempts.actual_cost", text_at(r, 6)?)?,
@@ -462,6 +510,7 @@ struct Read<'a> {
 struct Builder {
     groups: BTreeMap<String, ReportRow>,
     days: BTreeMap<String, DaySpend>,
+    day_texts: Days,
     report: Report,
 }
 
@@ -492,10 +541,18 @@ impl Builder {
             self.report.possible_double_charges += 1;
         }
         self.reconcile(&a, &placed, estimated, src)?;
-        self.add_day(a.at, &row)?;
+        let day_text;
+        let day = match a.at {
+            At::Millis(ms) => {
+                day_text = self.day_texts.of(ms);
+                std::str::from_utf8(&day_text).unwrap_or_default()
+            }
+            At::Text(t) => t.get(..10).unwrap_or(t),
+        };
+        self.add_day(day, &row)?;
         let key = match by {
-            GroupBy::Day => a.at.get(..10).unwrap_or(a.at),
-            GroupBy::Month => a.at.get(..7).unwrap_or(a.at),
+            GroupBy::Day => day,
+            GroupBy::Month => day.get(..7).unwrap_or(day),
             GroupBy::Batch => a.batch.unwrap_or("(none)"),
             GroupBy::State => a.state,
             GroupBy::Tag(_) => a.tag.unwrap_or("(untagged)"),
@@ -545,8 +602,7 @@ impl Builder {
     }
 
     /// What the attempt adds to its day's spend.
-    fn add_day(&mut self, at: &str, row: &ReportRow) -> Result<()> {
-        let day = at.get(..10).unwrap_or(at);
+    fn add_day(&mut self, day: &str, row: &ReportRow) -> Result<()> {
         if !self.days.contains_key(day) {
             let spend = DaySpend {
                 day: day.to_string(),
@@ -617,7 +673,7 @@ fn reason(a: &Attempt<'_>) -> String {
 }
 
 impl Ledger {
-    /// Attempts placed in `[since, until)` (ledger timestamps, compared as text), grouped.
+    /// Attempts placed in `[since, until)` (ledger timestamps), grouped.
     pub fn report(&self, since: Option<&str>, until: Option<&str>, by: &GroupBy) -> Result<Report> {
         let label = self.path.display().to_string();
         self.report_over(&label, &[], since, until, by)
@@ -696,7 +752,16 @@ impl Ledger {
         let mut stmt = self
             .conn
             .prepare(&report_sql(schema, src.several, folder))?;
-        let mut rows = stmt.query(rusqlite::params![since, until, tag, folder])?;
+        // A ledger attached as it is may be older than times in milliseconds.
+        let version: i64 =
+            self.conn
+                .query_row(&format!("PRAGMA {schema}.user_version"), [], |r| r.get(0))?;
+        let mut rows = if version < super::migrations::TIMES_IN_MILLIS {
+            stmt.query(rusqlite::params![since, until, tag, folder])?
+        } else {
+            let (since, until) = (millis_of(since)?, millis_of(until)?);
+            stmt.query(rusqlite::params![since, until, tag, folder])?
+        };
         while let Some(r) = rows.next()? {
             if src.several {
                 if let Some(id) = r.get_ref(15)?.as_str_or_null().ok().flatten() {

@@ -2,6 +2,7 @@
 //! how a job row is read from SQL. A leaf: it uses nothing else of the ledger but the state.
 
 use super::JobState;
+use crate::clock::stamp_of_column;
 use crate::params::{JobParams, WebhookMode};
 use rusqlite::Row;
 use rust_decimal::Decimal;
@@ -215,10 +216,10 @@ pub(super) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
         actual_cost: decimal(row.get(28)?)?,
         output_width: row.get(29)?,
         output_height: row.get(30)?,
-        submitted_at: row.get(31)?,
-        finished_at: row.get(32)?,
-        created_at: row.get(33)?,
-        updated_at: row.get(34)?,
+        submitted_at: stamp_of_column(row.get_ref(31)?),
+        finished_at: stamp_of_column(row.get_ref(32)?),
+        created_at: stamp_of_column(row.get_ref(33)?).unwrap_or_default(),
+        updated_at: stamp_of_column(row.get_ref(34)?).unwrap_or_default(),
     })
 }
 

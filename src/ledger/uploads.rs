@@ -58,7 +58,7 @@ pub(super) fn insert_upload(
     job_id: i64,
     file: &LocalFile,
     object: &str,
-    now: &str,
+    now: &crate::clock::Stamp,
 ) -> Result<()> {
     tx.prepare_cached(
         "INSERT INTO uploads (job_id, local_path, resolved_path, folder, relative_path, bytes, sha256,
@@ -123,7 +123,7 @@ impl Ledger {
         how: &str,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         let pending: Option<i64> = tx
             .prepare_cached(
                 "SELECT id FROM uploads WHERE job_id = ?1 AND uploaded_at IS NULL ORDER BY id DESC LIMIT 1",
@@ -235,7 +235,7 @@ impl Ledger {
         why: &str,
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let now = clock::now_stamp();
+        let now = clock::Stamp::now();
         tx.prepare_cached(
             "UPDATE uploads SET deleted_at = ?2 WHERE object_key = ?1 AND deleted_at IS NULL",
         )?

@@ -316,7 +316,7 @@ fn statement_lines(w: &World, ledger: &Path) -> Vec<(String, String, String)> {
         .filter_map(|(id, usd)| {
             let day: Option<String> = db
                 .query_row(
-                    "SELECT substr(submitted_at, 1, 10) FROM attempts WHERE request_id = ?1",
+                    "SELECT substr(submitted_at, 1, 10) FROM attempts_readable WHERE request_id = ?1",
                     [&id],
                     |r| r.get(0),
                 )
@@ -523,7 +523,7 @@ fn a_billed_ghost_is_matched_to_the_uncertain_attempt_sent_that_day() {
         .unwrap();
     let day: String = one(
         &a,
-        "SELECT substr(submitted_at, 1, 10) FROM attempts WHERE state = 'uncertain'",
+        "SELECT substr(submitted_at, 1, 10) FROM attempts_readable WHERE state = 'uncertain'",
     );
     let statement = w.dir.path().join("s.csv");
     write_statement(&statement, &[(id.clone(), usd.clone(), day)]);
@@ -683,6 +683,65 @@ fn repeated_poll_answers_are_references_and_compact_keeps_their_facts() {
     assert_eq!(after["total"], before_report["total"]);
     let out = w.cli(&["ledger", "compact", "--before", "yesterday"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+/// A ledger given to `--with-ledger` is read as it is, so its times may still be text while
+/// the main ledger's are milliseconds: a report's period places the attempts of both by the
+/// same instants.
+#[test]
+fn a_period_places_the_attempts_of_an_old_ledger_read_as_it_is_and_of_a_new_one_alike() {
+    let w = World::new();
+    let old = w.dir.path().join("v1.db");
+    v1_ledger(
+        &old,
+        "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at)
+           VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+         INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample, state,
+           request_id, created_at, updated_at)
+           VALUES (1, 'may', 'https://x.test/a.png', '0.5', 2, 1, 1, 'completed', 'r-may', '2026-05-22T13:17:00.000Z', '2026-05-22T13:17:41.999Z'),
+                  (2, 'june', 'https://x.test/b.png', '0.5', 2, 1, 1, 'completed', 'r-june', '2026-06-01T00:00:00.000Z', '2026-06-01T00:00:09.000Z');
+         INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, actual_cost, output_width, output_height, submitted_at)
+           VALUES (1, 1, 'r-may', 'completed', '0.0021', '0.000084', 200, 200, '2026-05-31T23:59:59.999Z'),
+                  (2, 1, 'r-june', 'completed', '0.0021', '0.000336', 400, 400, '2026-06-01T00:00:00.000Z');",
+    );
+    let out = w.cli(&["submit", "https://x.test/new.png", "--size", "100x100"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let label = old.to_str().unwrap();
+    let jobs_in = |since: &str, until: &str| -> (Value, Value) {
+        let doc = report_json(
+            &w,
+            &w.ledger(),
+            &[
+                "--with-ledger",
+                label,
+                "--by",
+                "ledger",
+                "--since",
+                since,
+                "--until",
+                until,
+            ],
+        );
+        (
+            doc["total"]["jobs"].clone(),
+            doc["total"]["charged"].clone(),
+        )
+    };
+    assert_eq!(
+        jobs_in("2026-05-01", "2026-06-01"),
+        (Value::from(1), Value::from("0.000084"))
+    );
+    assert_eq!(
+        jobs_in("2026-06-01", "2026-06-02"),
+        (Value::from(1), Value::from("0.000336"))
+    );
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%d")
+        .to_string();
+    assert_eq!(jobs_in(&today, &tomorrow).0, Value::from(1));
+    assert_eq!(jobs_in("2026-05-01", &tomorrow).0, Value::from(3));
+    assert_eq!(one::<i64>(&old, "PRAGMA user_version"), 1, "left as it was");
 }
 
 /// A ledger from before answers were stored by reference keeps every old row and body: read

@@ -148,13 +148,13 @@ fn no_poll_before_the_low_quantile() {
         )
         .unwrap();
     let early = w.count(&format!(
-        "SELECT count(*) FROM events_readable e JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
+        "SELECT count(*) FROM events_readable e JOIN attempts_readable a ON a.job_id = e.job_id AND a.attempt = e.attempt
          WHERE e.kind = 'poll' AND a.submitted_at > '{learned_at}'
          AND {} < 1.4",
         seconds("e.at", "a.submitted_at")
     ));
     let later_jobs = w.count(&format!(
-        "SELECT count(*) FROM attempts WHERE submitted_at > '{learned_at}'"
+        "SELECT count(*) FROM attempts_readable WHERE submitted_at > '{learned_at}'"
     ));
     assert!(
         later_jobs >= 8,
@@ -162,7 +162,7 @@ fn no_poll_before_the_low_quantile() {
     );
     assert_eq!(early, 0, "polls before the low quantile");
     let polls = w.count(&format!(
-        "SELECT count(*) FROM events e JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
+        "SELECT count(*) FROM events e JOIN attempts_readable a ON a.job_id = e.job_id AND a.attempt = e.attempt
          WHERE e.kind = 'poll' AND a.submitted_at > '{learned_at}'"
     ));
     assert!(
@@ -335,7 +335,7 @@ fn a_second_run_starts_its_poll_schedule_from_the_first_runs_durations() {
     let early = |batch: &str| {
         w.count(&format!(
             "SELECT count(*) FROM events_readable e
-             JOIN attempts a ON a.job_id = e.job_id AND a.attempt = e.attempt
+             JOIN attempts_readable a ON a.job_id = e.job_id AND a.attempt = e.attempt
              JOIN jobs j ON j.id = e.job_id
              WHERE e.kind = 'poll' AND j.batch = '{batch}'
              AND (julianday(e.at) - julianday(a.submitted_at)) * 86400.0 < 1.4"

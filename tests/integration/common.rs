@@ -126,6 +126,18 @@ impl World {
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
     }
+
+    /// Times in `jobs` and `attempts` that are not unix milliseconds (every writer stores a
+    /// number; only a migration keeps text that was not a time).
+    pub fn times_not_in_millis(&self) -> i64 {
+        self.count(
+            "SELECT (SELECT count(*) FROM jobs WHERE typeof(created_at) != 'integer'
+                     OR typeof(updated_at) != 'integer')
+                  + (SELECT count(*) FROM attempts
+                     WHERE typeof(submitted_at) NOT IN ('integer', 'null')
+                        OR typeof(finished_at) NOT IN ('integer', 'null'))",
+        )
+    }
 }
 
 pub fn text(output: &Output) -> String {

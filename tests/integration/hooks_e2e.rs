@@ -243,6 +243,7 @@ fn on_submit_accepts_the_api_field_names() {
         "{}",
         text(&out)
     );
+    assert_eq!(w.times_not_in_millis(), 0);
     // Both names with different values: refused, the job is not sent, and the error says why.
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert_eq!(w.sandbox.stats().submissions, 1);

@@ -1132,6 +1132,7 @@ fn retry_makes_new_attempts_and_keeps_the_old_ones_with_their_costs() {
     retry.extend(["--retry", "failed,error"]);
     let out = w.run(&retry);
     assert!(matches!(out.status.code(), Some(0 | 3)), "{}", text(&out));
+    assert_eq!(w.times_not_in_millis(), 0);
     for id in &failed {
         let n = w.count(&format!(
             "SELECT count(*) FROM attempts WHERE job_id = {id}"

@@ -267,6 +267,117 @@ fn a_reading_command_names_an_old_ledger_it_cannot_migrate_and_leaves_it_as_it_w
     assert_eq!(jobs, 1);
 }
 
+/// The times of `jobs` and `attempts` an older version wrote as text become unix milliseconds
+/// when the ledger is migrated, exactly; a time written later is a number too; the readable
+/// views, `jobs --format json` and `report --since` read them back as the same instants, and
+/// text that was not a time is kept as it was.
+#[test]
+fn old_text_times_become_milliseconds_and_read_back_as_the_same_instants() {
+    let w = World::new();
+    let url = w.png("t.png", 100, 100);
+    v1_ledger(
+        &w.ledger(),
+        &format!(
+            "INSERT INTO prices (model, per_megapixel, effective_from, recorded_at, note)
+         VALUES ('codeformer-image-restoration', '0.0021', '1970-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z', 'the published rate');
+         INSERT INTO jobs (id, key, image_url, fidelity, upscale, background_enhance, face_upsample,
+                           input_width, input_height, size_source, state, request_id, created_at, updated_at)
+         VALUES (1, 'old', 'https://x.test/a.png', '0.5', 2, 1, 1, 100, 100, 'given', 'completed', 'r-old',
+                 '2025-12-31T23:59:59.250Z', 'the day before'),
+                (2, 'new', '{url}', '0.5', 2, 1, 1, 100, 100, 'given', 'planned', NULL,
+                 '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');
+         INSERT INTO attempts (job_id, attempt, request_id, state, price_per_mp, estimated_cost, actual_cost,
+                               output_width, output_height, submitted_at, finished_at)
+         VALUES (1, 1, 'r-old', 'completed', '0.0021', '0.000084', '0.000084', 200, 200,
+                 '2026-01-01T00:00:00.999Z', '2026-01-01T00:00:01.000Z'),
+                (2, 1, NULL, 'planned', '0.0021', '0.000084', NULL, NULL, NULL, NULL, NULL);"
+        ),
+    );
+    let out = w.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let db = w.db();
+    let ms = |stamp: &str| codeformer_ledger::clock::stamp_millis(stamp).unwrap();
+    let row: (i64, String, i64, i64) = db
+        .query_row(
+            "SELECT j.created_at, j.updated_at, a.submitted_at, a.finished_at
+             FROM jobs j JOIN attempts a ON a.job_id = j.id WHERE j.id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        row,
+        (
+            ms("2025-12-31T23:59:59.250Z"),
+            "the day before".to_string(),
+            ms("2026-01-01T00:00:00.999Z"),
+            ms("2026-01-01T00:00:01.000Z")
+        )
+    );
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM jobs WHERE id = 2 AND typeof(created_at) = 'integer'
+             AND typeof(updated_at) = 'integer' AND updated_at > created_at"
+        ),
+        1
+    );
+    assert_eq!(
+        w.count(
+            "SELECT count(*) FROM attempts WHERE job_id = 2 AND state = 'completed'
+             AND typeof(submitted_at) = 'integer' AND typeof(finished_at) = 'integer'"
+        ),
+        1
+    );
+    let readable: (String, String, String) = db
+        .query_row(
+            "SELECT j.created_at, j.updated_at, a.submitted_at
+             FROM jobs_readable j JOIN attempts_readable a ON a.job_id = j.id WHERE j.id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        readable,
+        (
+            "2025-12-31T23:59:59.250Z".to_string(),
+            "the day before".to_string(),
+            "2026-01-01T00:00:00.999Z".to_string()
+        )
+    );
+    let out = w.cli(&["jobs", "--format", "json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &jobs.as_array().unwrap()[0];
+    assert_eq!(first["created_at"], "2025-12-31T23:59:59.250Z", "{first}");
+    assert_eq!(first["submitted_at"], "2026-01-01T00:00:00.999Z", "{first}");
+    let new_updated: String = db
+        .query_row(
+            "SELECT updated_at FROM jobs_readable WHERE id = 2",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        jobs.as_array().unwrap()[1]["updated_at"],
+        new_updated.as_str()
+    );
+    // Job 1 was placed on 2026-01-01 by its submission, not on the last day of 2025.
+    let out = w.cli(&[
+        "report",
+        "--since",
+        "2026-01-01",
+        "--until",
+        "2026-01-02",
+        "--by",
+        "day",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report.to_string().contains("\"2026-01-01\""), "{report}");
+    assert_eq!(report["total"]["jobs"], 1, "{report}");
+}
+
 /// A batch that an older version left half done: `run` with this version migrates the ledger,
 /// sends the planned job (its events stored against the migrated rows), downloads and charges
 /// it exactly, and leaves the job that was already completed as it was.
