@@ -11,6 +11,12 @@ fn main() -> ExitCode {
         return codeformer_ledger::hooks::worker_main();
     }
     let args = cli::Cli::parse();
+    codeformer_ledger::ledger::migrations::on_migrate(|path, from, to| {
+        eprintln!(
+            "migrating the ledger {} from schema version {from} to {to} (once; a large ledger takes a few seconds)",
+            path.display()
+        )
+    });
     match cli::dispatch(args) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -396,11 +396,23 @@ pub const TIMES_IN_MILLIS: i64 = 11;
 /// The version this program writes.
 pub const CURRENT: i64 = 1 + MIGRATIONS.len() as i64;
 
+/// Told before an existing ledger is migrated: its path, its version and [`CURRENT`].
+static NOTICE: std::sync::OnceLock<fn(&Path, i64, i64)> = std::sync::OnceLock::new();
+
+/// Sets what is told before an existing ledger is migrated (once per process; the command
+/// line says so on stderr, since a large ledger takes seconds).
+pub fn on_migrate(notice: fn(&Path, i64, i64)) {
+    let _ = NOTICE.set(notice);
+}
+
 /// Creates a new ledger or brings an older one up to [`CURRENT`], in one transaction.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let version = check_readable(conn, path)?;
     if version == CURRENT {
         return Ok(());
+    }
+    if let (true, Some(notice)) = (version > 0, NOTICE.get()) {
+        notice(path, version, CURRENT);
     }
     // A migration may rewrite every row of a table: what SQLite keeps aside meanwhile goes to
     // a temporary file, not to memory as the connection's own statements do, so a large

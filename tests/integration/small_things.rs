@@ -295,6 +295,17 @@ fn old_text_times_become_milliseconds_and_read_back_as_the_same_instants() {
     );
     let out = w.run(&[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("migrating the ledger") && said.contains("from schema version 1 to"),
+        "{said}"
+    );
+    let out = w.cli(&["jobs"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("migrating"),
+        "{}",
+        text(&out)
+    );
     let db = w.db();
     let ms = |stamp: &str| codeformer_ledger::clock::stamp_millis(stamp).unwrap();
     let row: (i64, String, i64, i64) = db
