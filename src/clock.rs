@@ -98,8 +98,9 @@ impl rusqlite::ToSql for Stamp {
     }
 }
 
-/// A time column of `jobs` or `attempts` as a ledger timestamp: unix milliseconds, or text
-/// kept as it was by the migration that made them integers (text that was not RFC 3339).
+/// A time column of `jobs` or `attempts` as a ledger timestamp, from unix milliseconds; text
+/// (a ledger read as it is from before integer times, or text that the migration to them
+/// kept because it was not a time) is returned as it is.
 pub fn stamp_of_column(value: rusqlite::types::ValueRef<'_>) -> Option<String> {
     match value {
         rusqlite::types::ValueRef::Integer(ms) => Some(stamp_of_millis(ms)),

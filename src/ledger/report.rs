@@ -284,7 +284,8 @@ struct Attempt<'r> {
 enum At<'r> {
     /// Unix milliseconds.
     Millis(i64),
-    /// Text the migration to integer times kept as it was (it was not RFC 3339).
+    /// RFC 3339 text, from a ledger attached as it is and older than integer times, or text
+    /// that the migration to them kept as it was (it was not a time).
     Text(&'r str),
 }
 
