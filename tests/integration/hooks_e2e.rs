@@ -61,20 +61,22 @@ fn example_hooks_write_sidecars_tune_skip_and_summarise() {
         1
     );
     // on_complete wrote one sidecar per output, with the exact charge.
-    let outputs: Vec<(String, String)> = {
+    let outputs: Vec<(String, String, String)> = {
         let db = w.db();
-        let mut s = db.prepare("SELECT o.path, a.actual_cost FROM outputs o JOIN attempts a ON a.job_id = o.job_id AND a.attempt = o.attempt").unwrap();
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        let mut s = db.prepare("SELECT o.path, a.actual_cost, a.finished_at FROM outputs o JOIN attempts_readable a ON a.job_id = o.job_id AND a.attempt = o.attempt").unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
             .map(Result::unwrap)
             .collect()
     };
     assert_eq!(outputs.len(), 2);
-    for (path, cost) in outputs {
+    for (path, cost, finished_at) in outputs {
         let json_path = Path::new(&path).with_extension("json");
         let side: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
         assert_eq!(side["actual_cost"], cost.as_str());
+        // Hooks get times as RFC 3339 text, as the readable view shows them.
+        assert_eq!(side["finished_at"], finished_at.as_str());
     }
     // on_batch_done ran once with the batch's counts.
     let summary: serde_json::Value =
