@@ -194,7 +194,8 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
     Ok(changed > 0)
 }
 
-/// The job's current attempt.
+/// The job's current attempt. A change that names none of its columns (an input size, a
+/// download's bookkeeping) leaves the row unwritten.
 fn update_attempt(
     tx: &Transaction<'_>,
     job_id: i64,
@@ -202,6 +203,9 @@ fn update_attempt(
     c: &Change,
     now: &str,
 ) -> Result<()> {
+    if c.state.is_none() && c.request_id.is_none() && c.submitted.is_none() && !c.finished {
+        return Ok(());
+    }
     tx.prepare_cached(
         "UPDATE attempts SET
             state = coalesce(?3, state),
