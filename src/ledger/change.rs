@@ -149,40 +149,25 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
         .output_urls
         .as_ref()
         .map(|u| serde_json::to_string(u).unwrap_or_default());
-    let changed = tx
-        .prepare_cached(
-            "UPDATE jobs SET
-            state = coalesce(?2, state),
-            request_id = coalesce(?3, request_id),
-            remote_status = coalesce(?4, remote_status),
-            next_poll_at = CASE WHEN ?5 THEN ?6 ELSE next_poll_at END,
-            polls = polls + ?7,
-            post = CASE WHEN ?8 THEN ?9 ELSE post END,
-            reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
-            error = CASE WHEN ?12 THEN ?13 ELSE error END,
-            output_urls = coalesce(?14, output_urls),
-            updated_at = ?15
-         WHERE id = ?1 AND (?16 IS NULL OR (state = ?16 AND attempt = ?17))",
-        )?
-        .execute(params![
-            job_id,
-            c.state.map(JobState::as_str),
-            c.request_id,
-            c.remote_status,
-            c.next_poll_at.touches(),
-            c.next_poll_at.value(),
-            c.count_poll as i64,
-            c.post.touches(),
-            c.post.value().map(|p| p.as_str()),
-            c.reason.touches(),
-            c.reason.value(),
-            c.error.touches(),
-            c.error.value(),
-            urls,
-            now,
-            c.expect.map(|e| e.state.as_str()),
-            c.expect.map(|e| e.attempt),
-        ])?;
+    let changed = tx.prepare_cached(&update_job_sql(c))?.execute(params![
+        job_id,
+        c.state.map(JobState::as_str),
+        c.request_id,
+        c.remote_status,
+        c.next_poll_at.touches(),
+        c.next_poll_at.value(),
+        c.count_poll as i64,
+        c.post.touches(),
+        c.post.value().map(|p| p.as_str()),
+        c.reason.touches(),
+        c.reason.value(),
+        c.error.touches(),
+        c.error.value(),
+        urls,
+        now,
+        c.expect.map(|e| e.state.as_str()),
+        c.expect.map(|e| e.attempt),
+    ])?;
     // The input size in a statement of its own, so that the others (every poll's) do not
     // touch the columns whose change makes the `jobs` trigger write event texts out.
     if let (true, Some(size)) = (changed > 0, c.input_size) {
@@ -192,6 +177,29 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
         .execute(params![job_id, size.width, size.height, size.source])?;
     }
     Ok(changed > 0)
+}
+
+/// The statement of [`update_job`]: an indexed column (`state`, `request_id`, `next_poll_at`,
+/// `post`) is named only when the change sets it, since SQLite rewrites the index entries of
+/// every column a statement assigns, even to the value it had. At most 16 texts, each
+/// prepared once.
+fn update_job_sql(c: &Change) -> String {
+    let set = |touched: bool, column: &'static str| if touched { column } else { "" };
+    format!(
+        "UPDATE jobs SET
+            {}{}{}{}
+            remote_status = coalesce(?4, remote_status),
+            polls = polls + ?7,
+            reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
+            error = CASE WHEN ?12 THEN ?13 ELSE error END,
+            output_urls = coalesce(?14, output_urls),
+            updated_at = ?15
+         WHERE id = ?1 AND (?16 IS NULL OR (state = ?16 AND attempt = ?17))",
+        set(c.state.is_some(), "state = ?2, "),
+        set(c.request_id.is_some(), "request_id = ?3, "),
+        set(c.next_poll_at.touches(), "next_poll_at = ?6, "),
+        set(c.post.touches(), "post = ?9, "),
+    )
 }
 
 /// The job's current attempt. A change that names none of its columns (an input size, a
