@@ -149,25 +149,27 @@ fn update_job(tx: &Transaction<'_>, job_id: i64, c: &Change, now: &str) -> Resul
         .output_urls
         .as_ref()
         .map(|u| serde_json::to_string(u).unwrap_or_default());
-    let changed = tx.prepare_cached(&update_job_sql(c))?.execute(params![
-        job_id,
-        c.state.map(JobState::as_str),
-        c.request_id,
-        c.remote_status,
-        c.next_poll_at.touches(),
-        c.next_poll_at.value(),
-        c.count_poll as i64,
-        c.post.touches(),
-        c.post.value().map(|p| p.as_str()),
-        c.reason.touches(),
-        c.reason.value(),
-        c.error.touches(),
-        c.error.value(),
-        urls,
-        now,
-        c.expect.map(|e| e.state.as_str()),
-        c.expect.map(|e| e.attempt),
-    ])?;
+    let changed = tx
+        .prepare_cached(update_job_sql(c).as_str())?
+        .execute(params![
+            job_id,
+            c.state.map(JobState::as_str),
+            c.request_id,
+            c.remote_status,
+            c.next_poll_at.touches(),
+            c.next_poll_at.value(),
+            c.count_poll as i64,
+            c.post.touches(),
+            c.post.value().map(|p| p.as_str()),
+            c.reason.touches(),
+            c.reason.value(),
+            c.error.touches(),
+            c.error.value(),
+            urls,
+            now,
+            c.expect.map(|e| e.state.as_str()),
+            c.expect.map(|e| e.attempt),
+        ])?;
     // The input size in a statement of its own, so that the others (every poll's) do not
     // touch the columns whose change makes the `jobs` trigger write event texts out.
     if let (true, Some(size)) = (changed > 0, c.input_size) {
