@@ -158,9 +158,7 @@ impl<'a> Engine<'a> {
                 self.summary.charged += charge;
             }
         }
-        for request_id in taken.accepted {
-            self.ledger.adopt_orphans(&request_id)?;
-        }
+        self.ledger.adopt_orphans_of(&taken.accepted)?;
         // Only now, with the answers recorded: the callbacks of lost submissions' ghosts.
         for job_id in taken.ghosts {
             self.ledger.adopt_ghosts(Some(job_id))?;

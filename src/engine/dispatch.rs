@@ -69,6 +69,8 @@ struct Sends {
     /// Committed spend of each capped batch met in this pass, plus what this pass adds: the
     /// ledger's sum already counts what earlier passes sent.
     batch_spent: HashMap<String, Decimal>,
+    /// The price in force, read for the pass's first intent.
+    price: Option<Decimal>,
 }
 
 impl<'a> Engine<'a> {
@@ -427,7 +429,8 @@ impl<'a> Engine<'a> {
         params: JobParams,
         sends: &mut Sends,
     ) -> Result<(), EngineError> {
-        let record = self.intent(&job);
+        let price = *sends.price.get_or_insert_with(|| self.price_now());
+        let record = self.intent(&job, price);
         if let Some(budget) = self.options.budget {
             match record.estimate {
                 Some(estimate) if self.spent + estimate <= budget => {}
@@ -579,8 +582,8 @@ impl<'a> Engine<'a> {
         }
     }
 
-    pub(super) fn intent(&self, job: &JobRow) -> SubmitRecord {
-        let price = self.price_now();
+    /// What is recorded before `job` is sent at `price` (USD per megapixel).
+    pub(super) fn intent(&self, job: &JobRow, price: Decimal) -> SubmitRecord {
         let estimate = job.input_size().map(|(w, h)| {
             let (ow, oh) = money::output_size(w, h, job.upscale);
             money::Price {
@@ -598,7 +601,7 @@ impl<'a> Engine<'a> {
         }
     }
 
-    fn price_now(&self) -> Decimal {
+    pub(super) fn price_now(&self) -> Decimal {
         self.ledger
             .current_price()
             .map(|p| p.per_megapixel)

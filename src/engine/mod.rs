@@ -286,7 +286,7 @@ pub fn send_now(
     let Some(params) = engine.params_to_send(&job)? else {
         return Ok(None);
     };
-    let record = engine.intent(&job);
+    let record = engine.intent(&job, engine.price_now());
     if let Some(stop) = engine.held_by_batch_cap(&job, &record)? {
         return Ok(Some(stop));
     }
@@ -524,21 +524,21 @@ impl<'a> Engine<'a> {
     }
 
     fn nothing_left(&mut self) -> Result<bool, EngineError> {
-        let next_due = self.ledger.next_due(self.scope())?;
         // A status call scheduled is work even for a job that is not unfinished: a stalled
-        // job's callback, or an uncertain attempt's ghost, asked for it.
-        if self.ledger.unfinished(self.scope())? == 0 && next_due.is_none() {
+        // job's callback, or an uncertain attempt's ghost, asked for it. Asked first: while
+        // one is scheduled nothing else needs counting.
+        if self.ledger.next_due(self.scope())?.is_some() {
+            return Ok(false);
+        }
+        if self.ledger.unfinished(self.scope())? == 0 {
             return Ok(true);
         }
         // What is left may be only jobs this run cannot send (held, unprobeable) or owes
         // nothing to yet (polls in the future).
-        let now = now_ms();
-        let due_soon = next_due.is_some();
         let sendable = self.mode.may_send() && self.sendable_not_passed()?;
         let hooks_owed =
             !self.ledger.owing_hooks(self.scope(), 1)?.is_empty() && self.hooks.is_some();
-        let _ = now;
-        Ok(!due_soon && !sendable && !hooks_owed)
+        Ok(!sendable && !hooks_owed)
     }
 
     /// Whether a job this run has not passed over is ready to send. Reads sendable ids a page

@@ -6,10 +6,11 @@ use crate::gateway::{DownloadError, Exchange, Gateway, PollOutcome, SubmitOutcom
 use crate::ledger::OutputRow;
 use crate::params::JobParams;
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 /// Work for one job. A gateway request carries the budget's token taken for it.
@@ -51,53 +52,91 @@ pub struct Done {
 }
 
 pub struct Workers {
-    tasks: Option<Sender<(i64, i64, Task)>>,
+    queue: Arc<Queue>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Workers {
     pub fn start(count: usize, gateway: &Gateway, done: Sender<Done>) -> Workers {
-        let (tx, rx) = std::sync::mpsc::channel::<(i64, i64, Task)>();
-        let rx = Arc::new(Mutex::new(rx));
+        let queue = Arc::new(Queue::default());
         let threads = (0..count.max(1))
             .map(|i| {
-                let rx = Arc::clone(&rx);
+                let queue = Arc::clone(&queue);
                 let done = done.clone();
                 let gateway = gateway.clone();
                 std::thread::Builder::new()
                     .name(format!("http-{i}"))
-                    .spawn(move || work(rx, done, gateway))
+                    .spawn(move || work(&queue, done, gateway))
                     .expect("spawning a worker thread")
             })
             .collect();
-        Workers {
-            tasks: Some(tx),
-            threads,
-        }
+        Workers { queue, threads }
     }
 
     pub fn send(&self, job_id: i64, attempt: i64, task: Task) {
-        if let Some(tx) = &self.tasks {
-            let _ = tx.send((job_id, attempt, task));
-        }
+        self.queue.push((job_id, attempt, task));
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        self.tasks.take();
+        self.queue.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
 }
 
-fn work(rx: Arc<Mutex<Receiver<(i64, i64, Task)>>>, done: Sender<Done>, gateway: Gateway) {
-    loop {
-        let next = rx.lock().map(|r| r.recv());
-        let Ok(Ok((job_id, attempt, task))) = next else {
-            return;
-        };
+/// The tasks waiting for a worker: a queue under a mutex, and a condition variable that wakes
+/// one idle worker per task. (A channel's receiver shared behind a mutex woke two threads per
+/// task: the worker waiting in `recv`, then, as it let the lock go, the next one waiting for
+/// the lock, only to wait in `recv` in its turn.)
+#[derive(Default)]
+struct Queue {
+    state: Mutex<Queued>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct Queued {
+    tasks: VecDeque<(i64, i64, Task)>,
+    /// No more tasks come: workers finish the queued ones, then stop.
+    closed: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Queued> {
+        // Nothing panics while holding the lock; a poisoned one is as good as any.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, task: (i64, i64, Task)) {
+        self.lock().tasks.push_back(task);
+        self.ready.notify_one();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+    }
+
+    /// The next task, waiting for one; `None` once closed and empty.
+    fn pop(&self) -> Option<(i64, i64, Task)> {
+        let mut queued = self.lock();
+        loop {
+            if let Some(task) = queued.tasks.pop_front() {
+                return Some(task);
+            }
+            if queued.closed {
+                return None;
+            }
+            queued = self.ready.wait(queued).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+fn work(queue: &Queue, done: Sender<Done>, gateway: Gateway) {
+    while let Some((job_id, attempt, task)) = queue.pop() {
         let result = perform(&gateway, task, attempt);
         if done
             .send(Done {

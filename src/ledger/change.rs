@@ -155,20 +155,7 @@ fn update_job(
         .as_ref()
         .map(|u| serde_json::to_string(u).unwrap_or_default());
     let changed = tx
-        .prepare_cached(
-            "UPDATE jobs SET
-            state = coalesce(?2, state),
-            request_id = coalesce(?3, request_id),
-            remote_status = coalesce(?4, remote_status),
-            next_poll_at = CASE WHEN ?5 THEN ?6 ELSE next_poll_at END,
-            polls = polls + ?7,
-            post = CASE WHEN ?8 THEN ?9 ELSE post END,
-            reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
-            error = CASE WHEN ?12 THEN ?13 ELSE error END,
-            output_urls = coalesce(?14, output_urls),
-            updated_at = ?15
-         WHERE id = ?1 AND (?16 IS NULL OR (state = ?16 AND attempt = ?17))",
-        )?
+        .prepare_cached(update_job_sql(c).as_str())?
         .execute(params![
             job_id,
             c.state.map(JobState::as_str),
@@ -199,7 +186,31 @@ fn update_job(
     Ok(changed > 0)
 }
 
-/// The job's current attempt.
+/// The statement of [`update_job`]: an indexed column (`state`, `request_id`, `next_poll_at`,
+/// `post`) is named only when the change sets it, since SQLite rewrites the index entries of
+/// every column a statement assigns, even to the value it had. At most 16 texts, each
+/// prepared once.
+fn update_job_sql(c: &Change) -> String {
+    let set = |touched: bool, column: &'static str| if touched { column } else { "" };
+    format!(
+        "UPDATE jobs SET
+            {}{}{}{}
+            remote_status = coalesce(?4, remote_status),
+            polls = polls + ?7,
+            reason = CASE WHEN ?10 THEN ?11 ELSE reason END,
+            error = CASE WHEN ?12 THEN ?13 ELSE error END,
+            output_urls = coalesce(?14, output_urls),
+            updated_at = ?15
+         WHERE id = ?1 AND (?16 IS NULL OR (state = ?16 AND attempt = ?17))",
+        set(c.state.is_some(), "state = ?2, "),
+        set(c.request_id.is_some(), "request_id = ?3, "),
+        set(c.next_poll_at.touches(), "next_poll_at = ?6, "),
+        set(c.post.touches(), "post = ?9, "),
+    )
+}
+
+/// The job's current attempt. A change that names none of its columns (an input size, a
+/// download's bookkeeping) leaves the row unwritten.
 fn update_attempt(
     tx: &Transaction<'_>,
     job_id: i64,
@@ -207,6 +218,9 @@ fn update_attempt(
     c: &Change,
     now: &crate::clock::Stamp,
 ) -> Result<()> {
+    if c.state.is_none() && c.request_id.is_none() && c.submitted.is_none() && !c.finished {
+        return Ok(());
+    }
     tx.prepare_cached(
         "UPDATE attempts SET
             state = coalesce(?3, state),

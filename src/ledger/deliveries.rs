@@ -252,12 +252,25 @@ impl Ledger {
     /// callback arrived before the submission's answer was recorded). Each is recorded anew;
     /// the orphan rows stay as they were received.
     pub fn adopt_orphans(&mut self, request_id: &str) -> Result<usize> {
-        let bodies: Vec<String> = self
-            .deliveries(Some(request_id))?
-            .into_iter()
-            .filter(|d| d.outcome == "orphan")
-            .map(|d| d.body)
-            .collect();
+        self.adopt_orphans_of(std::slice::from_ref(&request_id))
+    }
+
+    /// [`Ledger::adopt_orphans`] for several request ids, which are looked up with one
+    /// statement (a loop step's accepted submissions, which almost never have any).
+    pub fn adopt_orphans_of<S: AsRef<str>>(&mut self, request_ids: &[S]) -> Result<usize> {
+        if request_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = request_ids.iter().map(AsRef::as_ref).collect();
+        let list = serde_json::to_string(&ids).expect("strings serialise");
+        let bodies: Vec<String> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT body FROM deliveries WHERE outcome = 'orphan'
+                 AND request_id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+            )?;
+            let rows = stmt.query_map([list], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
         for body in &bodies {
             match self.record_delivery(body) {
                 Ok(_) | Err(DeliveryError::Malformed(_)) => {}
@@ -340,7 +353,7 @@ impl Ledger {
 
     /// Recorded deliveries, oldest first: all, or those of one request_id.
     pub fn deliveries(&self, request_id: Option<&str>) -> Result<Vec<DeliveryRow>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare_cached(
             "SELECT id, received_at, request_id, remote_status, job_id, outcome, body,
              path_job, path_attempt FROM deliveries
              WHERE ?1 IS NULL OR request_id = ?1 ORDER BY id",

@@ -21,6 +21,9 @@ pub struct Event {
     /// For a download event: the `outputs.idx` of the file its detail describes, so that the
     /// detail can be stored as a reference to that row.
     pub output: Option<i64>,
+    /// Its texts say more than the rows of its job hold (a probed estimate names the format
+    /// and the bytes read), so they are stored whole without asking `event_texts` first.
+    pub whole: bool,
 }
 
 impl Event {
@@ -51,6 +54,10 @@ impl Event {
     }
     pub fn output(mut self, idx: i64) -> Self {
         self.output = Some(idx);
+        self
+    }
+    pub fn whole(mut self) -> Self {
+        self.whole = true;
         self
     }
 }
@@ -129,7 +136,7 @@ pub(super) fn insert_event(
 /// attempt and tags (`planned`: its body; `estimate`: its detail; `submit_intent`: both), so
 /// that it may be stored with both NULL.
 fn rebuildable_from_rows(event: &Event, detail: Option<&str>, body: Option<&str>) -> bool {
-    if event.job_id.is_none() || event.attempt.is_none() {
+    if event.whole || event.job_id.is_none() || event.attempt.is_none() {
         return false;
     }
     matches!(

@@ -151,11 +151,8 @@ impl Ledger {
     pub fn cached_size(&self, url: &str) -> Result<Option<(u32, u32)>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT width, height FROM image_sizes WHERE url = ?1",
-                [url],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
+            .prepare_cached("SELECT width, height FROM image_sizes WHERE url = ?1")?
+            .query_row([url], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
 
@@ -769,7 +766,8 @@ fn probe_in(
             .execute(params![job_id, attempt, money::exact(cost), money::exact(price.per_megapixel)])?;
         insert_event(
             tx,
-            Event::new(Some(job_id), Some(attempt), "estimate").detail(format!(
+            Event::new(Some(job_id), Some(attempt), "estimate")
+                .detail(format!(
                 "input {}x{} {} (header, {} bytes read) at upscale {upscale} at {} USD/MP: {} USD",
                 p.size.0,
                 p.size.1,
@@ -777,7 +775,8 @@ fn probe_in(
                 p.bytes_read,
                 money::exact(price.per_megapixel),
                 money::exact(cost)
-            )),
+            ))
+                .whole(),
             now,
         )?;
     }
