@@ -503,37 +503,54 @@ impl Gateway {
             .unwrap_or("")
             .to_string();
         let mut reader = response.body_mut().with_config().limit(cap + 1).reader();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut total = 0u64;
-        loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    if total >= cap {
-                        return Err(DownloadError::TooLarge(cap));
-                    }
-                    return Err(DownloadError::Transfer(e.to_string()));
-                }
-            };
-            if total == 0 && imagesize::image_type(&buf[..n]).is_err() {
-                return Err(DownloadError::NotAnImage(if content_type.is_empty() {
-                    "its first bytes are not an image header".into()
-                } else {
-                    format!("content type {content_type}")
-                }));
-            }
-            total += n as u64;
-            if total > cap {
-                return Err(DownloadError::TooLarge(cap));
-            }
-            sink.write_all(&buf[..n])?;
-        }
-        if total == 0 {
-            return Err(DownloadError::NotAnImage("the body is empty".into()));
-        }
-        Ok(total)
+        DOWNLOAD_BUFFER
+            .with_borrow_mut(|buf| copy_image(&mut reader, buf, sink, cap, &content_type))
     }
+}
+
+thread_local! {
+    /// Each worker's download buffer, allocated (and zeroed) once rather than per output.
+    static DOWNLOAD_BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 64 * 1024]);
+}
+
+/// Copies an output's body into `sink` through `buf`: at most `cap` bytes, and only if it
+/// starts with an image header.
+fn copy_image(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    sink: &mut (impl Write + ?Sized),
+    cap: u64,
+    content_type: &str,
+) -> Result<u64, DownloadError> {
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                if total >= cap {
+                    return Err(DownloadError::TooLarge(cap));
+                }
+                return Err(DownloadError::Transfer(e.to_string()));
+            }
+        };
+        if total == 0 && imagesize::image_type(&buf[..n]).is_err() {
+            return Err(DownloadError::NotAnImage(if content_type.is_empty() {
+                "its first bytes are not an image header".into()
+            } else {
+                format!("content type {content_type}")
+            }));
+        }
+        total += n as u64;
+        if total > cap {
+            return Err(DownloadError::TooLarge(cap));
+        }
+        sink.write_all(&buf[..n])?;
+    }
+    if total == 0 {
+        return Err(DownloadError::NotAnImage("the body is empty".into()));
+    }
+    Ok(total)
 }
 
 fn fidelity_number(params: &JobParams) -> serde_json::Value {

@@ -165,12 +165,11 @@ mod tests {
     fn repeated_polls_are_references_and_compaction_keeps_what_they_need() {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(&dir.path().join("l.db")).unwrap();
-        let id = ledger
-            .enqueue(&[NewJob::new(crate::params::JobParams::new(
-                "https://x.test/a.png",
-            ))])
-            .unwrap()[0]
-            .id;
+        // With its size known when it is planned, so that its `planned` text is a reference.
+        let mut job = NewJob::new(crate::params::JobParams::new("https://x.test/a.png"));
+        job.size = Some((100, 100));
+        job.size_source = Some("given");
+        let id = ledger.enqueue(&[job]).unwrap()[0].id;
         let bodies = [
             (
                 "2026-05-01T10:00:00Z",

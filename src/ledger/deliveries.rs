@@ -263,14 +263,19 @@ impl Ledger {
         }
         let ids: Vec<&str> = request_ids.iter().map(AsRef::as_ref).collect();
         let list = serde_json::to_string(&ids).expect("strings serialise");
-        let bodies: Vec<String> = {
+        // Joined, not tested with `IN` and sorted in SQL: either copies rows into a temporary
+        // table on every call.
+        let mut found: Vec<(i64, String)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT body FROM deliveries WHERE outcome = 'orphan'
-                 AND request_id IN (SELECT value FROM json_each(?1)) ORDER BY id",
+                "SELECT d.id, d.body FROM json_each(?1) v
+                 JOIN deliveries d ON d.request_id = v.value AND d.outcome = 'orphan'",
             )?;
-            let rows = stmt.query_map([list], |r| r.get(0))?;
+            let rows = stmt.query_map([list], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        found.sort_unstable_by_key(|(id, _)| *id);
+        found.dedup_by_key(|(id, _)| *id);
+        let bodies: Vec<String> = found.into_iter().map(|(_, body)| body).collect();
         for body in &bodies {
             match self.record_delivery(body) {
                 Ok(_) | Err(DeliveryError::Malformed(_)) => {}

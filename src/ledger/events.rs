@@ -22,7 +22,8 @@ pub struct Event {
     /// detail can be stored as a reference to that row.
     pub output: Option<i64>,
     /// Its texts say more than the rows of its job hold (a probed estimate names the format
-    /// and the bytes read), so they are stored whole without asking `event_texts` first.
+    /// and the bytes read), or soon will not match them (a job planned before its size is
+    /// read), so they are stored whole without asking `event_texts` first.
     pub whole: bool,
 }
 

@@ -121,12 +121,15 @@ impl Ledger {
 
     /// The jobs of these ids that exist, by id, read in one statement (so in one read
     /// transaction: the engine reads the jobs of all the results a loop step takes at once).
+    /// The list is joined, not tested with `IN`, which would copy it into a temporary table
+    /// on every call.
     pub fn jobs_by_id(&self, ids: &[i64]) -> Result<std::collections::HashMap<i64, JobRow>> {
         if ids.is_empty() {
             return Ok(std::collections::HashMap::new());
         }
         let sql = format!(
-            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id IN (SELECT value FROM json_each(?1))"
+            "SELECT {JOB_COLUMNS} FROM json_each(?1) v JOIN jobs j ON j.id = v.value
+             LEFT JOIN attempts a ON a.job_id = j.id AND a.attempt = j.attempt"
         );
         let list = serde_json::to_string(ids).expect("integers serialise");
         let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -397,11 +400,15 @@ fn record_planned(
         "key": key, "batch": job.batch, "params": p, "size": job.size,
         "tags": job.tags.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
     });
-    super::events::insert_event(
-        tx,
-        super::events::Event::new(Some(id), Some(1), "planned").body(body.to_string()),
-        now,
-    )?;
+    let mut planned =
+        super::events::Event::new(Some(id), Some(1), "planned").body(body.to_string());
+    if job.size.is_none() {
+        // Its size is read from the image before it is sent, and the text rebuilt from the
+        // job's row would then differ: written whole now rather than by the `jobs` trigger
+        // at that moment, after a read of `event_texts` each time.
+        planned = planned.whole();
+    }
+    super::events::insert_event(tx, planned, now)?;
     if let Some(cost) = estimate {
         super::events::insert_event(
             tx,
@@ -495,5 +502,36 @@ mod tests {
             assert_eq!(found[&id].key, one.key);
             assert_eq!(found[&id].state, one.state);
         }
+        // A list that names a job twice reads it once.
+        assert_eq!(ledger.jobs_by_id(&[ids[1], ids[1]]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_job_planned_before_its_size_is_known_keeps_its_planned_text_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(&dir.path().join("ledger.db")).unwrap();
+        let unsized_job = NewJob::new(JobParams::new("https://x.test/a.png"));
+        let mut sized = NewJob::new(JobParams::new("https://x.test/b.png"));
+        sized.size = Some((100, 80));
+        sized.size_source = Some("given");
+        ledger.enqueue(&[unsized_job, sized]).unwrap();
+        let whole: Vec<(String, bool)> = {
+            let mut stmt = ledger
+                .conn
+                .prepare(
+                    "SELECT j.image_url, e.body IS NOT NULL FROM events e JOIN jobs j ON j.id = e.job_id
+                     WHERE e.kind = 'planned' ORDER BY j.id",
+                )
+                .unwrap();
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            rows.map(Result::unwrap).collect()
+        };
+        assert_eq!(
+            whole,
+            [
+                ("https://x.test/a.png".to_string(), true),
+                ("https://x.test/b.png".to_string(), false)
+            ]
+        );
     }
 }

@@ -357,20 +357,25 @@ impl Ledger {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<JobRow>> {
-        // Each state read in id order from jobs_by_state, at most `limit` of each: with
-        // `state IN (...) ORDER BY id` SQLite sorted every sendable job on every call.
+        // Each state read in id order from jobs_by_state, at most `limit` of each, and the two
+        // merged here: with `state IN (...) ORDER BY id` SQLite sorted every sendable job on
+        // every call, and a compound query copies its rows into a temporary table.
         let sql = format!(
-            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.id IN (
-                 SELECT id FROM (SELECT id FROM jobs WHERE state = 'planned' AND id > ?1
-                     AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
-                 UNION ALL
-                 SELECT id FROM (SELECT id FROM jobs WHERE state = 'held' AND id > ?1
-                     AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3))
-             ORDER BY j.id LIMIT ?3"
+            "SELECT {JOB_COLUMNS} {JOB_FROM} WHERE j.state = ?4 AND j.id > ?1
+             AND (?2 IS NULL OR j.batch = ?2) ORDER BY j.id LIMIT ?3"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
-        let rows = stmt.query_map(params![after_id, batch, limit as i64], job_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut jobs = Vec::new();
+        for state in ["planned", "held"] {
+            let rows =
+                stmt.query_map(params![after_id, batch, limit as i64, state], job_from_row)?;
+            for row in rows {
+                jobs.push(row?);
+            }
+        }
+        jobs.sort_unstable_by_key(|j| j.id);
+        jobs.truncate(limit);
+        Ok(jobs)
     }
 
     /// The ids of [`Ledger::sendable`], without reading the jobs.
@@ -381,15 +386,20 @@ impl Ledger {
         limit: usize,
     ) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id FROM (SELECT id FROM jobs WHERE state = 'planned' AND id > ?1
-                 AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
-             UNION ALL
-             SELECT id FROM (SELECT id FROM jobs WHERE state = 'held' AND id > ?1
-                 AND (?2 IS NULL OR batch = ?2) ORDER BY id LIMIT ?3)
-             ORDER BY 1 LIMIT ?3",
+            "SELECT id FROM jobs WHERE state = ?4 AND id > ?1 AND (?2 IS NULL OR batch = ?2)
+             ORDER BY id LIMIT ?3",
         )?;
-        let rows = stmt.query_map(params![after_id, batch, limit as i64], |r| r.get(0))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let mut ids = Vec::new();
+        for state in ["planned", "held"] {
+            let rows =
+                stmt.query_map(params![after_id, batch, limit as i64, state], |r| r.get(0))?;
+            for id in rows {
+                ids.push(id?);
+            }
+        }
+        ids.sort_unstable();
+        ids.truncate(limit);
+        Ok(ids)
     }
 
     /// Jobs that still owe hook runs.
