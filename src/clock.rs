@@ -49,11 +49,57 @@ pub fn stamp_millis(stamp: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-/// Unix milliseconds as a ledger timestamp (RFC 3339, UTC, milliseconds).
+/// Unix milliseconds as a ledger timestamp (RFC 3339, UTC, milliseconds). Every job read
+/// formats its times, so the years 1970-9999 are written directly rather than through
+/// chrono's general formatter; the result is the same.
 pub fn stamp_of_millis(millis: i64) -> String {
-    DateTime::from_timestamp_millis(millis)
-        .map(stamp)
-        .unwrap_or_else(|| millis.to_string())
+    const DAY_MS: i64 = 86_400_000;
+    if !(0..253_402_300_800_000).contains(&millis) {
+        return DateTime::from_timestamp_millis(millis)
+            .map(stamp)
+            .unwrap_or_else(|| millis.to_string());
+    }
+    // Days to a civil date (Howard Hinnant's algorithm), for days since 1970-01-01.
+    let days = millis / DAY_MS;
+    let ms_of_day = millis % DAY_MS;
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (hour, minute) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60);
+    let (second, milli) = (ms_of_day / 1_000 % 60, ms_of_day % 1_000);
+    let mut out = [0u8; 24];
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            out[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month, 2);
+    put(8, day, 2);
+    put(11, hour, 2);
+    put(14, minute, 2);
+    put(17, second, 2);
+    put(20, milli, 3);
+    for (at, sep) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        out[at] = sep;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// [`now`] as a ledger timestamp.
@@ -72,9 +118,10 @@ pub struct Stamp {
 
 impl Stamp {
     pub fn at(t: DateTime<Utc>) -> Stamp {
+        let millis = t.timestamp_millis();
         Stamp {
-            millis: t.timestamp_millis(),
-            text: stamp(t),
+            millis,
+            text: stamp_of_millis(millis),
         }
     }
 
@@ -146,6 +193,37 @@ mod tests {
         assert_ne!(other, t);
         pin_thread(None);
         assert_ne!(now(), t);
+    }
+
+    #[test]
+    fn milliseconds_format_as_chrono_formats_them() {
+        let chrono_stamp = |ms: i64| stamp(DateTime::from_timestamp_millis(ms).unwrap());
+        let mut samples = vec![
+            0,
+            1,
+            999,
+            86_399_999,
+            86_400_000,
+            951_782_400_000,     // 2000-02-29
+            1_709_164_800_000,   // 2024-02-29
+            4_107_542_399_999,   // 2100-02-28T23:59:59.999
+            253_402_300_799_999, // 9999-12-31T23:59:59.999
+        ];
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            samples.push((x % 253_402_300_800_000) as i64);
+        }
+        for ms in samples {
+            assert_eq!(stamp_of_millis(ms), chrono_stamp(ms), "{ms}");
+        }
+        assert_eq!(stamp_of_millis(-1), chrono_stamp(-1));
+        assert_eq!(
+            stamp_of_millis(253_402_300_800_000),
+            chrono_stamp(253_402_300_800_000)
+        );
     }
 
     #[test]
