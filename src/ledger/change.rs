@@ -154,27 +154,25 @@ fn update_job(
         .output_urls
         .as_ref()
         .map(|u| serde_json::to_string(u).unwrap_or_default());
-    let changed = tx
-        .prepare_cached(update_job_sql(c).as_str())?
-        .execute(params![
-            job_id,
-            c.state.map(JobState::as_str),
-            c.request_id,
-            c.remote_status,
-            c.next_poll_at.touches(),
-            c.next_poll_at.value(),
-            c.count_poll as i64,
-            c.post.touches(),
-            c.post.value().map(|p| p.as_str()),
-            c.reason.touches(),
-            c.reason.value(),
-            c.error.touches(),
-            c.error.value(),
-            urls,
-            now.millis(),
-            c.expect.map(|e| e.state.as_str()),
-            c.expect.map(|e| e.attempt),
-        ])?;
+    let changed = tx.prepare_cached(update_job_sql(c))?.execute(params![
+        job_id,
+        c.state.map(JobState::as_str),
+        c.request_id,
+        c.remote_status,
+        c.next_poll_at.touches(),
+        c.next_poll_at.value(),
+        c.count_poll as i64,
+        c.post.touches(),
+        c.post.value().map(|p| p.as_str()),
+        c.reason.touches(),
+        c.reason.value(),
+        c.error.touches(),
+        c.error.value(),
+        urls,
+        now.millis(),
+        c.expect.map(|e| e.state.as_str()),
+        c.expect.map(|e| e.attempt),
+    ])?;
     // The input size in a statement of its own, so that the others (every poll's) do not
     // touch the columns whose change makes the `jobs` trigger write event texts out.
     if let (true, Some(size)) = (changed > 0, c.input_size) {
@@ -188,12 +186,16 @@ fn update_job(
 
 /// The statement of [`update_job`]: an indexed column (`state`, `request_id`, `next_poll_at`,
 /// `post`) is named only when the change sets it, since SQLite rewrites the index entries of
-/// every column a statement assigns, even to the value it had. At most 16 texts, each
-/// prepared once.
-fn update_job_sql(c: &Change) -> String {
-    let set = |touched: bool, column: &'static str| if touched { column } else { "" };
-    format!(
-        "UPDATE jobs SET
+/// every column a statement assigns, even to the value it had. Its 16 texts are built
+/// once per process and each prepared once.
+fn update_job_sql(c: &Change) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        (0..16u8)
+            .map(|mask| {
+                let set = |bit: u8, column: &'static str| if mask & bit != 0 { column } else { "" };
+                format!(
+                    "UPDATE jobs SET
             {}{}{}{}
             remote_status = coalesce(?4, remote_status),
             polls = polls + ?7,
@@ -202,11 +204,19 @@ fn update_job_sql(c: &Change) -> String {
             output_urls = coalesce(?14, output_urls),
             updated_at = ?15
          WHERE id = ?1 AND (?16 IS NULL OR (state = ?16 AND attempt = ?17))",
-        set(c.state.is_some(), "state = ?2, "),
-        set(c.request_id.is_some(), "request_id = ?3, "),
-        set(c.next_poll_at.touches(), "next_poll_at = ?6, "),
-        set(c.post.touches(), "post = ?9, "),
-    )
+                    set(1, "state = ?2, "),
+                    set(2, "request_id = ?3, "),
+                    set(4, "next_poll_at = ?6, "),
+                    set(8, "post = ?9, "),
+                )
+            })
+            .collect()
+    });
+    let mask = u8::from(c.state.is_some())
+        | u8::from(c.request_id.is_some()) << 1
+        | u8::from(c.next_poll_at.touches()) << 2
+        | u8::from(c.post.touches()) << 3;
+    &texts[usize::from(mask)]
 }
 
 /// The job's current attempt. A change that names none of its columns (an input size, a
